@@ -1,0 +1,43 @@
+"""Settings, built once from the environment (``AUTOMATION_*``) and CLI flags, then passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from automation.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///automation.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    templates_dir: Path = Path("templates")
+    playbooks_dir: Path = Path("playbooks")
+    outbox_dir: Path = Path("outbox")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        url = env.get("AUTOMATION_DATABASE_URL", DEFAULT_DATABASE_URL).strip()
+        if "://" not in url:
+            raise ConfigError(
+                f"AUTOMATION_DATABASE_URL={url!r} is not a database URL; "
+                "use e.g. sqlite:///automation.db or postgresql+psycopg://user@host/db"
+            )
+        return cls(
+            database_url=url,
+            templates_dir=Path(env.get("AUTOMATION_TEMPLATES_DIR", "templates")),
+            playbooks_dir=Path(env.get("AUTOMATION_PLAYBOOKS_DIR", "playbooks")),
+            outbox_dir=Path(env.get("AUTOMATION_OUTBOX_DIR", "outbox")),
+        )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        clean = {k: v for k, v in changes.items() if v is not None}
+        if "templates_dir" in clean:
+            clean["templates_dir"] = Path(clean["templates_dir"])
+        return replace(self, **clean)

@@ -1,0 +1,196 @@
+"""The tables. Customer data (``customer``, ``event``) is imported; the rest is state the engine keeps.
+
+State is designed for incremental ticks: ``customer_state`` holds each customer's last evaluated
+segment and stage per playbook, so a tick compares what the rules say now with what is stored and
+writes only the difference (transitions go to ``stage_history``, new program runs to ``enrollment``,
+messages to ``outbox`` under a unique idempotency key).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Column, ForeignKey, Index, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from automation.db.types import JSONType, UTCDateTime
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customer"
+
+    id: str = Field(primary_key=True, max_length=255)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=20)
+    first_name: str | None = Field(default=None, max_length=255)
+    last_name: str | None = Field(default=None, max_length=255)
+    timezone: str = Field(default="UTC", max_length=64)
+    locale: str | None = Field(default=None, max_length=35)
+    owner_email: str | None = Field(default=None, max_length=320)
+    plan: str | None = Field(default=None, max_length=100)
+    clv: float | None = None
+    orders_count: int = 0
+    signed_up_at: datetime | None = _ts()
+    last_order_at: datetime | None = _ts()
+    last_seen_at: datetime | None = _ts()
+    birthday: date | None = None
+    nps: int | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    updated_at: datetime | None = _ts()
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_customer_name_time", "customer_id", "name", "occurred_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(
+        sa_column=Column(String(255), ForeignKey("customer.id", ondelete="CASCADE"), nullable=False)
+    )
+    name: str = Field(max_length=255)
+    occurred_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+
+
+class CustomerState(SQLModel, table=True):
+    """Last evaluated segment and stage of a customer in a playbook (one row per pair)."""
+
+    __tablename__ = "customer_state"
+
+    playbook: str = Field(primary_key=True, max_length=255)
+    customer_id: str = Field(primary_key=True, max_length=255)
+    segment: str | None = Field(default=None, max_length=255)
+    touch: str | None = Field(default=None, max_length=10)
+    stage: str | None = Field(default=None, max_length=255)
+    stage_entered_at: datetime | None = _ts()
+    evaluated_at: datetime | None = _ts()
+
+
+class StageHistory(SQLModel, table=True):
+    """Every stage or segment transition, with its time: the history a marketer can query."""
+
+    __tablename__ = "stage_history"
+    __table_args__ = (Index("ix_stage_history_customer", "playbook", "customer_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    playbook: str = Field(max_length=255)
+    customer_id: str = Field(max_length=255)
+    from_stage: str | None = Field(default=None, max_length=255)
+    to_stage: str | None = Field(default=None, max_length=255)
+    segment: str | None = Field(default=None, max_length=255)
+    touch: str | None = Field(default=None, max_length=10)
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    note: str | None = None
+
+
+class Enrollment(SQLModel, table=True):
+    """A customer's run through one program (a stage entry for a touch model)."""
+
+    __tablename__ = "enrollment"
+    __table_args__ = (
+        UniqueConstraint("playbook", "customer_id", "stage", "started_at", name="uq_enrollment_entry"),
+        Index("ix_enrollment_due", "status", "next_step_at"),
+        Index("ix_enrollment_customer", "playbook", "customer_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    playbook: str = Field(max_length=255)
+    customer_id: str = Field(max_length=255)
+    stage: str = Field(max_length=255)
+    segment: str | None = Field(default=None, max_length=255)
+    touch: str = Field(max_length=10)
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    step_index: int = 0
+    next_step_at: datetime | None = _ts()
+    status: str = Field(default="active", max_length=20)  # active | completed | exited
+    ended_at: datetime | None = _ts()
+    end_reason: str | None = None
+
+
+class Outbox(SQLModel, table=True):
+    """Every planned message, recorded before it is sent. The UNIQUE key makes enqueueing idempotent."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_claim", "status", "due_at"),
+        Index("ix_outbox_customer", "customer_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(max_length=512, unique=True)
+    playbook: str = Field(max_length=255)
+    customer_id: str = Field(max_length=255)
+    channel: str = Field(max_length=20)  # email | sms | webhook | task
+    template: str = Field(max_length=255)
+    stage: str | None = Field(default=None, max_length=255)
+    segment: str | None = Field(default=None, max_length=255)
+    touch: str | None = Field(default=None, max_length=10)
+    step: str | None = Field(default=None, max_length=255)
+    priority: int = 0
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    status: str = Field(default="pending", max_length=20)  # pending|claimed|retry|sent|dead|cancelled
+    due_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    expires_at: datetime | None = _ts()
+    attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_until: datetime | None = _ts()
+    last_error: str | None = None
+    provider_id: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    sent_at: datetime | None = _ts()
+
+
+class Suppression(SQLModel, table=True):
+    """Consent: a channel a customer must not receive (unsubscribed, bounced, complained, manual, invalid)."""
+
+    __tablename__ = "suppression"
+    __table_args__ = (UniqueConstraint("channel", "customer_id", name="uq_suppression_channel_customer"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=20)
+    customer_id: str = Field(max_length=255, index=True)
+    reason: str = Field(max_length=50)
+    note: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class Task(SQLModel, table=True):
+    """A high-touch action: a person does something for a customer by a due date."""
+
+    __tablename__ = "task"
+    __table_args__ = (Index("ix_task_open", "customer_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(max_length=512, unique=True)
+    playbook: str = Field(max_length=255)
+    customer_id: str = Field(max_length=255)
+    assignee: str | None = Field(default=None, max_length=320)
+    title: str
+    body: str = ""
+    due_at: datetime | None = _ts()
+    status: str = Field(default="open", max_length=10)  # open | done
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    done_at: datetime | None = _ts()
+
+
+class RunLog(SQLModel, table=True):
+    """One line per tick or dispatch run: when, how long, what changed."""
+
+    __tablename__ = "run_log"
+    __table_args__ = (Index("ix_run_log_playbook", "playbook", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    playbook: str | None = Field(default=None, max_length=255)
+    kind: str = Field(max_length=20)  # tick | dispatch
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    finished_at: datetime | None = _ts()
+    stats: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    error: str | None = None
+
+
+metadata = SQLModel.metadata

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from automation.db.engine import current_revision, head_revision, upgrade
+from automation.db.tables import metadata
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    assert diff == []
+
+
+def test_upgrade_is_idempotent_and_reaches_head(engine: Engine) -> None:
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    assert {"customer", "event", "outbox", "enrollment"} <= set(inspect(engine).get_table_names())
