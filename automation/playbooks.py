@@ -1,0 +1,623 @@
+"""Playbooks: YAML files parsed into frozen, validated models, with file:line:column on every error.
+
+Loading happens in three passes, each reporting every problem it finds:
+1. YAML syntax (``automation.yamlsource``);
+2. shape and values (pydantic models below, ``extra="forbid"``), with rule syntax parsed on the way;
+3. meaning: names that refer to each other, and rules type-checked against the customer fields
+   (``automation.validation`` adds the templates).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from automation.errors import PlaybookError, Problem
+from automation.rules import ast as rule_ast
+from automation.rules.ast import RuleError, format_duration, parse_duration
+from automation.rules.parser import parse
+from automation.yamlsource import PosStr, Source, load
+
+TOUCH_MODELS = ("high", "low", "none")
+CHANNELS = ("email", "sms", "webhook", "task")
+STEP_KINDS = (*CHANNELS, "wait")
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_\-]*$"
+
+
+# -- value types -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """A rule expression with its parsed tree and where it was written."""
+
+    text: str
+    node: rule_ast.Node
+    line: int = 0
+    column: int = 0
+
+    def position(self, offset: int) -> tuple[int, int]:
+        """File line and column of character ``offset`` of the rule (exact for one-line rules)."""
+        before = self.text[:offset]
+        extra_lines = before.count("\n")
+        if extra_lines == 0:
+            return self.line, self.column + offset
+        return self.line + extra_lines, len(before) - before.rfind("\n")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _to_rule(value: Any) -> Rule:
+    if isinstance(value, Rule):
+        return value
+    if isinstance(value, bool):
+        return Rule("true" if value else "false", rule_ast.Literal(value, "bool", 0))
+    if not isinstance(value, str):
+        raise PydanticCustomError("rule", "expected a rule such as `orders_count >= 2`")
+    try:
+        node = parse(value)
+    except RuleError as exc:
+        raise PydanticCustomError(
+            "rule_syntax", "{message}", {"message": exc.message, "offset": exc.pos}
+        ) from None
+    line, column = (value.line, value.column) if isinstance(value, PosStr) else (0, 0)
+    return Rule(str(value), node, line, column)
+
+
+RuleText = Annotated[
+    Rule,
+    BeforeValidator(_to_rule),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "a rule expression, e.g. clv >= 1000"}),
+]
+
+
+def _to_duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    parsed = parse_duration(str(value)) if isinstance(value, str) else None
+    if parsed is None:
+        raise PydanticCustomError(
+            "duration", "expected a duration like 3d, 12h, 90m or 2w, got {value!r}", {"value": value}
+        )
+    return parsed
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_to_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?[wdhms]$", "examples": ["3d", "12h"]}),
+]
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class Schedule(Frozen):
+    """``every 15 minutes`` or ``cron "*/15 * * * *"``."""
+
+    every: timedelta | None = None
+    cron: str | None = None
+
+    def __str__(self) -> str:
+        if self.every is not None:
+            return f"every {format_duration(self.every)}"
+        return f'cron "{self.cron}"'
+
+
+_EVERY = re.compile(r"^every\s+(\d+)\s*(second|minute|hour|day|week)s?$", re.I)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def _to_schedule(value: Any) -> Schedule:
+    if isinstance(value, Schedule):
+        return value
+    text = str(value).strip()
+    match = _EVERY.match(text)
+    if match:
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+        if seconds <= 0:
+            raise PydanticCustomError("schedule", "the interval must be positive")
+        return Schedule(every=timedelta(seconds=seconds))
+    duration = parse_duration(text.removeprefix("every").strip()) if text.startswith("every") else None
+    if duration is not None and duration.total_seconds() > 0:
+        return Schedule(every=duration)
+    if text.startswith("cron"):
+        expr = text.removeprefix("cron").strip().strip("\"'")
+        if len(expr.split()) != 5:
+            raise PydanticCustomError("schedule", 'a cron schedule has 5 fields, e.g. cron "*/15 * * * *"')
+        _check_cron(expr)
+        return Schedule(cron=expr)
+    raise PydanticCustomError(
+        "schedule", 'expected "every 15 minutes" (second/minute/hour/day/week) or cron "*/15 * * * *"'
+    )
+
+
+def _check_cron(expr: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expr)
+    except ValueError as exc:
+        raise PydanticCustomError(
+            "schedule", "invalid cron expression {expr!r}: {error}", {"expr": expr, "error": str(exc)}
+        ) from None
+
+
+ScheduleText = Annotated[
+    Schedule,
+    BeforeValidator(_to_schedule),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["every 15 minutes", 'cron "*/15 * * * *"']}),
+]
+
+
+class QuietHours(Frozen):
+    start: time
+    end: time
+
+    def contains(self, local: time) -> bool:
+        """Whether a local wall-clock time falls in the window (which may wrap midnight)."""
+        if self.start <= self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+def _to_quiet_hours(value: Any) -> QuietHours:
+    if isinstance(value, QuietHours):
+        return value
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", str(value))
+    if not match:
+        raise PydanticCustomError("quiet_hours", 'expected a window like "21:00-08:00"')
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise PydanticCustomError("quiet_hours", "hours go from 00 to 23 and minutes from 00 to 59")
+    if (h1, m1) == (h2, m2):
+        raise PydanticCustomError("quiet_hours", "the window starts and ends at the same time")
+    return QuietHours(start=time(h1, m1), end=time(h2, m2))
+
+
+QuietHoursText = Annotated[
+    QuietHours,
+    BeforeValidator(_to_quiet_hours),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^\d{1,2}:\d{2}-\d{1,2}:\d{2}$", "examples": ["21:00-08:00"]}
+    ),
+]
+
+
+class FrequencyCap(Frozen):
+    count: int
+    period: timedelta
+
+    def __str__(self) -> str:
+        return f"{self.count} per {format_duration(self.period)}"
+
+
+def _to_cap(value: Any) -> FrequencyCap:
+    if isinstance(value, FrequencyCap):
+        return value
+    match = re.fullmatch(r"\s*(\d+)\s+per\s+(\S+)\s*", str(value))
+    period = parse_duration(match.group(2)) if match else None
+    if not match or period is None or period.total_seconds() <= 0:
+        raise PydanticCustomError("frequency_cap", 'expected "<count> per <duration>", e.g. "3 per 7d"')
+    return FrequencyCap(count=int(match.group(1)), period=period)
+
+
+FrequencyCapText = Annotated[
+    FrequencyCap,
+    BeforeValidator(_to_cap),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+ per [0-9]+[wdhms]$", "examples": ["3 per 7d"]}),
+]
+
+
+class Reentry(Frozen):
+    """Whether a customer who comes back to a stage starts its program again."""
+
+    mode: Literal["never", "always", "after"]
+    cooldown: timedelta | None = None
+
+    def __str__(self) -> str:
+        return f"after {format_duration(self.cooldown)}" if self.cooldown else self.mode
+
+
+def _to_reentry(value: Any) -> Reentry:
+    if isinstance(value, Reentry):
+        return value
+    text = str(value).strip()
+    if text in ("never", "always"):
+        return Reentry(mode=text)
+    if text.startswith("after"):
+        cooldown = parse_duration(text.removeprefix("after").strip())
+        if cooldown is not None:
+            return Reentry(mode="after", cooldown=cooldown)
+    raise PydanticCustomError("reentry", 'expected never, always, or "after <duration>" such as "after 30d"')
+
+
+ReentryText = Annotated[
+    Reentry,
+    BeforeValidator(_to_reentry),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["never", "always", "after 30d"]}),
+]
+
+
+# -- steps -----------------------------------------------------------------------------------
+class _GuardedStep(Frozen):
+    when: RuleText | None = None
+    unless: RuleText | None = None
+    priority: int = 0
+
+
+class EmailStep(_GuardedStep):
+    email: Name
+
+
+class SmsStep(_GuardedStep):
+    sms: Name
+
+
+class WebhookStep(_GuardedStep):
+    webhook: Name
+    url: str = Field(min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not (
+            value.startswith(("http://", "https://")) or re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*\}.*", value)
+        ):
+            raise PydanticCustomError("url", "expected an http(s) URL or ${ENV_VAR} holding one")
+        return value
+
+
+class TaskStep(_GuardedStep):
+    task: Name
+    assign: str = "owner"
+    due: Duration = timedelta(days=3)
+
+    @field_validator("assign")
+    @classmethod
+    def _assign(cls, value: str) -> str:
+        if value != "owner" and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise PydanticCustomError(
+                "assign", "assign takes `owner` (the account owner) or an email address"
+            )
+        return value
+
+
+class WaitStep(Frozen):
+    wait: Duration
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kinds = [k for k in STEP_KINDS if k in value]
+        return kinds[0] if len(kinds) == 1 else None
+    for kind in STEP_KINDS:
+        if isinstance(value, BaseModel) and hasattr(value, kind):
+            return kind
+    return None
+
+
+Step = Annotated[
+    Annotated[EmailStep, Tag("email")]
+    | Annotated[SmsStep, Tag("sms")]
+    | Annotated[WebhookStep, Tag("webhook")]
+    | Annotated[TaskStep, Tag("task")]
+    | Annotated[WaitStep, Tag("wait")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step has exactly one of: email, sms, webhook, task, wait",
+    ),
+]
+MessageStep = EmailStep | SmsStep | WebhookStep | TaskStep
+
+
+def step_channel(step: MessageStep) -> str:
+    return next(kind for kind in CHANNELS if hasattr(step, kind))
+
+
+def step_template(step: MessageStep) -> str:
+    return str(getattr(step, step_channel(step)))
+
+
+# -- the playbook ----------------------------------------------------------------------------
+class Segment(Frozen):
+    name: Name
+    when: RuleText | None = None
+    touch: Literal["high", "low", "none"]
+
+
+class Stage(Frozen):
+    name: Name
+    when: RuleText
+
+
+class Recurring(Frozen):
+    name: Name
+    when: RuleText
+    once_per: Literal["day", "week", "month", "year"] = "year"
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _no_waits(cls, steps: list[Any]) -> list[Any]:
+        if any(isinstance(step, WaitStep) for step in steps):
+            raise PydanticCustomError(
+                "recurring_wait", "recurring steps are sent together; `wait` is not allowed"
+            )
+        return steps
+
+
+Program = dict[Literal["high", "low", "none"], list[Step]]
+
+
+class Playbook(Frozen):
+    name: Name
+    description: str = ""
+    schedule: ScheduleText = Schedule(every=timedelta(minutes=15))
+    timezone: str = Field(default="UTC", description="time zone for customers whose own zone is unknown")
+    quiet_hours: QuietHoursText | None = None
+    frequency_cap: FrequencyCapText | None = None
+    priority: int = 0
+    reentry: ReentryText = Reentry(mode="after", cooldown=timedelta(days=30))
+    segments: list[Segment] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1)
+    programs: dict[Name, Program] = Field(default_factory=dict)
+    recurring: list[Recurring] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except Exception:
+            raise PydanticCustomError(
+                "timezone",
+                "unknown time zone {value!r}; use an IANA name like Europe/Berlin",
+                {"value": value},
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Playbook:
+        for kind, names in (
+            ("segment", [s.name for s in self.segments]),
+            ("stage", [s.name for s in self.stages]),
+            ("recurring rule", [r.name for r in self.recurring]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise PydanticCustomError(
+                    "duplicate",
+                    "{kind} names must be unique: {names}",
+                    {"kind": kind, "names": ", ".join(dupes)},
+                )
+        return self
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.segments)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    def touch_of(self, segment: str) -> str:
+        return next(s.touch for s in self.segments if s.name == segment)
+
+    def program(
+        self, stage: str, touch: str
+    ) -> list[EmailStep | SmsStep | WebhookStep | TaskStep | WaitStep]:
+        return list(self.programs.get(stage, {}).get(touch, []))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class LoadedPlaybook:
+    """A validated playbook and the file it came from (for error positions)."""
+
+    playbook: Playbook
+    source: Source
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    def rule_problem(self, rule: Rule, offset: int, message: str) -> Problem:
+        line, column = rule.position(offset)
+        return self.source.problem(line, column, message)
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_playbook(path: Path) -> LoadedPlaybook:
+    """Parse and check the shape of one playbook file (no templates, no rule types: see ``validation``)."""
+    source = load(path)
+    if not isinstance(source.data, dict):
+        raise PlaybookError(
+            [source.problem(1, 1, "a playbook is a mapping with at least name, segments and stages")]
+        )
+    try:
+        playbook = Playbook.model_validate(source.data)
+    except ValidationError as exc:
+        raise PlaybookError(_problems(source, exc)) from None
+    loaded = LoadedPlaybook(playbook, source)
+    problems = _references(loaded)
+    if problems:
+        raise PlaybookError(problems)
+    return loaded
+
+
+def _problems(source: Source, error: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple[int, int, str]] = set()
+    for item in error.errors():
+        loc = [part for part in item["loc"] if not (isinstance(part, str) and part in _TAGS)]
+        kind = item["type"]
+        ctx = item.get("ctx") or {}
+        if kind == "extra_forbidden":
+            line, column = source.key_position(loc)
+            key = str(loc[-1])
+            known = _known_fields(source, loc)
+            guess = difflib.get_close_matches(key, known, n=1)
+            hint = (
+                f" (did you mean {guess[0]!r}?)"
+                if guess
+                else (f"; known fields: {', '.join(known)}" if known else "")
+            )
+            message = f"unknown field {key!r}{hint}"
+        elif kind == "missing":
+            line, column, _ = source.locate(loc[:-1])
+            message = f"missing required field {loc[-1]!r}" + _where(loc[:-1])
+        elif kind == "rule_syntax":
+            line, column, _ = source.locate(loc)
+            value = _value_at(source, loc)
+            if isinstance(value, PosStr):
+                rule = Rule(str(value), rule_ast.Literal(None, "null", 0), value.line, value.column)
+                line, column = rule.position(int(ctx.get("offset", 0)))
+            message = f"invalid rule: {ctx.get('message', item['msg'])}"
+        else:
+            line, column, _ = source.locate(loc)
+            message = _message(item["msg"], loc)
+        marker = (line, column, message)
+        if marker not in seen:
+            seen.add(marker)
+            problems.append(source.problem(line, column, message))
+    return problems
+
+
+_TAGS = set(STEP_KINDS)
+
+
+def _known_fields(source: Source, loc: Sequence[int | str]) -> list[str]:
+    """The fields allowed where an unknown one was found (for "did you mean")."""
+    model = _model_at(loc[:-1], source)
+    return sorted(model.model_fields) if model else []
+
+
+def _model_at(loc: Sequence[int | str], source: Source) -> type[BaseModel] | None:
+    path = [p for p in loc if not isinstance(p, int)]
+    if not path:
+        return Playbook
+    head = path[0]
+    if head == "segments":
+        return Segment
+    if head == "stages":
+        return Stage
+    if head == "recurring":
+        if len(path) == 1:
+            return Recurring
+        value = _value_at(source, loc)
+        return _STEP_MODELS.get(_step_kind(value) or "")
+    if head == "programs":
+        value = _value_at(source, loc)
+        return _STEP_MODELS.get(_step_kind(value) or "")
+    return None
+
+
+_STEP_MODELS: dict[str, type[BaseModel]] = {
+    "email": EmailStep,
+    "sms": SmsStep,
+    "webhook": WebhookStep,
+    "task": TaskStep,
+    "wait": WaitStep,
+}
+
+
+def _value_at(source: Source, loc: Sequence[int | str]) -> Any:
+    node = source.data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p + 1}]" for p in loc]
+    return f" in {'.'.join(parts).replace('.[', '[')}" if parts else ""
+
+
+def _message(msg: str, loc: Sequence[int | str]) -> str:
+    msg = msg.removeprefix("Value error, ")
+    field = str(loc[-1]) if loc and not isinstance(loc[-1], int) else None
+    if msg.startswith("String should match pattern"):
+        msg = "names start with a letter and use letters, digits, _ and -"
+    if msg.startswith("Input should be 'high', 'low' or 'none'"):
+        msg = "touch must be one of: high, low, none"
+    return f"{field}: {msg}" if field else msg
+
+
+def _references(loaded: LoadedPlaybook) -> list[Problem]:
+    """Names that must refer to each other: programs to stages, catch-all segments last."""
+    pb, source, problems = loaded.playbook, loaded.source, []
+    for stage in pb.programs:
+        if stage not in pb.stage_names:
+            line, column = source.key_position(["programs", stage])
+            guess = difflib.get_close_matches(stage, pb.stage_names, n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else f"; stages are: {', '.join(pb.stage_names)}"
+            problems.append(source.problem(line, column, f"program for unknown stage {stage!r}{hint}"))
+    for index, segment in enumerate(pb.segments[:-1]):
+        if segment.when is None:
+            line, column, _ = source.locate(["segments", index + 1])
+            problems.append(
+                source.problem(
+                    line,
+                    column,
+                    f"segment {pb.segments[index + 1].name!r} can never match: {segment.name!r} has no "
+                    "`when` and takes everyone left; move the catch-all segment last",
+                )
+            )
+            break
+    return problems
+
+
+def discover(paths: Sequence[Path]) -> list[Path]:
+    """Playbook files named by ``paths`` (folders are searched for *.yaml / *.yml, tests excluded)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.suffix in (".yaml", ".yml") and not p.name.endswith((".test.yaml", ".test.yml"))
+                )
+            )
+        else:
+            found.append(path)
+    return found

@@ -1,0 +1,1 @@
+"""The rule language: parse expressions (``parser``) and compile them to SQL (``compiler``)."""
