@@ -15,10 +15,14 @@ DEFAULT_DATABASE_URL = "sqlite:///automation.db"
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything configurable; secrets (``AUTOMATION_SECRET_KEY``) come from the environment only."""
+
     database_url: str = DEFAULT_DATABASE_URL
     templates_dir: Path = Path("templates")
     playbooks_dir: Path = Path("playbooks")
     outbox_dir: Path = Path("outbox")
+    public_url: str = "http://127.0.0.1:8080"
+    secret_key: str = "change-me"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -34,6 +38,8 @@ class Settings:
             templates_dir=Path(env.get("AUTOMATION_TEMPLATES_DIR", "templates")),
             playbooks_dir=Path(env.get("AUTOMATION_PLAYBOOKS_DIR", "playbooks")),
             outbox_dir=Path(env.get("AUTOMATION_OUTBOX_DIR", "outbox")),
+            public_url=env.get("AUTOMATION_PUBLIC_URL", "http://127.0.0.1:8080"),
+            secret_key=env.get("AUTOMATION_SECRET_KEY", "change-me"),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

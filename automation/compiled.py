@@ -1,0 +1,117 @@
+"""A playbook's rules compiled to SQL for one moment ``now``; every rule error reported with file:line:col."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, literal, null
+from sqlalchemy.sql.elements import ColumnElement
+
+from automation.errors import PlaybookError, Problem
+from automation.playbooks import (
+    TOUCH_MODELS,
+    EmailStep,
+    LoadedPlaybook,
+    Rule,
+    SmsStep,
+    TaskStep,
+    WaitStep,
+    WebhookStep,
+)
+from automation.rules.ast import RuleError
+from automation.rules.compiler import Binding, Scope, compile_rule
+
+AnyStep = EmailStep | SmsStep | WebhookStep | TaskStep | WaitStep
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A step's `when`/`unless` as one SQL condition that is true when the step may be sent."""
+
+    condition: ColumnElement[bool]
+    text: str  # what to show when it holds a message back
+
+
+@dataclass(frozen=True)
+class CompiledPlaybook:
+    loaded: LoadedPlaybook
+    now: datetime
+    segment: ColumnElement[Any]  # the segment name, NULL when no segment matches
+    touch: ColumnElement[Any]
+    stage: ColumnElement[Any]  # the stage name, NULL when no stage matches
+    guards: dict[tuple[str, str, int], Guard]  # (stage or "recurring:<name>", touch or "", step index)
+    recurring: dict[str, ColumnElement[bool]]
+
+    @property
+    def name(self) -> str:
+        return self.loaded.playbook.name
+
+
+def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
+    """Compile every rule of ``loaded``; raise ``PlaybookError`` listing every rule that does not check."""
+    pb = loaded.playbook
+    problems: list[Problem] = []
+
+    def compile_one(rule: Rule, scope: Scope) -> ColumnElement[bool]:
+        try:
+            return compile_rule(rule.node, scope)
+        except RuleError as exc:
+            problems.append(loaded.rule_problem(rule, exc.pos, exc.message))
+            return literal(False)
+
+    base = Scope(now=now, fallback_timezone=pb.timezone)
+    whens = [(compile_one(s.when, base), s.name) for s in pb.segments if s.when is not None]
+    catch_all = next((s.name for s in pb.segments if s.when is None), None)
+    segment: ColumnElement[Any] = (
+        case(*whens, else_=literal(catch_all) if catch_all else null())
+        if whens
+        else (literal(catch_all) if catch_all else null())
+    )
+    touch_map = {s.name: s.touch for s in pb.segments}
+    touch: ColumnElement[Any] = case(touch_map, value=segment, else_=null())
+    with_segment = Scope(
+        now=now,
+        fallback_timezone=pb.timezone,
+        names={
+            "segment": Binding(segment, pb.segment_names),
+            "touch": Binding(touch, TOUCH_MODELS),
+        },
+    )
+    stage_whens = [(compile_one(s.when, with_segment), s.name) for s in pb.stages]
+    stage: ColumnElement[Any] = case(*stage_whens, else_=null())
+    full = Scope(
+        now=now,
+        fallback_timezone=pb.timezone,
+        names={**with_segment.names, "stage": Binding(stage, pb.stage_names)},
+    )
+
+    guards: dict[tuple[str, str, int], Guard] = {}
+
+    def add_guards(key: tuple[str, str], steps: list[AnyStep]) -> None:
+        for index, step in enumerate(steps):
+            if isinstance(step, WaitStep) or (step.when is None and step.unless is None):
+                continue
+            parts: list[ColumnElement[bool]] = []
+            texts: list[str] = []
+            if step.when is not None:
+                parts.append(compile_one(step.when, full))
+                texts.append(f"when {step.when.text}")
+            if step.unless is not None:
+                parts.append(~compile_one(step.unless, full))
+                texts.append(f"unless {step.unless.text}")
+            condition = parts[0] if len(parts) == 1 else parts[0] & parts[1]
+            guards[(*key, index)] = Guard(condition, " and ".join(texts))
+
+    for stage_name, by_touch in pb.programs.items():
+        for touch_name, steps in by_touch.items():
+            add_guards((stage_name, touch_name), list(steps))
+    recurring: dict[str, ColumnElement[bool]] = {}
+    for rule in pb.recurring:
+        recurring[rule.name] = compile_one(rule.when, full)
+        add_guards((f"recurring:{rule.name}", ""), list(rule.steps))
+
+    if problems:
+        raise PlaybookError(problems)
+    return CompiledPlaybook(loaded, now, segment, touch, stage, guards, recurring)

@@ -1,0 +1,643 @@
+"""Evaluate a playbook at a moment ``now`` and plan a tick: the one path shared by preview and daemon.
+
+The database does the filtering. ``evaluate`` counts customers per segment and stage with one GROUP BY.
+``plan`` streams only what changed: customers whose segment or stage differs from the stored
+``customer_state`` (all of them before the first tick), enrollments whose next step is due, and
+recurring rules that match today. For each, it plans actions (a message or task) and checks whether
+each would be held back: step guard, missing address, consent, quiet hours, frequency cap.
+
+A ``Sink`` receives the plan. The preview's sink keeps what it needs to show and writes nothing;
+the tick's sink writes state, history, enrollments and the outbox in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Table, and_, func, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from automation.compiled import AnyStep, CompiledPlaybook
+from automation.db.tables import metadata
+from automation.playbooks import (
+    FrequencyCap,
+    Playbook,
+    QuietHours,
+    TaskStep,
+    WaitStep,
+    step_channel,
+    step_template,
+)
+
+CUSTOMER: Table = metadata.tables["customer"]
+STATE: Table = metadata.tables["customer_state"]
+ENROLLMENT: Table = metadata.tables["enrollment"]
+OUTBOX: Table = metadata.tables["outbox"]
+SUPPRESSION: Table = metadata.tables["suppression"]
+
+#: Channels that reach the customer: quiet hours and frequency caps apply to these only.
+CUSTOMER_CHANNELS = ("email", "sms")
+#: Outbox states that count against a frequency cap (planned or delivered, not dead or cancelled).
+COUNTED_STATES = ("pending", "claimed", "retry", "sent")
+BATCH = 1000
+
+
+# -- what a plan is made of ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transition:
+    """A customer whose segment or stage differs from what was stored at the last tick."""
+
+    customer_id: str
+    segment: str | None
+    touch: str | None
+    stage: str | None
+    previous_segment: str | None
+    previous_stage: str | None
+    known: bool  # False when the customer had no stored state for this playbook
+
+    @property
+    def stage_changed(self) -> bool:
+        return self.stage != self.previous_stage or not self.known
+
+
+@dataclass(frozen=True)
+class EnrollmentChange:
+    """A program run that starts, advances, completes or exits."""
+
+    customer_id: str
+    stage: str
+    touch: str
+    segment: str | None
+    started_at: datetime
+    step_index: int  # index of the next step to run
+    next_step_at: datetime | None
+    status: str  # active | completed | exited
+    enrollment_id: int | None = None  # None for a new enrollment
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    playbook: str
+    customer_id: str
+    segment: str | None
+    touch: str | None
+    stage: str | None
+    step: str  # e.g. "acquisition/none#1" or "recurring/birthday_reward#1"
+    channel: str
+    template: str
+    due_at: datetime
+    idempotency_key: str
+    priority: int
+    status: str  # planned | suppressed
+    reason: str | None = None
+    until: datetime | None = None  # for actions deferred (quiet hours, frequency cap): when they may go
+    assignee: str | None = None
+    due: datetime | None = None  # tasks: when the person should have done it
+    url: str | None = None  # webhooks: the target (may name ${ENV})
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for key in ("due_at", "until", "due"):
+            if data[key] is not None:
+                data[key] = data[key].isoformat()
+        return data
+
+
+class Sink(Protocol):
+    def transition(self, item: Transition) -> None: ...
+
+    def enrollment(self, item: EnrollmentChange) -> None: ...
+
+    def action(self, item: PlannedAction) -> None: ...
+
+
+@dataclass
+class Counts:
+    """Customers per segment, per stage, and the segment x stage matrix (None: no segment / no stage)."""
+
+    matrix: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.matrix.values())
+
+    def by_segment(self) -> dict[str | None, int]:
+        out: Counter[str | None] = Counter()
+        for (segment, _), n in self.matrix.items():
+            out[segment] += n
+        return dict(out)
+
+    def by_stage(self) -> dict[str | None, int]:
+        out: Counter[str | None] = Counter()
+        for (_, stage), n in self.matrix.items():
+            out[stage] += n
+        return dict(out)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def evaluate(
+    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None = None
+) -> Counts:
+    """Segment and stage of every customer, counted in the database (one query, one row per cell)."""
+    inner = select(compiled.segment.label("segment"), compiled.stage.label("stage"))
+    if customer_ids is not None:
+        inner = inner.where(CUSTOMER.c.id.in_(customer_ids))
+    cells = inner.subquery("evaluated")
+    query = select(cells.c.segment, cells.c.stage, func.count()).group_by(cells.c.segment, cells.c.stage)
+    return Counts({(row[0], row[1]): int(row[2]) for row in conn.execute(query)})
+
+
+def transitions(
+    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None = None
+) -> Iterator[Transition]:
+    """Customers whose segment or stage is not what ``customer_state`` holds, streamed in id order."""
+    segment, stage = compiled.segment.label("segment"), compiled.stage.label("stage")
+    joined = CUSTOMER.outerjoin(
+        STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
+    )
+    inner = select(
+        CUSTOMER.c.id.label("customer_id"),
+        segment,
+        stage,
+        STATE.c.segment.label("previous_segment"),
+        STATE.c.stage.label("previous_stage"),
+        STATE.c.customer_id.label("known"),
+    ).select_from(joined)
+    if customer_ids is not None:
+        inner = inner.where(CUSTOMER.c.id.in_(customer_ids))
+    rows = inner.subquery("evaluated")
+    changed = or_(
+        rows.c.known.is_(None),
+        rows.c.segment.is_distinct_from(rows.c.previous_segment),
+        rows.c.stage.is_distinct_from(rows.c.previous_stage),
+    )
+    query = select(rows).where(changed).order_by(rows.c.customer_id)
+    touch_of = {s.name: s.touch for s in compiled.loaded.playbook.segments}
+    result = conn.execution_options(yield_per=BATCH).execute(query)
+    for row in result:
+        if row.known is None and row.segment is None and row.stage is None:
+            continue  # never in this playbook and still not: nothing to record
+        yield Transition(
+            customer_id=row.customer_id,
+            segment=row.segment,
+            touch=touch_of.get(row.segment) if row.segment else None,
+            stage=row.stage,
+            previous_segment=row.previous_segment,
+            previous_stage=row.previous_stage,
+            known=row.known is not None,
+        )
+
+
+# -- planning ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Due:
+    """One program position to run for one customer."""
+
+    customer_id: str
+    stage: str
+    touch: str
+    segment: str | None
+    started_at: datetime
+    step_index: int
+    enrollment_id: int | None
+
+
+def plan(
+    conn: Connection,
+    compiled: CompiledPlaybook,
+    sink: Sink,
+    customer_ids: Sequence[str] | None = None,
+    global_cap: FrequencyCap | None = None,
+) -> None:
+    """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink`` (nothing is written here)."""
+    planner = _Planner(conn, compiled, sink, global_cap)
+    exited: set[str] = set()
+    batch: list[Transition] = []
+    for item in transitions(conn, compiled, customer_ids):
+        sink.transition(item)
+        if item.stage_changed and item.previous_stage is not None:
+            exited.add(item.customer_id)
+        batch.append(item)
+        if len(batch) >= BATCH:
+            planner.enter(batch)
+            batch = []
+    if batch:
+        planner.enter(batch)
+    planner.exit_enrollments(exited, customer_ids)
+    planner.advance_due(exited, customer_ids)
+    planner.recurring(customer_ids)
+
+
+class _Planner:
+    def __init__(
+        self, conn: Connection, compiled: CompiledPlaybook, sink: Sink, global_cap: FrequencyCap | None
+    ):
+        self.conn, self.compiled, self.sink = conn, compiled, sink
+        self.pb: Playbook = compiled.loaded.playbook
+        self.now = compiled.now
+        self.global_cap = global_cap
+        self.fallback_zone = ZoneInfo(self.pb.timezone)
+        self.planned: dict[str, list[datetime]] = defaultdict(list)  # customer-facing messages this tick
+
+    # entering a stage starts its program for the customer's touch model
+    def enter(self, batch: list[Transition]) -> None:
+        entering = [t for t in batch if t.stage_changed and t.stage is not None and t.touch is not None]
+        if not entering:
+            return
+        blocked = self.reentry_blocked(entering)
+        due = [
+            _Due(t.customer_id, t.stage, t.touch, t.segment, self.now, 0, None)  # type: ignore[arg-type]
+            for t in entering
+            if (t.customer_id, t.stage) not in blocked and self.pb.program(t.stage, t.touch)  # type: ignore[arg-type]
+        ]
+        self.run(due)
+
+    def reentry_blocked(self, entering: list[Transition]) -> set[tuple[str, str]]:
+        """(customer, stage) pairs whose earlier run of the stage's program forbids starting again."""
+        policy = self.pb.reentry
+        if policy.mode == "always":
+            return set()
+        ids = [t.customer_id for t in entering if t.known]
+        if not ids:
+            return set()
+        query = (
+            select(ENROLLMENT.c.customer_id, ENROLLMENT.c.stage, func.max(ENROLLMENT.c.started_at))
+            .where(ENROLLMENT.c.playbook == self.pb.name, ENROLLMENT.c.customer_id.in_(ids))
+            .group_by(ENROLLMENT.c.customer_id, ENROLLMENT.c.stage)
+        )
+        blocked = set()
+        for customer_id, stage, last_start in self.conn.execute(query):
+            if policy.mode == "never" or (
+                policy.cooldown and self.now - _aware(last_start) < policy.cooldown
+            ):
+                blocked.add((customer_id, stage))
+        return blocked
+
+    def exit_enrollments(self, exited: set[str], customer_ids: Sequence[str] | None) -> None:
+        """Customers who left a stage leave its program; pending steps are cancelled."""
+        ids = sorted(exited)
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            query = select(ENROLLMENT).where(
+                ENROLLMENT.c.playbook == self.pb.name,
+                ENROLLMENT.c.status == "active",
+                ENROLLMENT.c.customer_id.in_(chunk),
+            )
+            for row in self.conn.execute(query):
+                self.sink.enrollment(
+                    EnrollmentChange(
+                        row.customer_id,
+                        row.stage,
+                        row.touch,
+                        row.segment,
+                        _aware(row.started_at),
+                        row.step_index,
+                        None,
+                        "exited",
+                        row.id,
+                        f"left stage {row.stage}",
+                    )
+                )
+
+    def advance_due(self, exited: set[str], customer_ids: Sequence[str] | None) -> None:
+        """Enrollments whose wait is over run their next steps."""
+        query = (
+            select(ENROLLMENT)
+            .where(
+                ENROLLMENT.c.playbook == self.pb.name,
+                ENROLLMENT.c.status == "active",
+                ENROLLMENT.c.next_step_at <= self.now,
+            )
+            .order_by(ENROLLMENT.c.id)
+        )
+        if customer_ids is not None:
+            query = query.where(ENROLLMENT.c.customer_id.in_(customer_ids))
+        batch: list[_Due] = []
+        for row in self.conn.execution_options(yield_per=BATCH).execute(query):
+            if row.customer_id in exited:
+                continue
+            batch.append(
+                _Due(
+                    row.customer_id,
+                    row.stage,
+                    row.touch,
+                    row.segment,
+                    _aware(row.started_at),
+                    row.step_index,
+                    row.id,
+                )
+            )
+            if len(batch) >= BATCH:
+                self.run(batch)
+                batch = []
+        if batch:
+            self.run(batch)
+
+    def run(self, due: list[_Due]) -> None:
+        """Walk each program from its position to the next wait, planning every message step on the way."""
+        if not due:
+            return
+        facts = self.facts([d.customer_id for d in due], {(d.stage, d.touch) for d in due})
+        for d in due:
+            steps = self.pb.program(d.stage, d.touch)
+            index = d.step_index
+            customer = facts.customers.get(d.customer_id)
+            if customer is None:
+                continue
+            while index < len(steps):
+                step = steps[index]
+                if isinstance(step, WaitStep):
+                    index += 1
+                    next_at = self.now + step.wait
+                    status = "active" if index < len(steps) else "completed"
+                    self.sink.enrollment(
+                        EnrollmentChange(
+                            d.customer_id,
+                            d.stage,
+                            d.touch,
+                            d.segment,
+                            d.started_at,
+                            index,
+                            next_at if status == "active" else None,
+                            status,
+                            d.enrollment_id,
+                        )
+                    )
+                    break
+                key = f"{self.pb.name}:{d.customer_id}:{d.stage}:{d.started_at.isoformat()}:{d.touch}:{index}"
+                guard = facts.guards.get((d.customer_id, d.stage, d.touch, index), True)
+                guard_text = self.compiled.guards.get((d.stage, d.touch, index))
+                self.action(
+                    customer,
+                    facts,
+                    step,
+                    f"{d.stage}/{d.touch}#{index + 1}",
+                    key,
+                    d.segment,
+                    d.touch,
+                    d.stage,
+                    None if guard else f"step guard: {guard_text.text if guard_text else ''}",
+                )
+                index += 1
+            else:
+                self.sink.enrollment(
+                    EnrollmentChange(
+                        d.customer_id,
+                        d.stage,
+                        d.touch,
+                        d.segment,
+                        d.started_at,
+                        index,
+                        None,
+                        "completed",
+                        d.enrollment_id,
+                    )
+                )
+
+    def recurring(self, customer_ids: Sequence[str] | None) -> None:
+        """Recurring rules that match now fire once per period (day, week, month or year, local time)."""
+        for rule in self.pb.recurring:
+            condition = self.compiled.recurring[rule.name]
+            query = (
+                select(
+                    CUSTOMER.c.id,
+                    CUSTOMER.c.timezone,
+                    self.compiled.segment.label("segment"),
+                    self.compiled.stage.label("stage"),
+                )
+                .where(condition)
+                .order_by(CUSTOMER.c.id)
+            )
+            if customer_ids is not None:
+                query = query.where(CUSTOMER.c.id.in_(customer_ids))
+            rows = list(self.conn.execute(query))
+            for start in range(0, len(rows), BATCH):
+                chunk = rows[start : start + BATCH]
+                ids = [r.id for r in chunk]
+                facts = self.facts(ids, set(), recurring=rule.name)
+                periods = {
+                    r.id: _period(self.now.astimezone(self._zone(r.timezone)), rule.once_per) for r in chunk
+                }
+                keys = {r.id: f"{self.pb.name}:recurring:{rule.name}:{periods[r.id]}:{r.id}" for r in chunk}
+                fired = {
+                    k
+                    for (k,) in self.conn.execute(
+                        select(OUTBOX.c.idempotency_key).where(
+                            OUTBOX.c.idempotency_key.in_(
+                                [f"{k}:{i}" for k in keys.values() for i in range(len(rule.steps))]
+                            )
+                        )
+                    )
+                }
+                for row in chunk:
+                    customer = facts.customers.get(row.id)
+                    if customer is None:
+                        continue
+                    touch = self.pb.touch_of(row.segment) if row.segment else None
+                    for index, step in enumerate(rule.steps):
+                        key = f"{keys[row.id]}:{index}"
+                        if key in fired:
+                            continue
+                        guard = facts.guards.get((row.id, f"recurring:{rule.name}", "", index), True)
+                        guard_text = self.compiled.guards.get((f"recurring:{rule.name}", "", index))
+                        self.action(
+                            customer,
+                            facts,
+                            step,
+                            f"recurring/{rule.name}#{index + 1}",
+                            key,
+                            row.segment,
+                            touch,
+                            row.stage,
+                            None if guard else f"step guard: {guard_text.text if guard_text else ''}",
+                        )
+
+    # -- checks --------------------------------------------------------------------------------
+    def facts(self, ids: list[str], programs: set[tuple[str, str]], recurring: str | None = None) -> _Facts:
+        """Everything the checks need about a batch of customers, in a few queries."""
+        guard_keys = [
+            key
+            for key in self.compiled.guards
+            if (key[0], key[1]) in programs or (recurring and key[0] == f"recurring:{recurring}")
+        ]
+        columns: list[ColumnElement[Any]] = [
+            CUSTOMER.c.id,
+            CUSTOMER.c.email,
+            CUSTOMER.c.phone,
+            CUSTOMER.c.owner_email,
+            CUSTOMER.c.timezone,
+        ]
+        columns += [self.compiled.guards[k].condition.label(f"g{i}") for i, k in enumerate(guard_keys)]
+        customers: dict[str, Any] = {}
+        guards: dict[tuple[str, str, str, int], bool] = {}
+        for row in self.conn.execute(select(*columns).where(CUSTOMER.c.id.in_(ids))):
+            customers[row.id] = row
+            for i, key in enumerate(guard_keys):
+                guards[(row.id, *key)] = bool(row[5 + i])
+        suppressed: dict[tuple[str, str], str] = {}
+        for customer_id, channel, reason in self.conn.execute(
+            select(SUPPRESSION.c.customer_id, SUPPRESSION.c.channel, SUPPRESSION.c.reason).where(
+                SUPPRESSION.c.customer_id.in_(ids)
+            )
+        ):
+            suppressed[(customer_id, channel)] = reason
+        sent = self.sent_times(ids)
+        return _Facts(customers, guards, suppressed, sent)
+
+    def sent_times(self, ids: list[str]) -> dict[str, dict[str, list[datetime]]]:
+        """Per customer, times of counted customer-facing messages in the longest cap window, by playbook."""
+        caps = [c for c in (self.pb.frequency_cap, self.global_cap) if c is not None]
+        if not caps:
+            return {}
+        window = max(c.period for c in caps)
+        query = select(OUTBOX.c.customer_id, OUTBOX.c.playbook, OUTBOX.c.due_at).where(
+            OUTBOX.c.customer_id.in_(ids),
+            OUTBOX.c.channel.in_(CUSTOMER_CHANNELS),
+            OUTBOX.c.status.in_(COUNTED_STATES),
+            OUTBOX.c.due_at > self.now - window,
+        )
+        out: dict[str, dict[str, list[datetime]]] = defaultdict(lambda: defaultdict(list))
+        for customer_id, playbook, due_at in self.conn.execute(query):
+            out[customer_id][playbook].append(_aware(due_at))
+        return out
+
+    def _zone(self, name: str | None) -> ZoneInfo:
+        try:
+            return ZoneInfo(name) if name else self.fallback_zone
+        except Exception:
+            return self.fallback_zone
+
+    def action(
+        self,
+        customer: Any,
+        facts: _Facts,
+        step: AnyStep,
+        step_name: str,
+        key: str,
+        segment: str | None,
+        touch: str | None,
+        stage: str | None,
+        guard_reason: str | None,
+    ) -> None:
+        assert not isinstance(step, WaitStep)
+        channel, template = step_channel(step), step_template(step)
+        reason, until = guard_reason, None
+        assignee = due = url = None
+        if channel == "task":
+            assert isinstance(step, TaskStep)
+            assignee = customer.owner_email if step.assign == "owner" else step.assign
+            due = self.now + step.due
+            if reason is None and not assignee:
+                reason = "no account owner: owner_email is empty"
+        elif channel == "webhook":
+            url = step.url  # type: ignore[union-attr]
+        if reason is None and channel == "email" and not customer.email:
+            reason = "no email address"
+        if reason is None and channel == "sms" and not customer.phone:
+            reason = "no phone number"
+        if reason is None and (customer.id, channel) in facts.suppressed:
+            reason = f"consent: {channel} suppressed ({facts.suppressed[(customer.id, channel)]})"
+        if reason is None and channel in CUSTOMER_CHANNELS:
+            reason, until = self.quiet_hours(customer)
+            if reason is None:
+                reason, until = self.frequency(customer.id, facts)
+        status = "planned" if reason is None else "suppressed"
+        if status == "planned" and channel in CUSTOMER_CHANNELS:
+            self.planned[customer.id].append(self.now)
+        self.sink.action(
+            PlannedAction(
+                playbook=self.pb.name,
+                customer_id=customer.id,
+                segment=segment,
+                touch=touch,
+                stage=stage,
+                step=step_name,
+                channel=channel,
+                template=template,
+                due_at=until or self.now,
+                idempotency_key=key,
+                priority=step.priority or self.pb.priority,
+                status=status,
+                reason=reason,
+                until=until,
+                assignee=assignee,
+                due=due,
+                url=url,
+            )
+        )
+
+    def quiet_hours(self, customer: Any) -> tuple[str | None, datetime | None]:
+        window: QuietHours | None = self.pb.quiet_hours
+        if window is None:
+            return None, None
+        zone = self._zone(customer.timezone)
+        local = self.now.astimezone(zone)
+        if not window.contains(local.time()):
+            return None, None
+        end = local.replace(hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0)
+        if end.replace(tzinfo=None) <= local.replace(tzinfo=None):
+            end = end + timedelta(days=1)
+        until = datetime.combine(end.date(), window.end, tzinfo=zone).astimezone(UTC)  # DST-safe wall time
+        return f"quiet hours until {window.end:%H:%M} {zone.key}", until
+
+    def frequency(self, customer_id: str, facts: _Facts) -> tuple[str | None, datetime | None]:
+        history = facts.sent.get(customer_id, {})
+        this_tick = self.planned.get(customer_id, [])
+        for cap, times in (
+            (self.pb.frequency_cap, [*history.get(self.pb.name, []), *this_tick]),
+            (self.global_cap, [t for ts in history.values() for t in ts] + this_tick),
+        ):
+            if cap is None:
+                continue
+            recent = sorted(t for t in times if t > self.now - cap.period)
+            if len(recent) >= cap.count:
+                until = recent[len(recent) - cap.count] + cap.period
+                scope = "frequency cap" if cap is self.pb.frequency_cap else "global frequency cap"
+                return f"{scope} {len(recent)}/{cap.count} per {_days(cap.period)}", until
+        return None, None
+
+
+@dataclass
+class _Facts:
+    customers: dict[str, Any]
+    guards: dict[tuple[str, str, str, int], bool]
+    suppressed: dict[tuple[str, str], str]
+    sent: dict[str, dict[str, list[datetime]]]
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _days(period: timedelta) -> str:
+    from automation.rules.ast import format_duration
+
+    return format_duration(period)
+
+
+def _period(local: datetime, once_per: str) -> str:
+    if once_per == "day":
+        return local.strftime("%Y-%m-%d")
+    if once_per == "week":
+        year, week, _ = local.isocalendar()
+        return f"{year}-W{week:02d}"
+    if once_per == "month":
+        return local.strftime("%Y-%m")
+    return local.strftime("%Y")
+
+
+def iter_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
