@@ -97,7 +97,7 @@ def _to_duration(value: Any) -> timedelta:
     parsed = parse_duration(str(value)) if isinstance(value, str) else None
     if parsed is None:
         raise PydanticCustomError(
-            "duration", "expected a duration like 3d, 12h, 90m or 2w, got {value!r}", {"value": value}
+            "duration", "expected a duration like 3d, 12h, 90m or 2w, got '{value}'", {"value": value}
         )
     return parsed
 
@@ -483,7 +483,7 @@ def _problems(source: Source, error: ValidationError) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple[int, int, str]] = set()
     for item in error.errors():
-        loc = [part for part in item["loc"] if not (isinstance(part, str) and part in _TAGS)]
+        loc = _without_tags(item["loc"])
         kind = item["type"]
         ctx = item.get("ctx") or {}
         if kind == "extra_forbidden":
@@ -517,7 +517,14 @@ def _problems(source: Source, error: ValidationError) -> list[Problem]:
     return problems
 
 
-_TAGS = set(STEP_KINDS)
+def _without_tags(loc: Sequence[int | str]) -> list[int | str]:
+    """Drop the step-kind tag pydantic puts right after a step's list index."""
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        if i > 0 and isinstance(loc[i - 1], int) and part in STEP_KINDS and i + 1 < len(loc):
+            continue
+        out.append(part)
+    return out
 
 
 def _known_fields(source: Source, loc: Sequence[int | str]) -> list[str]:
@@ -562,8 +569,6 @@ def _value_at(source: Source, loc: Sequence[int | str]) -> Any:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
-        else:
-            return None
     return node
 
 

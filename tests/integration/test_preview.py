@@ -1,0 +1,267 @@
+"""The preview on a known data set, on SQLite and PostgreSQL: counts, actions, reasons, and no writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, insert, select
+
+from automation.config import Settings
+from automation.db.tables import metadata
+from automation.engine import plan, transitions
+from automation.preview import PreviewSink, run_preview
+from automation.rendering import TemplateStore
+from automation.validation import check_playbook
+from tests.conftest import ROOT
+
+# 12:00 UTC: daytime in Europe and the Americas, 21:00 in Tokyo (quiet hours there)
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+TEMPLATES = TemplateStore(ROOT / "templates")
+T = metadata.tables
+
+
+def customer(cid: str, **fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": cid,
+        "email": f"{cid}@example.com",
+        "phone": "+14155550100",
+        "first_name": cid.title(),
+        "last_name": None,
+        "timezone": "Europe/Berlin",
+        "locale": "en-US",
+        "owner_email": "owner@example.com",
+        "plan": "starter",
+        "clv": 100.0,
+        "orders_count": 0,
+        "signed_up_at": NOW - timedelta(days=400),
+        "last_order_at": None,
+        "last_seen_at": None,
+        "birthday": None,
+        "nps": None,
+        "attributes": {},
+        "updated_at": NOW,
+    }
+    row.update(fields)
+    return row
+
+
+CUSTOMERS = [
+    customer("newbie", signed_up_at=NOW - timedelta(days=2)),  # acquisition, self_serve: welcome email
+    customer("tokyo", signed_up_at=NOW - timedelta(days=5), timezone="Asia/Tokyo"),  # quiet hours
+    customer("nomail", signed_up_at=NOW - timedelta(days=5), email=None),  # no address
+    customer("unsub", signed_up_at=NOW - timedelta(days=5)),  # suppressed email
+    customer("lapsed"),  # orders 0, signed up long ago: no stage
+    customer("buyer", orders_count=1),  # conversion: no program
+    customer("regular", orders_count=3, birthday=date(1990, 11, 22)),  # retention + birthday
+    customer("fan", orders_count=4, clv=2000.0),  # growth, retention: tips email
+    customer("referrer", orders_count=1, clv=20000.0),  # strategic; referral event -> loyalty: task
+    customer("bigco", orders_count=12, plan="enterprise", owner_email=None),  # strategic loyalty, no owner
+    customer("vip", orders_count=15),  # self_serve loyalty: email + webhook
+]
+
+
+@pytest.fixture
+def data(engine: Engine) -> Engine:
+    with engine.begin() as conn:
+        conn.execute(insert(T["customer"]), CUSTOMERS)
+        conn.execute(
+            insert(T["event"]),
+            [
+                {
+                    "customer_id": "referrer",
+                    "name": "referral_sent",
+                    "occurred_at": NOW - timedelta(days=3),
+                    "properties": {},
+                }
+            ],
+        )
+        conn.execute(
+            insert(T["suppression"]),
+            [{"channel": "email", "customer_id": "unsub", "reason": "unsubscribed", "created_at": NOW}],
+        )
+    return engine
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {name: conn.execute(select(func.count()).select_from(t)).scalar_one() for name, t in T.items()}
+
+
+def preview(engine: Engine, **kwargs: Any) -> dict[str, Any]:
+    compiled = check_playbook(ROOT / "playbooks" / "lifecycle.yaml", TEMPLATES, NOW)
+    with engine.connect() as conn:
+        result = run_preview(conn, compiled, TEMPLATES, Settings(), **kwargs)
+    data: dict[str, Any] = result.as_json()
+    return data
+
+
+def test_counts_matrix_and_actions(data: Engine) -> None:
+    before = table_counts(data)
+    out = preview(data, limit=0)
+    assert table_counts(data) == before, "the preview must not write"
+
+    assert out["customers"] == 11
+    assert {k: v["customers"] for k, v in out["segments"].items()} == {
+        "strategic": 2,
+        "growth": 1,
+        "self_serve": 8,
+    }
+    assert out["stages"] == {"loyalty": 3, "retention": 2, "conversion": 1, "acquisition": 4, "(none)": 1}
+    assert out["matrix"] == {
+        "growth": {"retention": 1},
+        "self_serve": {"acquisition": 4, "conversion": 1, "loyalty": 1, "retention": 1, "(none)": 1},
+        "strategic": {"loyalty": 2},
+    }
+
+    actions = {(a["customer_id"], a["step"]): a for a in out["actions"]}
+    assert set(actions) == {
+        ("newbie", "acquisition/none#1"),
+        ("tokyo", "acquisition/none#1"),
+        ("nomail", "acquisition/none#1"),
+        ("unsub", "acquisition/none#1"),
+        ("regular", "retention/none#1"),
+        ("regular", "recurring/birthday_reward#1"),
+        ("fan", "retention/low#1"),
+        ("referrer", "loyalty/high#1"),
+        ("bigco", "loyalty/high#1"),
+        ("vip", "loyalty/none#1"),
+        ("vip", "loyalty/none#2"),
+    }
+    assert actions[("newbie", "acquisition/none#1")]["status"] == "planned"
+    assert actions[("newbie", "acquisition/none#1")]["template"] == "welcome"
+    tokyo = actions[("tokyo", "acquisition/none#1")]
+    assert (tokyo["status"], tokyo["reason"]) == ("suppressed", "quiet hours until 08:00 Asia/Tokyo")
+    assert tokyo["until"] == "2026-11-22T23:00:00+00:00"
+    assert actions[("nomail", "acquisition/none#1")]["reason"] == "no email address"
+    assert actions[("unsub", "acquisition/none#1")]["reason"] == "consent: email suppressed (unsubscribed)"
+    assert actions[("bigco", "loyalty/high#1")]["reason"] == "no account owner: owner_email is empty"
+    task = actions[("referrer", "loyalty/high#1")]
+    assert (task["channel"], task["assignee"], task["status"]) == ("task", "owner@example.com", "planned")
+    hook = actions[("vip", "loyalty/none#2")]
+    assert (hook["channel"], hook["url"], hook["status"]) == ("webhook", "${LOYALTY_WEBHOOK_URL}", "planned")
+    assert actions[("regular", "recurring/birthday_reward#1")]["status"] == "planned"
+    assert out["summary"]["planned"] + out["summary"]["suppressed"] == out["summary"]["actions"] == 11
+    assert out["summary"]["reasons"] == {
+        "quiet hours": 1,
+        "no email address": 1,
+        "consent": 1,
+        "no account owner: owner_email is empty": 1,
+    }
+
+
+def test_limit_keeps_counts_whole(data: Engine) -> None:
+    out = preview(data, limit=3)
+    assert len(out["actions"]) == 3
+    assert out["summary"]["actions"] == 11
+
+
+def test_one_customer_trace_and_rendered_messages(data: Engine) -> None:
+    out = preview(data, customer_id="regular")
+    assert out["customers"] == 1
+    chosen = [(t["kind"], t["name"]) for t in out["trace"] if t["chosen"]]
+    assert chosen == [("segment", "self_serve"), ("stage", "retention")]
+    loyalty = next(t for t in out["trace"] if t["name"] == "loyalty")
+    assert loyalty["matched"] is False
+    conversion = next(t for t in out["trace"] if t["name"] == "conversion")
+    assert conversion["matched"] is None  # an earlier stage won
+    rendered = {r["template"]: r for r in out["rendered"]}
+    assert set(rendered) == {"tips_and_offers", "birthday_reward"}
+    message = rendered["tips_and_offers"]["message"]
+    assert "Regular" in message["text"] and "/unsubscribe/" in message["text"]
+
+
+def test_unknown_customer_is_bad_input(data: Engine) -> None:
+    from automation.errors import InputError
+
+    with pytest.raises(InputError, match="no customer with id 'ghost'"):
+        preview(data, customer_id="ghost")
+
+
+def test_stored_state_makes_the_plan_incremental(data: Engine) -> None:
+    """With state stored for everyone, only a customer whose stage changed is planned again."""
+    compiled = check_playbook(ROOT / "playbooks" / "lifecycle.yaml", TEMPLATES, NOW)
+    with data.connect() as conn:
+        first = PreviewSink(limit=0)
+        plan(conn, compiled, first)
+    # store exactly what the rules say now, except for "fan", who is recorded as still converting
+    rows = []
+    with data.connect() as conn:
+        for t in transitions(conn, compiled):
+            rows.append(
+                {
+                    "playbook": "lifecycle",
+                    "customer_id": t.customer_id,
+                    "segment": t.segment,
+                    "touch": t.touch,
+                    "stage": "conversion" if t.customer_id == "fan" else t.stage,
+                }
+            )
+    with data.begin() as conn:
+        conn.execute(insert(T["customer_state"]), rows)
+    with data.connect() as conn:
+        sink = PreviewSink(limit=0)
+        plan(conn, compiled, sink)
+    assert sink.transitions == 1
+    assert [(a.customer_id, a.step) for a in sink.actions] == [
+        ("fan", "retention/low#1"),
+        ("regular", "recurring/birthday_reward#1"),  # recurring rules do not depend on transitions
+    ]
+    assert first.total_actions == 11
+
+
+def test_due_enrollment_runs_its_next_steps(data: Engine) -> None:
+    """An enrollment whose wait is over continues: the guard is checked when the step comes due."""
+    compiled = check_playbook(ROOT / "playbooks" / "lifecycle.yaml", TEMPLATES, NOW)
+    with data.connect() as conn:
+        rows = [
+            {
+                "playbook": "lifecycle",
+                "customer_id": t.customer_id,
+                "segment": t.segment,
+                "touch": t.touch,
+                "stage": t.stage,
+            }
+            for t in transitions(conn, compiled)
+        ]
+    started = NOW - timedelta(days=3, hours=1)
+    with data.begin() as conn:
+        conn.execute(insert(T["customer_state"]), rows)
+        conn.execute(
+            insert(T["event"]),
+            [
+                {
+                    "customer_id": "tokyo",
+                    "name": "activated",
+                    "occurred_at": NOW - timedelta(days=1),
+                    "properties": {},
+                }
+            ],
+        )
+        conn.execute(
+            insert(T["enrollment"]),
+            [
+                {
+                    "playbook": "lifecycle",
+                    "customer_id": cid,
+                    "stage": "acquisition",
+                    "segment": "self_serve",
+                    "touch": "none",
+                    "started_at": started,
+                    "step_index": 2,
+                    "next_step_at": started + timedelta(days=3),
+                    "status": "active",
+                }
+                for cid in ("newbie", "tokyo")
+            ],
+        )
+    with data.connect() as conn:
+        sink = PreviewSink(limit=0)
+        plan(conn, compiled, sink)
+    steps = {(a.customer_id, a.step): a for a in sink.actions}
+    assert steps[("newbie", "acquisition/none#3")].status == "planned"
+    guarded = steps[("tokyo", "acquisition/none#3")]
+    assert guarded.status == "suppressed"
+    assert guarded.reason == 'step guard: unless events("activated", within="3d") > 0'
+    assert sink.enrollments == {"completed": 2}
