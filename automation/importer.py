@@ -1,0 +1,653 @@
+"""Import customers and events from CSV or JSON Lines files.
+
+Files are streamed: rows are read one at a time, validated, and written in batches of
+``BATCH_SIZE`` rows, each batch in its own transaction. A bad row is rejected (reported with its
+line number) and never stops the good rows. A file-level problem (missing or unreadable file,
+unknown format, empty file, unknown, repeated or missing CSV column) raises
+:class:`~automation.errors.InputError` before any row is written. JSON Lines has no header, so
+there an unknown key rejects its row. Formats are chosen by extension: ``.csv`` (a header row;
+empty cells are null; JSON columns hold JSON text) or ``.jsonl``/``.ndjson`` (one object a line).
+
+Customers are upserted by ``id``: the columns present in the file replace the stored values,
+columns absent from the file keep them (new customers get the defaults). Events are appended and
+must name a customer that is already stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Engine, String, Table, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from automation.db.tables import Customer, Event
+from automation.errors import DatabaseError, InputError, Problem
+
+BATCH_SIZE = 2_000
+MAX_STORED_PROBLEMS = 1_000
+PROGRESS_EVERY = 1_000  # rows between progress callbacks
+INT32_MAX = 2_147_483_647
+
+#: ``progress(rows_processed, bytes_read, total_bytes)``
+ProgressCallback = Callable[[int, int, int], None]
+
+Kind = Literal["customers", "events"]
+
+CUSTOMER_TABLE: Table = Customer.__table__  # type: ignore[attr-defined]
+EVENT_TABLE: Table = Event.__table__  # type: ignore[attr-defined]
+
+#: Importable customer fields: every column of ``customer`` except the bookkeeping ``updated_at``.
+CUSTOMER_FIELDS: tuple[str, ...] = tuple(c.name for c in CUSTOMER_TABLE.columns if c.name != "updated_at")
+#: Importable event fields (the surrogate key ``id`` is generated).
+EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENT_TABLE.columns if c.name != "id")
+
+CUSTOMER_DEFAULTS: dict[str, Any] = {"timezone": "UTC", "orders_count": 0, "attributes": {}}
+
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (invalid UTF-8 in the file)
+_INVALID_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_INT_RE = re.compile(r"[+-]?\d+")
+_LOCALE_RE = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*")
+
+
+@dataclass
+class ImportReport:
+    """What an import did: rows read, imported and rejected, and the first rejected rows."""
+
+    path: Path
+    kind: Kind
+    read: int = 0
+    imported: int = 0
+    rejected: int = 0
+    problems: list[Problem] = field(default_factory=list)  # at most MAX_STORED_PROBLEMS
+
+    def reject(self, line: int, message: str) -> None:
+        """Count a rejected row; keep its problem while under the cap."""
+        self.rejected += 1
+        if len(self.problems) < MAX_STORED_PROBLEMS:
+            self.problems.append(Problem(self.path, line, 0, message))
+
+    @property
+    def ok(self) -> bool:
+        """True when no row was rejected."""
+        return self.rejected == 0
+
+    def summary(self) -> str:
+        """One line, e.g. ``imported 2,998 customers, rejected 2 rows``."""
+        kind = self.kind if self.imported != 1 else self.kind.removesuffix("s")
+        rows = "row" if self.rejected == 1 else "rows"
+        return f"imported {self.imported:,} {kind}, rejected {self.rejected:,} {rows}"
+
+
+class RowError(ValueError):
+    """A row cannot be imported; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def import_customers(
+    engine: Engine,
+    path: Path | str,
+    progress: ProgressCallback | None = None,
+    *,
+    default_region: str | None = None,
+) -> ImportReport:
+    """Upsert customers from a CSV or JSON Lines file into ``customer``.
+
+    ``default_region`` (ISO 3166 code such as ``US``) is used to read phone numbers written
+    without a leading ``+``; without it such numbers are rejected.
+    """
+    region = _check_region(default_region)
+    return _run(engine, Path(path), "customers", progress, partial(_customer_row, region=region))
+
+
+def import_events(engine: Engine, path: Path | str, progress: ProgressCallback | None = None) -> ImportReport:
+    """Append events from a CSV or JSON Lines file to ``event``; each must name a stored customer."""
+    return _run(engine, Path(path), "events", progress, _event_row)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _ByteCounter:
+    """Yields the decoded lines of a binary file and counts the bytes read so far."""
+
+    def __init__(self, fh: Iterable[bytes]) -> None:
+        self._fh = fh
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[str]:
+        first = True
+        for raw in self._fh:
+            self.bytes_read += len(raw)
+            if first:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # UTF-8 byte order mark
+                first = False
+            # Invalid UTF-8 becomes lone surrogates, so the row holding it is rejected, not the file.
+            yield raw.decode("utf-8", errors="surrogateescape")
+
+
+def _format(path: Path) -> Literal["csv", "jsonl"]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    shown = suffix or "(no extension)"
+    raise InputError(f"{path}: unknown file format {shown!r}; use .csv, .jsonl or .ndjson")
+
+
+def _unknown_field(name: str, fields: tuple[str, ...]) -> str:
+    text = f"unknown column {name!r}"
+    close = difflib.get_close_matches(name.strip().lower(), fields, n=1, cutoff=0.6)
+    if close:
+        return text + f" (did you mean {close[0]!r}?)"
+    return text + "; known columns: " + ", ".join(fields)
+
+
+def _csv_rows(
+    path: Path, lines: _ByteCounter, fields: tuple[str, ...], required: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """``(line, row, error)`` per data row; file-level problems raise InputError."""
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise InputError(f"{path}:1: cannot read the CSV header: {exc}") from exc
+    if header is None:
+        raise InputError(f"{path}: the file is empty; expected a header row naming the columns")
+    names = [h.strip() for h in header]
+    seen: set[str] = set()
+    for name in names:
+        if _BAD_CHARS.search(name):
+            raise InputError(f"{path}:1: the header is not valid UTF-8 text")
+        if name not in fields:
+            raise InputError(f"{path}:1: {_unknown_field(name, fields)}")
+        if name in seen:
+            raise InputError(f"{path}:1: column {name!r} appears twice in the header")
+        seen.add(name)
+    missing = [r for r in required if r not in seen]
+    if missing:
+        raise InputError(f"{path}:1: missing required column(s): {', '.join(missing)}")
+
+    last_line = reader.line_num
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(
+                f"{path}:{last_line + 1}: cannot read the CSV file: {exc} (the rows before were imported)"
+            ) from exc
+        line, last_line = last_line + 1, reader.line_num
+        if not cells:  # blank line
+            continue
+        if len(cells) != len(names):
+            yield line, None, f"has {len(cells)} fields, the header has {len(names)}"
+            continue
+        yield line, {n: (c if c != "" else None) for n, c in zip(names, cells, strict=True)}, None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _jsonl_rows(
+    lines: _ByteCounter, fields: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """``(line, row, error)`` per non-blank line."""
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        if _INVALID_UTF8.search(text):
+            yield line, None, "not valid UTF-8"
+            continue
+        try:
+            obj = _json_loads(text)
+        except (ValueError, RecursionError) as exc:
+            yield line, None, f"not valid JSON: {exc}"
+            continue
+        if not isinstance(obj, dict):
+            yield line, None, f"expected a JSON object, got {_json_type(obj)}"
+            continue
+        unknown = [k for k in obj if k not in fields]
+        if unknown:
+            # No header in JSON Lines: an unknown key rejects its row, with the same suggestion.
+            yield line, None, _unknown_field(unknown[0], fields)
+            continue
+        yield line, obj, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Field validation (a value is a CSV string, a JSON value, or None)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _text(name: str, value: Any, max_length: int | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"{name}: expected text, got {_json_type(value)}")
+    text = value.strip()
+    if not text:
+        return None
+    if _BAD_CHARS.search(text):
+        raise RowError(f"{name}: contains a NUL character or invalid UTF-8")
+    if max_length is not None and len(text) > max_length:
+        raise RowError(f"{name}: longer than {max_length} characters")
+    return text
+
+
+@lru_cache(maxsize=4096)  # owner emails repeat on many rows
+def _normalized_email(text: str) -> str:
+    """email-validator's normalized form (syntax only); raises EmailNotValidError."""
+    return validate_email(text, check_deliverability=False).normalized
+
+
+def _email(name: str, value: Any) -> str | None:
+    text = _text(name, value, None)
+    if text is None:
+        return None
+    try:
+        normalized = _normalized_email(text)
+    except EmailNotValidError as exc:
+        raise RowError(f"{name}: invalid email address {text!r}: {exc}") from None
+    if len(normalized) > 320:
+        raise RowError(f"{name}: longer than 320 characters")
+    return normalized
+
+
+def _phone(value: Any, region: str | None) -> str | None:
+    text = _text("phone", value, 64)
+    if text is None:
+        return None
+    if not text.startswith("+") and region is None:
+        raise RowError(
+            f"phone: {text!r} has no country code; write it in E.164 form (e.g. +14155550123) "
+            "or import with --default-region"
+        )
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        raise RowError(f"phone: cannot read {text!r} as a phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise RowError(f"phone: {text!r} is not a valid phone number")
+    e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164
+
+
+@lru_cache(maxsize=1024)
+def _zone_ok(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def _timezone(value: Any) -> str:
+    text = _text("timezone", value, 64)
+    if text is None:
+        return "UTC"
+    if not _zone_ok(text):
+        raise RowError(f"timezone: unknown time zone {text!r} (use an IANA name such as Europe/Berlin)")
+    return text
+
+
+def _locale(value: Any) -> str | None:
+    text = _text("locale", value, 35)
+    if text is not None and not _LOCALE_RE.fullmatch(text):
+        raise RowError(f"locale: {text!r} is not a locale tag such as en-US")
+    return text
+
+
+def _number(name: str, value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise RowError(f"{name}: expected a number, got a boolean")
+    if isinstance(value, int | float):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            raise RowError(f"{name}: {value!r} is not a number") from None
+    else:
+        raise RowError(f"{name}: expected a number, got {_json_type(value)}")
+    if not math.isfinite(result):
+        raise RowError(f"{name}: {value!r} is not a finite number")
+    return result
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise RowError(f"{name}: expected a whole number, got a boolean")
+    if isinstance(value, int):
+        result = value
+    elif isinstance(value, float) and value.is_integer():
+        result = int(value)
+    elif isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+        result = int(value.strip())
+    else:
+        raise RowError(f"{name}: {value!r} is not a whole number")
+    if not low <= result <= high:
+        raise RowError(f"{name}: {result} is out of range ({low} to {high})")
+    return result
+
+
+def _timestamp(name: str, value: Any, required: bool = False) -> datetime | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise RowError(f"{name}: missing (required)")
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"{name}: expected an ISO 8601 timestamp, got {_json_type(value)}")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        # Naive timestamps are UTC; aware ones are converted.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise RowError(
+            f"{name}: {value!r} is not an ISO 8601 timestamp (e.g. 2024-05-01T12:30:00Z)"
+        ) from None
+
+
+def _date(name: str, value: Any) -> date | None:
+    text = _text(name, value, None)
+    if text is None:
+        return None
+    try:
+        if not _DATE_RE.fullmatch(text):
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise RowError(f"{name}: {text!r} is not a date in the form YYYY-MM-DD") from None
+
+
+def _object(name: str, value: Any, from_text: bool) -> dict[str, Any]:
+    """A JSON object; ``from_text``: a CSV cell holding its JSON text."""
+    if value is None or (from_text and not value.strip()):
+        return {}
+    if from_text:
+        try:
+            value = _json_loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise RowError(f"{name}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RowError(f"{name}: expected a JSON object, got {_json_type(value)}")
+    try:
+        encoded = json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        raise RowError(f"{name}: cannot be stored as JSON") from None
+    if _BAD_CHARS.search(encoded) or "\\u0000" in encoded:
+        raise RowError(f"{name}: contains a NUL character or invalid UTF-8")
+    return value
+
+
+def _id(name: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # JSON Lines may carry numeric ids
+    text = _text(name, value, 255)
+    if text is None:
+        raise RowError(f"{name}: missing (required)")
+    return text
+
+
+def _max_length(table: Table, name: str) -> int | None:
+    col_type = table.c[name].type
+    return col_type.length if isinstance(col_type, String) else None
+
+
+def _customer_value(name: str, value: Any, region: str | None, from_text: bool) -> Any:
+    """The stored form of one customer field, or RowError."""
+    match name:
+        case "id":
+            return _id(name, value)
+        case "email" | "owner_email":
+            return _email(name, value)
+        case "phone":
+            return _phone(value, region)
+        case "timezone":
+            return _timezone(value)
+        case "locale":
+            return _locale(value)
+        case "clv":
+            return _number(name, value)
+        case "orders_count":
+            return _integer(name, value, 0, INT32_MAX) or 0
+        case "nps":
+            return _integer(name, value, 0, 10)
+        case "birthday":
+            return _date(name, value)
+        case "attributes":
+            return _object(name, value, from_text)
+        case "signed_up_at" | "last_order_at" | "last_seen_at":
+            return _timestamp(name, value)
+        case _:  # plain text columns
+            return _text(name, value, _max_length(CUSTOMER_TABLE, name))
+
+
+def _collect(fields: Iterable[tuple[str, Callable[[], Any]]]) -> dict[str, Any]:
+    """Convert every field; report all the bad ones of a row at once."""
+    row: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, convert in fields:
+        try:
+            row[name] = convert()
+        except RowError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise RowError("; ".join(errors))
+    return row
+
+
+def _customer_row(raw: Mapping[str, Any], region: str | None, from_text: bool) -> dict[str, Any]:
+    """Validate one customer row; only the keys present in ``raw`` are returned."""
+    if "id" not in raw:
+        raise RowError("id: missing (required)")
+    return _collect(
+        (name, partial(_customer_value, name, value, region, from_text)) for name, value in raw.items()
+    )
+
+
+def _event_name(value: Any) -> str:
+    name = _text("name", value, 255)
+    if name is None:
+        raise RowError("name: missing (required)")
+    return name
+
+
+def _event_row(raw: Mapping[str, Any], from_text: bool) -> dict[str, Any]:
+    """Validate one event row."""
+    return _collect(
+        [
+            ("customer_id", partial(_id, "customer_id", raw.get("customer_id"))),
+            ("name", partial(_event_name, raw.get("name"))),
+            ("occurred_at", partial(_timestamp, "occurred_at", raw.get("occurred_at"), True)),
+            ("properties", partial(_object, "properties", raw.get("properties"), from_text)),
+        ]
+    )
+
+
+def _check_region(region: str | None) -> str | None:
+    if region is None:
+        return None
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise InputError(f"unknown phone region {region!r}; use a two-letter country code such as US or DE")
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise DatabaseError(f"unsupported database {name!r}")
+
+
+_CUSTOMER_BLANK: dict[str, Any] = {name: None for name in CUSTOMER_FIELDS} | CUSTOMER_DEFAULTS
+
+
+def _write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Upsert rows (no id twice: PostgreSQL refuses to update a row twice in one statement)."""
+    now = datetime.now(UTC)
+    # Group rows by the columns they carry: those columns, and only those, replace stored values.
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(_CUSTOMER_BLANK | row | {"updated_at": now})
+    for columns, params in groups.items():
+        insert = _dialect_insert(conn, CUSTOMER_TABLE)
+        updates = {c: insert.excluded[c] for c in (*columns, "updated_at") if c != "id"}
+        conn.execute(insert.on_conflict_do_update(index_elements=[CUSTOMER_TABLE.c.id], set_=updates), params)
+
+
+def _write_events(conn: Connection, batch: list[tuple[int, dict[str, Any]]], report: ImportReport) -> int:
+    """Append a batch of events; rows naming an unknown customer are rejected. Returns rows written."""
+    ids = sorted({row["customer_id"] for _line, row in batch})
+    query = select(CUSTOMER_TABLE.c.id).where(CUSTOMER_TABLE.c.id.in_(bindparam("ids", expanding=True)))
+    known = set(conn.execute(query, {"ids": ids}).scalars())
+    rows = []
+    for line, row in batch:
+        if row["customer_id"] in known:
+            rows.append(row)
+        else:
+            report.reject(line, f"unknown customer {row['customer_id']!r}; import customers first")
+    if rows:
+        conn.execute(EVENT_TABLE.insert(), rows)
+    return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _open(path: Path) -> tuple[BinaryIO, int]:
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return fh, os.fstat(fh.fileno()).st_size
+
+
+def _run(
+    engine: Engine,
+    path: Path,
+    kind: Kind,
+    progress: ProgressCallback | None,
+    validate: Callable[..., dict[str, Any]],
+) -> ImportReport:
+    fmt = _format(path)
+    fh, total = _open(path)
+    report = ImportReport(path=path, kind=kind)
+    fields = CUSTOMER_FIELDS if kind == "customers" else EVENT_FIELDS
+    required = ("id",) if kind == "customers" else ("customer_id", "name", "occurred_at")
+    # Valid rows waiting for the next write, with their line numbers. Customers are keyed by id:
+    # a later row for the same id replaces an earlier one of the same batch.
+    customers: dict[str, tuple[int, dict[str, Any]]] = {}
+    events: list[tuple[int, dict[str, Any]]] = []
+    pending = 0  # valid rows in the batch (customers collapsed by id still count)
+
+    def flush() -> None:
+        nonlocal pending
+        if not pending:
+            return
+        lines = [line for line, _row in (customers.values() if kind == "customers" else events)]
+        try:
+            with engine.begin() as conn:
+                if kind == "customers":
+                    _write_customers(conn, (row for _line, row in customers.values()))
+                    report.imported += pending
+                else:
+                    report.imported += _write_events(conn, events, report)
+        except DBAPIError as exc:
+            raise DatabaseError(
+                f"{path}: the database refused the rows of lines {min(lines)}-{max(lines)} "
+                f"(rows before line {min(lines)} were imported): {exc.orig}"
+            ) from exc
+        customers.clear()
+        events.clear()
+        pending = 0
+
+    with fh:
+        lines = _ByteCounter(fh)
+        rows = _csv_rows(path, lines, fields, required) if fmt == "csv" else _jsonl_rows(lines, fields)
+        try:
+            for line, raw, error in rows:
+                report.read += 1
+                if error is None and raw is not None:
+                    try:
+                        row = validate(raw, from_text=fmt == "csv")
+                    except RowError as exc:
+                        error = str(exc)
+                    else:
+                        pending += 1
+                        if kind == "customers":
+                            customers.pop(row["id"], None)  # keep file order for the replacement
+                            customers[row["id"]] = (line, row)
+                        else:
+                            events.append((line, row))
+                        if pending >= BATCH_SIZE:
+                            flush()
+                if error is not None:
+                    report.reject(line, error)
+                if progress is not None and report.read % PROGRESS_EVERY == 0:
+                    progress(report.read, lines.bytes_read, total)
+        except InputError:
+            flush()  # a CSV file broken mid-way: the valid rows before the break are kept
+            raise
+        flush()
+    if progress is not None:
+        progress(report.read, lines.bytes_read, max(total, lines.bytes_read))
+    # Unknown customers are found when a batch is written: put the problems back in file order.
+    report.problems.sort(key=lambda p: p.line)
+    return report
