@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, and_, func, or_, select
+from sqlalchemy import Column, Connection, MetaData, String, Table, and_, func, insert, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.compiled import AnyStep, CompiledPlaybook
@@ -154,9 +154,16 @@ def evaluate(
 
 
 def transitions(
-    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None = None
+    conn: Connection,
+    compiled: CompiledPlaybook,
+    customer_ids: Sequence[str] | None = None,
+    materialize: bool = False,
 ) -> Iterator[Transition]:
-    """Customers whose segment or stage is not what ``customer_state`` holds, streamed in id order."""
+    """Customers whose segment or stage is not what ``customer_state`` holds, streamed in id order.
+
+    With ``materialize`` the changes are first copied into a temporary table by the database, so the
+    caller may write ``customer_state`` while reading them (a tick does; the preview streams directly).
+    """
     segment, stage = compiled.segment.label("segment"), compiled.stage.label("stage")
     joined = CUSTOMER.outerjoin(
         STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
@@ -173,16 +180,27 @@ def transitions(
         inner = inner.where(CUSTOMER.c.id.in_(customer_ids))
     rows = inner.subquery("evaluated")
     changed = or_(
-        rows.c.known.is_(None),
+        and_(rows.c.known.is_(None), or_(rows.c.segment.is_not(None), rows.c.stage.is_not(None))),
         rows.c.segment.is_distinct_from(rows.c.previous_segment),
         rows.c.stage.is_distinct_from(rows.c.previous_stage),
     )
-    query = select(rows).where(changed).order_by(rows.c.customer_id)
+    query = select(rows).where(changed)
+    if materialize:
+        changes = Table(
+            "tick_changes",
+            MetaData(),
+            *(Column(name, String(255)) for name in TRANSITION_COLUMNS),
+            prefixes=["TEMPORARY"],
+        )
+        changes.drop(conn, checkfirst=True)
+        changes.create(conn)
+        conn.execute(insert(changes).from_select(list(TRANSITION_COLUMNS), query))
+        source: Any = select(changes).order_by(changes.c.customer_id)
+    else:
+        source = query.order_by(rows.c.customer_id)
     touch_of = {s.name: s.touch for s in compiled.loaded.playbook.segments}
-    result = conn.execution_options(yield_per=BATCH).execute(query)
+    result = conn.execution_options(yield_per=BATCH).execute(source)
     for row in result:
-        if row.known is None and row.segment is None and row.stage is None:
-            continue  # never in this playbook and still not: nothing to record
         yield Transition(
             customer_id=row.customer_id,
             segment=row.segment,
@@ -192,6 +210,9 @@ def transitions(
             previous_stage=row.previous_stage,
             known=row.known is not None,
         )
+
+
+TRANSITION_COLUMNS = ("customer_id", "segment", "stage", "previous_segment", "previous_stage", "known")
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -214,22 +235,23 @@ def plan(
     sink: Sink,
     customer_ids: Sequence[str] | None = None,
     global_cap: FrequencyCap | None = None,
+    materialize: bool = False,
 ) -> None:
-    """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink`` (nothing is written here)."""
+    """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink``.
+
+    Nothing is written here; a sink that writes passes ``materialize=True`` (see ``transitions``).
+    """
     planner = _Planner(conn, compiled, sink, global_cap)
     exited: set[str] = set()
     batch: list[Transition] = []
-    for item in transitions(conn, compiled, customer_ids):
+    for item in transitions(conn, compiled, customer_ids, materialize):
         sink.transition(item)
-        if item.stage_changed and item.previous_stage is not None:
-            exited.add(item.customer_id)
         batch.append(item)
         if len(batch) >= BATCH:
-            planner.enter(batch)
+            exited.update(planner.leave_and_enter(batch))
             batch = []
     if batch:
-        planner.enter(batch)
-    planner.exit_enrollments(exited, customer_ids)
+        exited.update(planner.leave_and_enter(batch))
     planner.advance_due(exited, customer_ids)
     planner.recurring(customer_ids)
 
@@ -279,7 +301,14 @@ class _Planner:
                 blocked.add((customer_id, stage))
         return blocked
 
-    def exit_enrollments(self, exited: set[str], customer_ids: Sequence[str] | None) -> None:
+    def leave_and_enter(self, batch: list[Transition]) -> set[str]:
+        """Customers who left a stage exit its program, then entrants start theirs; returns who left."""
+        left = {t.customer_id for t in batch if t.stage_changed and t.previous_stage is not None}
+        self.exit_enrollments(left)
+        self.enter(batch)
+        return left
+
+    def exit_enrollments(self, exited: set[str]) -> None:
         """Customers who left a stage leave its program; pending steps are cancelled."""
         ids = sorted(exited)
         for start in range(0, len(ids), BATCH):
@@ -288,8 +317,9 @@ class _Planner:
                 ENROLLMENT.c.playbook == self.pb.name,
                 ENROLLMENT.c.status == "active",
                 ENROLLMENT.c.customer_id.in_(chunk),
+                ENROLLMENT.c.started_at < self.now,
             )
-            for row in self.conn.execute(query):
+            for row in self.conn.execute(query).all():
                 self.sink.enrollment(
                     EnrollmentChange(
                         row.customer_id,
@@ -306,38 +336,41 @@ class _Planner:
                 )
 
     def advance_due(self, exited: set[str], customer_ids: Sequence[str] | None) -> None:
-        """Enrollments whose wait is over run their next steps."""
-        query = (
-            select(ENROLLMENT)
-            .where(
-                ENROLLMENT.c.playbook == self.pb.name,
-                ENROLLMENT.c.status == "active",
-                ENROLLMENT.c.next_step_at <= self.now,
-            )
-            .order_by(ENROLLMENT.c.id)
-        )
-        if customer_ids is not None:
-            query = query.where(ENROLLMENT.c.customer_id.in_(customer_ids))
-        batch: list[_Due] = []
-        for row in self.conn.execution_options(yield_per=BATCH).execute(query):
-            if row.customer_id in exited:
-                continue
-            batch.append(
-                _Due(
-                    row.customer_id,
-                    row.stage,
-                    row.touch,
-                    row.segment,
-                    _aware(row.started_at),
-                    row.step_index,
-                    row.id,
+        """Enrollments whose wait is over run their next steps (read a page at a time, then written)."""
+        last_id = 0
+        while True:
+            query = (
+                select(ENROLLMENT)
+                .where(
+                    ENROLLMENT.c.playbook == self.pb.name,
+                    ENROLLMENT.c.status == "active",
+                    ENROLLMENT.c.next_step_at <= self.now,
+                    ENROLLMENT.c.id > last_id,
                 )
+                .order_by(ENROLLMENT.c.id)
+                .limit(BATCH)
             )
-            if len(batch) >= BATCH:
-                self.run(batch)
-                batch = []
-        if batch:
-            self.run(batch)
+            if customer_ids is not None:
+                query = query.where(ENROLLMENT.c.customer_id.in_(customer_ids))
+            rows = self.conn.execute(query).all()
+            if not rows:
+                return
+            last_id = rows[-1].id
+            self.run(
+                [
+                    _Due(
+                        row.customer_id,
+                        row.stage,
+                        row.touch,
+                        row.segment,
+                        _aware(row.started_at),
+                        row.step_index,
+                        row.id,
+                    )
+                    for row in rows
+                    if row.customer_id not in exited
+                ]
+            )
 
     def run(self, due: list[_Due]) -> None:
         """Walk each program from its position to the next wait, planning every message step on the way."""

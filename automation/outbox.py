@@ -1,0 +1,290 @@
+"""The outbox: every planned action recorded before it is sent, then claimed, sent and marked.
+
+Recording: ``OutboxSink`` receives a tick's plan and writes, inside the caller's transaction, the new
+customer state, the stage history, enrollment changes and one outbox row per action. The UNIQUE
+``idempotency_key`` makes a second enqueue of the same action a no-op, so repeated or overlapping
+ticks plan nothing twice.
+
+Statuses of an outbox row:
+  pending     waiting for ``due_at`` (deferred by quiet hours or a frequency cap: a later ``due_at``)
+  claimed     a worker holds it until ``lease_until``; an expired lease makes it claimable again
+  retry       a transient failure; claimable again at ``due_at``
+  sent        delivered (``provider_id`` set)
+  dead        a permanent failure, an expired message or too many attempts (``last_error`` says why)
+  suppressed  not sendable: no address, no consent (``last_error`` says why)
+  skipped     a step guard said no when the step came due
+  cancelled   the customer left the stage before the message went out
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from automation.db.tables import metadata
+from automation.engine import EnrollmentChange, PlannedAction, Transition
+
+OUTBOX: Table = metadata.tables["outbox"]
+STATE: Table = metadata.tables["customer_state"]
+HISTORY: Table = metadata.tables["stage_history"]
+ENROLLMENT: Table = metadata.tables["enrollment"]
+
+CLAIMABLE = ("pending", "retry")
+FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled")
+FLUSH_EVERY = 1000
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+@dataclass
+class OutboxSink:
+    """Writes a tick's plan into the database, in the caller's transaction, in batches."""
+
+    conn: Connection
+    playbook: str
+    now: datetime
+    transitions: int = 0
+    enrolled: int = 0
+    exited: int = 0
+    enqueued: int = 0
+    held: int = 0
+    _states: list[dict[str, Any]] = field(default_factory=list)
+    _history: list[dict[str, Any]] = field(default_factory=list)
+    _actions: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- Sink protocol --------------------------------------------------------------------------
+    def transition(self, item: Transition) -> None:
+        self.transitions += 1
+        self._states.append(
+            {
+                "playbook": self.playbook,
+                "customer_id": item.customer_id,
+                "segment": item.segment,
+                "touch": item.touch,
+                "stage": item.stage,
+                "stage_entered_at": self.now if item.stage_changed else None,
+                "evaluated_at": self.now,
+            }
+        )
+        self._history.append(
+            {
+                "playbook": self.playbook,
+                "customer_id": item.customer_id,
+                "from_stage": item.previous_stage,
+                "to_stage": item.stage,
+                "segment": item.segment,
+                "touch": item.touch,
+                "at": self.now,
+                "note": None if item.stage_changed else f"segment {item.previous_segment} -> {item.segment}",
+            }
+        )
+        if len(self._states) >= FLUSH_EVERY:
+            self.flush()
+
+    def enrollment(self, item: EnrollmentChange) -> None:
+        self.flush()  # actions of this enrollment must see its row; keep writes in plan order
+        values = {
+            "step_index": item.step_index,
+            "next_step_at": item.next_step_at,
+            "status": item.status,
+            "ended_at": self.now if item.status != "active" else None,
+            "end_reason": item.reason,
+        }
+        if item.enrollment_id is None:
+            self.enrolled += 1
+            self.conn.execute(
+                _insert(self.conn, ENROLLMENT)
+                .values(
+                    playbook=self.playbook,
+                    customer_id=item.customer_id,
+                    stage=item.stage,
+                    segment=item.segment,
+                    touch=item.touch,
+                    started_at=item.started_at,
+                    **values,
+                )
+                .on_conflict_do_nothing(index_elements=["playbook", "customer_id", "stage", "started_at"])
+            )
+            return
+        if item.status == "exited":
+            self.exited += 1
+            self.conn.execute(
+                update(OUTBOX)
+                .where(
+                    OUTBOX.c.playbook == self.playbook,
+                    OUTBOX.c.customer_id == item.customer_id,
+                    OUTBOX.c.stage == item.stage,
+                    OUTBOX.c.status.in_(CLAIMABLE),
+                )
+                .values(status="cancelled", last_error=item.reason)
+            )
+        self.conn.execute(update(ENROLLMENT).where(ENROLLMENT.c.id == item.enrollment_id).values(**values))
+
+    def action(self, item: PlannedAction) -> None:
+        status, error = "pending", None
+        if item.status == "suppressed":
+            reason = item.reason or ""
+            if item.until is not None:  # quiet hours, frequency cap: deferred, not dropped
+                status, error = "pending", reason
+                self.held += 1
+            elif reason.startswith("step guard"):
+                status, error = "skipped", reason
+            else:
+                status, error = "suppressed", reason
+        self.enqueued += 1
+        self._actions.append(
+            {
+                "idempotency_key": item.idempotency_key,
+                "playbook": item.playbook,
+                "customer_id": item.customer_id,
+                "channel": item.channel,
+                "template": item.template,
+                "stage": item.stage,
+                "segment": item.segment,
+                "touch": item.touch,
+                "step": item.step,
+                "priority": item.priority,
+                "payload": {
+                    k: v
+                    for k, v in (
+                        ("assignee", item.assignee),
+                        ("url", item.url),
+                        ("due", item.due.isoformat() if item.due else None),
+                    )
+                    if v is not None
+                },
+                "status": status,
+                "due_at": item.due_at,
+                "last_error": error,
+                "created_at": self.now,
+                "attempts": 0,
+            }
+        )
+        if len(self._actions) >= FLUSH_EVERY:
+            self.flush()
+
+    # -- writing --------------------------------------------------------------------------------
+    def flush(self) -> None:
+        if self._states:
+            stmt = _insert(self.conn, STATE)
+            self.conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["playbook", "customer_id"],
+                    set_={
+                        "segment": stmt.excluded.segment,
+                        "touch": stmt.excluded.touch,
+                        "stage": stmt.excluded.stage,
+                        "stage_entered_at": func.coalesce(
+                            stmt.excluded.stage_entered_at, STATE.c.stage_entered_at
+                        ),
+                        "evaluated_at": stmt.excluded.evaluated_at,
+                    },
+                ),
+                self._states,
+            )
+            self.conn.execute(HISTORY.insert(), self._history)
+            self._states, self._history = [], []
+        if self._actions:
+            self.conn.execute(
+                _insert(self.conn, OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]),
+                self._actions,
+            )
+            self._actions = []
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "transitions": self.transitions,
+            "enrolled": self.enrolled,
+            "exited": self.exited,
+            "actions": self.enqueued,
+            "deferred": self.held,
+        }
+
+
+# -- claiming and marking -----------------------------------------------------------------------
+def claim(
+    conn: Connection,
+    worker: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    channels: Sequence[str] | None = None,
+) -> list[Any]:
+    """Take up to ``limit`` due messages for ``worker`` until ``now + lease``; returns the claimed rows.
+
+    PostgreSQL skips rows other workers hold (``FOR UPDATE SKIP LOCKED``); SQLite has one writer at a
+    time. A claimed row whose lease has expired is claimable again (its worker died).
+    """
+    due = or_(
+        and_(OUTBOX.c.status.in_(CLAIMABLE), OUTBOX.c.due_at <= now),
+        and_(OUTBOX.c.status == "claimed", OUTBOX.c.lease_until < now),
+    )
+    pick = select(OUTBOX.c.id).where(due)
+    if channels:
+        pick = pick.where(OUTBOX.c.channel.in_(channels))
+    pick = pick.order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at, OUTBOX.c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (
+        update(OUTBOX)
+        .where(OUTBOX.c.id.in_(pick.scalar_subquery()))
+        .values(status="claimed", lease_owner=worker, lease_until=now + lease, attempts=OUTBOX.c.attempts + 1)
+        .returning(*OUTBOX.c)
+    )
+    return list(conn.execute(stmt))
+
+
+def mark_sent(conn: Connection, worker: str, results: Sequence[tuple[int, str | None]], now: datetime) -> int:
+    """Mark claimed messages sent; only rows this worker still holds are changed."""
+    changed = 0
+    for message_id, provider_id in results:
+        changed += conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.id == message_id, OUTBOX.c.status == "claimed", OUTBOX.c.lease_owner == worker)
+            .values(
+                status="sent",
+                provider_id=provider_id,
+                sent_at=now,
+                lease_owner=None,
+                lease_until=None,
+                last_error=None,
+            )
+        ).rowcount
+    return changed
+
+
+def mark_failed(
+    conn: Connection, worker: str, message_id: int, status: str, error: str, due_at: datetime | None = None
+) -> int:
+    """Mark a claimed message ``retry`` (with the next attempt time), ``dead`` or ``suppressed``."""
+    values: dict[str, Any] = {
+        "status": status,
+        "last_error": error[:2000],
+        "lease_owner": None,
+        "lease_until": None,
+    }
+    if due_at is not None:
+        values["due_at"] = due_at
+    return conn.execute(
+        update(OUTBOX)
+        .where(OUTBOX.c.id == message_id, OUTBOX.c.status == "claimed", OUTBOX.c.lease_owner == worker)
+        .values(**values)
+    ).rowcount
+
+
+def release(conn: Connection, worker: str) -> int:
+    """Give back every message ``worker`` holds (on shutdown), so others can take them at once."""
+    return conn.execute(
+        update(OUTBOX)
+        .where(OUTBOX.c.status == "claimed", OUTBOX.c.lease_owner == worker)
+        .values(status="retry", lease_owner=None, lease_until=None, attempts=OUTBOX.c.attempts - 1)
+    ).rowcount

@@ -1,0 +1,52 @@
+"""One tick of a playbook: the engine's plan written to the outbox, all in one transaction."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, insert
+
+from automation.compiled import CompiledPlaybook
+from automation.db.tables import metadata
+from automation.engine import plan
+from automation.outbox import OutboxSink
+from automation.playbooks import FrequencyCap
+
+RUN_LOG = metadata.tables["run_log"]
+
+
+@dataclass(frozen=True)
+class TickResult:
+    playbook: str
+    at: datetime
+    seconds: float
+    stats: dict[str, int]
+
+
+def run_tick(
+    engine: Engine, compiled: CompiledPlaybook, global_cap: FrequencyCap | None = None
+) -> TickResult:
+    """Evaluate ``compiled`` at its ``now`` and record state changes and actions; safe to repeat.
+
+    State, history, enrollments, outbox rows and the run log are written in one transaction: a tick
+    that fails leaves nothing behind, and a tick repeated at the same moment plans nothing new.
+    """
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        sink = OutboxSink(conn, compiled.name, compiled.now)
+        plan(conn, compiled, sink, global_cap=global_cap, materialize=True)
+        sink.flush()
+        seconds = time.perf_counter() - started
+        stats = sink.stats()
+        conn.execute(
+            insert(RUN_LOG).values(
+                playbook=compiled.name,
+                kind="tick",
+                started_at=compiled.now,
+                finished_at=compiled.now,
+                stats={**stats, "seconds": round(seconds, 3)},
+            )
+        )
+    return TickResult(compiled.name, compiled.now, seconds, stats)
