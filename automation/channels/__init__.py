@@ -1,0 +1,1 @@
+"""Delivery channels: email, SMS, webhook, task, and the local file outbox. Each takes an injected client."""
