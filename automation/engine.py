@@ -610,13 +610,9 @@ class _Planner:
         if window is None:
             return None, None
         zone = self._zone(customer.timezone)
-        local = self.now.astimezone(zone)
-        if not window.contains(local.time()):
+        until = window.until(self.now, zone)
+        if until is None:
             return None, None
-        end = local.replace(hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0)
-        if end.replace(tzinfo=None) <= local.replace(tzinfo=None):
-            end = end + timedelta(days=1)
-        until = datetime.combine(end.date(), window.end, tzinfo=zone).astimezone(UTC)  # DST-safe wall time
         return f"quiet hours until {window.end:%H:%M} {zone.key}", until
 
     def frequency(self, customer_id: str, facts: _Facts) -> tuple[str | None, datetime | None]:

@@ -37,6 +37,8 @@ ENROLLMENT: Table = metadata.tables["enrollment"]
 CLAIMABLE = ("pending", "retry")
 FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled")
 FLUSH_EVERY = 1000
+#: How long a marketing message (email, SMS) stays worth sending after it was due.
+DEFAULT_TTL = timedelta(days=2)
 
 
 def _insert(conn: Connection, table: Table) -> Any:
@@ -52,6 +54,9 @@ class OutboxSink:
     conn: Connection
     playbook: str
     now: datetime
+    quiet_hours: str | None = None  # kept with each message so the dispatcher can check it again
+    fallback_timezone: str = "UTC"
+    ttl: timedelta = DEFAULT_TTL
     transitions: int = 0
     enrolled: int = 0
     exited: int = 0
@@ -141,6 +146,16 @@ class OutboxSink:
             else:
                 status, error = "suppressed", reason
         self.enqueued += 1
+        payload: dict[str, Any] = {"timezone": self.fallback_timezone}
+        if item.assignee:
+            payload["assignee"] = item.assignee
+        if item.url:
+            payload["url"] = item.url
+        if item.due:
+            payload["due"] = item.due.isoformat()
+        if self.quiet_hours and item.channel in ("email", "sms"):
+            payload["quiet_hours"] = self.quiet_hours
+        customer_facing = item.channel in ("email", "sms")
         self._actions.append(
             {
                 "idempotency_key": item.idempotency_key,
@@ -153,17 +168,10 @@ class OutboxSink:
                 "touch": item.touch,
                 "step": item.step,
                 "priority": item.priority,
-                "payload": {
-                    k: v
-                    for k, v in (
-                        ("assignee", item.assignee),
-                        ("url", item.url),
-                        ("due", item.due.isoformat() if item.due else None),
-                    )
-                    if v is not None
-                },
+                "payload": payload,
                 "status": status,
                 "due_at": item.due_at,
+                "expires_at": item.due_at + self.ttl if customer_facing else None,
                 "last_error": error,
                 "created_at": self.now,
                 "attempts": 0,

@@ -13,9 +13,10 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     BaseModel,
@@ -185,8 +186,21 @@ class QuietHours(Frozen):
             return self.start <= local < self.end
         return local >= self.start or local < self.end
 
+    def until(self, now: datetime, zone: ZoneInfo) -> datetime | None:
+        """When the window ends (UTC, DST-safe wall time) if ``now`` is inside it in ``zone``, else None."""
+        local = now.astimezone(zone)
+        if not self.contains(local.time()):
+            return None
+        end_date = local.date() if local.time() < self.end else local.date() + timedelta(days=1)
+        return datetime.combine(end_date, self.end, tzinfo=zone).astimezone(UTC)
+
     def __str__(self) -> str:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+def parse_quiet_hours(value: Any) -> QuietHours:
+    """``"21:00-08:00"`` -> QuietHours (raises pydantic's error type for a bad value)."""
+    return _to_quiet_hours(value)
 
 
 def _to_quiet_hours(value: Any) -> QuietHours:

@@ -35,7 +35,14 @@ def run_tick(
     """
     started = time.perf_counter()
     with engine.begin() as conn:
-        sink = OutboxSink(conn, compiled.name, compiled.now)
+        pb = compiled.loaded.playbook
+        sink = OutboxSink(
+            conn,
+            compiled.name,
+            compiled.now,
+            quiet_hours=str(pb.quiet_hours) if pb.quiet_hours else None,
+            fallback_timezone=pb.timezone,
+        )
         plan(conn, compiled, sink, global_cap=global_cap, materialize=True)
         sink.flush()
         seconds = time.perf_counter() - started

@@ -1,0 +1,324 @@
+"""Drain the outbox: claim due messages with a lease, render, send through the channels, mark.
+
+Record, then send, then mark. A worker that dies after sending but before marking leaves its lease
+to expire; the message is then sent again with the same idempotency key (``Idempotency-Key`` header,
+Standard Webhooks ``webhook-id``, deterministic ``Message-ID``) so receivers can drop the repeat.
+
+Checks repeated at send time, because time has passed since planning: consent (suppressions),
+the address, quiet hours in the customer's time zone (a message due inside them is deferred to the
+end of the window), and the message's time-to-live (a stale marketing message is dead, not late).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, Table, select, update
+
+from automation.channels.base import Channel, Delivery
+from automation.db.tables import metadata
+from automation.errors import PermanentDeliveryError, TransientDeliveryError
+from automation.masking import mask_text
+from automation.outbox import claim, mark_failed, mark_sent
+from automation.playbooks import parse_quiet_hours
+from automation.ratelimit import Rate, TokenBucket
+from automation.rendering import RenderError, TemplateStore, build_context
+from automation.unsubscribe import unsubscribe_url
+
+log = logging.getLogger("automation.dispatch")
+
+CUSTOMER: Table = metadata.tables["customer"]
+OUTBOX: Table = metadata.tables["outbox"]
+SUPPRESSION: Table = metadata.tables["suppression"]
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    worker_id: str = field(default_factory=default_worker_id)
+    lease: timedelta = timedelta(minutes=2)
+    batch_size: int = 200
+    max_attempts: int = 8
+    backoff_base: float = 30.0  # seconds before the first retry; doubles per attempt, with jitter
+    backoff_max: float = 6 * 3600.0
+    concurrency: Mapping[str, int] = field(default_factory=dict)  # per channel, default 20
+    rates: Mapping[str, Rate] = field(default_factory=dict)  # per channel, default unlimited
+    public_url: str = "http://127.0.0.1:8080"
+    secret_key: str = "change-me"
+
+    def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds until the next try: the provider's Retry-After if given, else exponential with jitter."""
+        if retry_after is not None:
+            return max(retry_after, 0.0)
+        ceiling = min(self.backoff_base * float(2 ** max(attempt - 1, 0)), self.backoff_max)
+        return ceiling / 2 + rng.random() * ceiling / 2
+
+
+@dataclass
+class DispatchStats:
+    claimed: int = 0
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, status)
+    errors: list[str] = field(default_factory=list)  # the last few dead/retry reasons (masked)
+
+    def count(self, status: str) -> int:
+        return sum(n for (_, s), n in self.outcomes.items() if s == status)
+
+    def as_dict(self) -> dict[str, Any]:
+        by_channel: dict[str, dict[str, int]] = {}
+        for (channel, status), n in sorted(self.outcomes.items()):
+            by_channel.setdefault(channel, {})[status] = n
+        return {"claimed": self.claimed, "by_channel": by_channel}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    message_id: int
+    channel: str
+    status: str  # sent | retry | dead | suppressed | pending (deferred)
+    provider_id: str | None = None
+    error: str | None = None
+    due_at: datetime | None = None
+
+
+class Dispatcher:
+    """Sends what the outbox holds. One per process; several processes may share a PostgreSQL database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        channels: Mapping[str, Channel],
+        templates: TemplateStore,
+        config: DispatchConfig | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        environ: Mapping[str, str] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.channels = dict(channels)
+        self.templates = templates
+        self.config = config or DispatchConfig()
+        self.clock = clock
+        self.environ = os.environ if environ is None else environ
+        self.rng = random.Random(seed)
+        self._limits = {ch: asyncio.Semaphore(self.config.concurrency.get(ch, 20)) for ch in self.channels}
+        self._buckets = {ch: TokenBucket(rate) for ch, rate in self.config.rates.items()}
+
+    async def drain(self, stop: asyncio.Event | None = None, max_batches: int | None = None) -> DispatchStats:
+        """Send everything due now; return when nothing is due (or ``stop`` is set)."""
+        stats = DispatchStats()
+        batches = 0
+        while not (stop and stop.is_set()) and (max_batches is None or batches < max_batches):
+            if not await self.run_batch(stats):
+                break
+            batches += 1
+        return stats
+
+    async def run_batch(self, stats: DispatchStats) -> int:
+        """Claim one batch, send it concurrently, mark the results; returns how many were claimed."""
+        now = self.clock()
+        channels = list(self.channels)
+        with self.engine.begin() as conn:
+            rows = claim(
+                conn, self.config.worker_id, now, self.config.lease, self.config.batch_size, channels
+            )
+        if not rows:
+            return 0
+        stats.claimed += len(rows)
+        customers, suppressed = self._facts(rows)
+        outcomes = await asyncio.gather(*(self._process(row, customers, suppressed, now) for row in rows))
+        self._mark(outcomes, stats)
+        return len(rows)
+
+    def _facts(self, rows: list[Any]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+        ids = sorted({row.customer_id for row in rows})
+        with self.engine.connect() as conn:
+            customers = {r.id: r for r in conn.execute(select(CUSTOMER).where(CUSTOMER.c.id.in_(ids)))}
+            suppressed = {
+                (r.customer_id, r.channel): r.reason
+                for r in conn.execute(select(SUPPRESSION).where(SUPPRESSION.c.customer_id.in_(ids)))
+            }
+        return customers, suppressed
+
+    async def _process(
+        self, row: Any, customers: dict[str, Any], suppressed: dict[tuple[str, str], str], now: datetime
+    ) -> _Outcome:
+        channel = row.channel
+        outcome = self._check(row, customers, suppressed, now)
+        if outcome is not None:
+            return outcome
+        customer = customers[row.customer_id]
+        try:
+            delivery = self._delivery(row, customer, now)
+        except RenderError as exc:
+            return _Outcome(row.id, channel, "dead", error=f"template: {exc}")
+        except PermanentDeliveryError as exc:
+            return _Outcome(row.id, channel, "dead", error=str(exc))
+        if isinstance(delivery, _Outcome):
+            return delivery
+        sender = self.channels[channel]
+        try:
+            async with self._limits[channel]:
+                if channel in self._buckets:
+                    await self._buckets[channel].acquire()
+                result = await sender.send(delivery)
+        except PermanentDeliveryError as exc:
+            return _Outcome(row.id, channel, "dead", error=mask_text(str(exc)))
+        except TransientDeliveryError as exc:
+            return self._retry(row, mask_text(str(exc)), exc.retry_after, now)
+        except Exception as exc:  # a bug or an unexpected failure: retry, and say what it was
+            log.exception("unexpected error sending message %s", row.id)
+            return self._retry(row, mask_text(f"{type(exc).__name__}: {exc}"), None, now)
+        return _Outcome(row.id, channel, "sent", provider_id=result.provider_id)
+
+    def _check(
+        self, row: Any, customers: dict[str, Any], suppressed: dict[tuple[str, str], str], now: datetime
+    ) -> _Outcome | None:
+        channel = row.channel
+        if channel not in self.channels:
+            return _Outcome(row.id, channel, "retry", error=f"no {channel} channel configured", due_at=now)
+        if row.expires_at is not None and now > _aware(row.expires_at):
+            return _Outcome(
+                row.id,
+                channel,
+                "dead",
+                error=f"expired: not sent by {_aware(row.expires_at):%Y-%m-%d %H:%M} UTC",
+            )
+        customer = customers.get(row.customer_id)
+        if customer is None:
+            return _Outcome(row.id, channel, "dead", error="the customer no longer exists")
+        if (row.customer_id, channel) in suppressed:
+            return _Outcome(
+                row.id,
+                channel,
+                "suppressed",
+                error=f"consent: {channel} suppressed ({suppressed[(row.customer_id, channel)]})",
+            )
+        if channel == "email" and not customer.email:
+            return _Outcome(row.id, channel, "suppressed", error="no email address")
+        if channel == "sms" and not customer.phone:
+            return _Outcome(row.id, channel, "suppressed", error="no phone number")
+        window = row.payload.get("quiet_hours") if channel in ("email", "sms") else None
+        if window:
+            until = _quiet_until(window, customer.timezone, row.payload.get("timezone", "UTC"), now)
+            if until is not None:
+                return _Outcome(
+                    row.id, channel, "pending", error=f"quiet hours until {until:%H:%M} UTC", due_at=until
+                )
+        return None
+
+    def _delivery(self, row: Any, customer: Any, now: datetime) -> Delivery | _Outcome:
+        payload = row.payload or {}
+        url = None
+        if row.channel == "webhook":
+            url = self._resolve(str(payload.get("url", "")))
+        to = {"email": customer.email, "sms": customer.phone, "task": payload.get("assignee")}.get(
+            row.channel
+        )
+        link = unsubscribe_url(self.config.public_url, self.config.secret_key, row.customer_id, row.channel)
+        context = build_context(
+            dict(customer._mapping),
+            playbook=row.playbook,
+            segment=row.segment,
+            touch=row.touch,
+            stage=row.stage,
+            step=row.step,
+            now=now,
+            unsubscribe_url=link,
+        )
+        rendered = self.templates.render(row.template, row.channel, context)
+        due = datetime.fromisoformat(payload["due"]) if payload.get("due") else None
+        return Delivery(
+            message_id=row.id,
+            idempotency_key=row.idempotency_key,
+            channel=row.channel,
+            customer_id=row.customer_id,
+            rendered=rendered,
+            to=to,
+            url=url,
+            unsubscribe_url=link if row.channel == "email" else None,
+            due=due,
+            metadata={
+                "playbook": row.playbook,
+                "stage": row.stage,
+                "step": row.step,
+                "template": row.template,
+            },
+        )
+
+    def _resolve(self, url: str) -> str:
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not self.environ.get(name):
+                raise PermanentDeliveryError(
+                    f"the environment variable {name} is not set (webhook URL {url})"
+                )
+            return self.environ[name]
+
+        return _ENV_REF.sub(value, url)
+
+    def _retry(self, row: Any, error: str, retry_after: float | None, now: datetime) -> _Outcome:
+        if row.attempts >= self.config.max_attempts:
+            return _Outcome(
+                row.id, row.channel, "dead", error=f"gave up after {row.attempts} attempts: {error}"
+            )
+        delay = self.config.backoff(row.attempts, retry_after, self.rng)
+        return _Outcome(row.id, row.channel, "retry", error=error, due_at=now + timedelta(seconds=delay))
+
+    def _mark(self, outcomes: list[_Outcome], stats: DispatchStats) -> None:
+        worker, now = self.config.worker_id, self.clock()
+        with self.engine.begin() as conn:
+            mark_sent(
+                conn, worker, [(o.message_id, o.provider_id) for o in outcomes if o.status == "sent"], now
+            )
+            for o in outcomes:
+                if o.status == "sent":
+                    continue
+                if o.status == "pending":  # deferred, not an attempt
+                    conn.execute(
+                        update(OUTBOX)
+                        .where(OUTBOX.c.id == o.message_id, OUTBOX.c.lease_owner == worker)
+                        .values(
+                            status="pending",
+                            due_at=o.due_at,
+                            last_error=o.error,
+                            lease_owner=None,
+                            lease_until=None,
+                            attempts=OUTBOX.c.attempts - 1,
+                        )
+                    )
+                else:
+                    mark_failed(conn, worker, o.message_id, o.status, o.error or "", o.due_at)
+        for o in outcomes:
+            stats.outcomes[(o.channel, o.status)] += 1
+            if o.status in ("dead", "retry") and o.error:
+                stats.errors = [*stats.errors[-9:], f"{o.channel} #{o.message_id}: {o.error}"]
+                log.warning("message %s (%s) %s: %s", o.message_id, o.channel, o.status, o.error)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _quiet_until(window_text: str, zone_name: str | None, fallback: str, now: datetime) -> datetime | None:
+    """End of the quiet window in UTC when ``now`` falls inside it for the customer, else None."""
+    try:
+        zone = ZoneInfo(zone_name or fallback)
+    except Exception:
+        zone = ZoneInfo(fallback)
+    return parse_quiet_hours(window_text).until(now, zone)
