@@ -199,7 +199,7 @@ def transitions(
     else:
         source = query.order_by(rows.c.customer_id)
     touch_of = {s.name: s.touch for s in compiled.loaded.playbook.segments}
-    result = conn.execution_options(yield_per=BATCH).execute(source)
+    result = conn.execute(source.execution_options(yield_per=BATCH))
     for row in result:
         yield Transition(
             customer_id=row.customer_id,
