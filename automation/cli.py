@@ -287,3 +287,7 @@ def parse_at(text: str | None) -> datetime:
     except ValueError:
         raise InputError(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-11-22T09:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# commands defined in other modules register themselves on ``main``
+from automation import cli_ops  # noqa: E402, F401

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automation.errors import ConfigError
+
+if TYPE_CHECKING:
+    from automation.playbooks import FrequencyCap
 
 DEFAULT_DATABASE_URL = "sqlite:///automation.db"
 
@@ -23,6 +26,8 @@ class Settings:
     outbox_dir: Path = Path("outbox")
     public_url: str = "http://127.0.0.1:8080"
     secret_key: str = "change-me"
+    global_cap: FrequencyCap | None = None  # AUTOMATION_FREQUENCY_CAP, across playbooks
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -40,6 +45,8 @@ class Settings:
             outbox_dir=Path(env.get("AUTOMATION_OUTBOX_DIR", "outbox")),
             public_url=env.get("AUTOMATION_PUBLIC_URL", "http://127.0.0.1:8080"),
             secret_key=env.get("AUTOMATION_SECRET_KEY", "change-me"),
+            global_cap=_cap(env.get("AUTOMATION_FREQUENCY_CAP")),
+            environ=dict(env),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -47,3 +54,16 @@ class Settings:
         if "templates_dir" in clean:
             clean["templates_dir"] = Path(clean["templates_dir"])
         return replace(self, **clean)
+
+
+def _cap(text: str | None) -> FrequencyCap | None:
+    if not text:
+        return None
+    from pydantic_core import PydanticCustomError
+
+    from automation.playbooks import parse_frequency_cap
+
+    try:
+        return parse_frequency_cap(text)
+    except PydanticCustomError:
+        raise ConfigError(f'AUTOMATION_FREQUENCY_CAP={text!r} is not a cap; use e.g. "5 per 7d"') from None

@@ -235,6 +235,11 @@ class FrequencyCap(Frozen):
         return f"{self.count} per {format_duration(self.period)}"
 
 
+def parse_frequency_cap(value: Any) -> FrequencyCap:
+    """``"3 per 7d"`` -> FrequencyCap (raises pydantic's error type for a bad value)."""
+    return _to_cap(value)
+
+
 def _to_cap(value: Any) -> FrequencyCap:
     if isinstance(value, FrequencyCap):
         return value
