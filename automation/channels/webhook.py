@@ -1,0 +1,191 @@
+"""Signed webhooks, following the Standard Webhooks convention (https://www.standardwebhooks.com).
+
+Every request is a ``POST`` of the rendered JSON body, byte for byte as signed, with::
+
+    Content-Type: application/json
+    webhook-id: msg_<32 hex>           stable per message: derived from the idempotency key, so a retry
+                                       carries the same id and a receiver can drop duplicates
+    webhook-timestamp: <unix seconds>  when this attempt was signed
+    webhook-signature: v1,<base64>     base64(HMAC-SHA256(key, "<webhook-id>.<webhook-timestamp>.<body>"))
+    Idempotency-Key: <idempotency key>
+
+The secret is either ``whsec_<base64>`` (the key is the decoded bytes, as the convention says) or any
+other string (the key is its UTF-8 bytes). Receivers check requests with :func:`verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime
+
+import httpx
+
+from automation.channels.base import Delivery, DeliveryResult
+from automation.channels.http import raise_for_delivery, send_errors
+from automation.errors import ConfigError, PermanentDeliveryError
+
+__all__ = [
+    "SECRET_PREFIX",
+    "WebhookChannel",
+    "message_id",
+    "secret_key",
+    "sign",
+    "signature_headers",
+    "verify",
+]
+
+SECRET_PREFIX = "whsec_"
+DEFAULT_TOLERANCE = 300  # seconds a receiver accepts between the signed timestamp and its clock
+
+log = logging.getLogger(__name__)
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a secret: base64-decoded after ``whsec_``, else the string's UTF-8 bytes.
+
+    Raises ``ConfigError`` for an empty secret or a ``whsec_`` secret that is not valid base64."""
+    if not secret:
+        raise ConfigError("the webhook secret is empty")
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError("the webhook secret starts with whsec_ but the rest is not base64") from exc
+        if not key:
+            raise ConfigError("the webhook secret is empty after whsec_")
+        return key
+    return secret.encode("utf-8")
+
+
+def message_id(idempotency_key: str) -> str:
+    """The ``webhook-id`` of a message: the same for every attempt of the same idempotency key."""
+    return "msg_" + hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:32]
+
+
+def _as_bytes(body: bytes | str) -> bytes:
+    return body.encode("utf-8") if isinstance(body, str) else body
+
+
+def sign(secret: str | bytes, msg_id: str, timestamp: int, body: bytes | str) -> str:
+    """``v1,<base64 HMAC-SHA256>`` of ``"<msg_id>.<timestamp>.<body>"``; ``secret`` is a secret string
+    (see :func:`secret_key`) or the key bytes."""
+    key = secret if isinstance(secret, bytes) else secret_key(secret)
+    content = f"{msg_id}.{timestamp}.".encode() + _as_bytes(body)
+    digest = hmac.new(key, content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signature_headers(
+    secret: str | bytes, msg_id: str, body: bytes | str, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one request (timestamp defaults to now)."""
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, msg_id, ts, body),
+    }
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes | str,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: datetime | float | None = None,
+) -> bool:
+    """True when ``headers`` carry a valid Standard Webhooks signature of ``body`` made with ``secret``
+    and a timestamp within ``tolerance`` seconds of ``now`` (default: the current time).
+
+    Header names are matched case-insensitively; ``webhook-signature`` may hold several space-separated
+    signatures (during a secret rotation) and one valid ``v1`` signature is enough. The comparison is
+    constant-time. Pass the raw request body: re-serialised JSON will not match.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    msg_id = lowered.get("webhook-id")
+    stamp = lowered.get("webhook-timestamp")
+    signatures = lowered.get("webhook-signature")
+    if not msg_id or not stamp or not signatures:
+        return False
+    try:
+        timestamp = int(stamp.strip())
+    except ValueError:
+        return False
+    if now is None:
+        current = time.time()
+    elif isinstance(now, datetime):
+        current = now.timestamp()
+    else:
+        current = float(now)
+    if abs(current - timestamp) > tolerance:
+        return False
+    try:
+        expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1].encode("ascii")
+    except ConfigError:
+        return False
+    valid = False
+    for candidate in signatures.split():
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(expected, value.encode("ascii", "replace")):
+            valid = True  # no early return: every candidate is compared
+    return valid
+
+
+class WebhookChannel:
+    """The ``webhook`` channel: POSTs ``delivery.rendered.body`` to ``delivery.url``, signed.
+
+    ``provider_id`` is the receiver's JSON ``id`` when it answers with one, else the ``webhook-id``.
+    ``client`` comes from :func:`automation.channels.http.make_client` and is closed by whoever created
+    it (pass ``owns_client=True`` to have :meth:`aclose` close it)."""
+
+    name = "webhook"
+
+    def __init__(self, client: httpx.AsyncClient, *, secret: str, owns_client: bool = False) -> None:
+        self._client = client
+        self._key = secret_key(secret)
+        self._owns_client = owns_client
+
+    def body_of(self, delivery: Delivery) -> bytes:
+        """The exact bytes to send: the rendered body, or the rendered JSON value serialised."""
+        rendered = delivery.rendered
+        if rendered.body is not None:
+            return rendered.body.encode("utf-8")
+        if rendered.json is not None:
+            return json.dumps(rendered.json, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        raise PermanentDeliveryError("the rendered webhook has no body")
+
+    async def send(self, delivery: Delivery) -> DeliveryResult:
+        """POST one signed webhook; 2xx is success, see :func:`raise_for_delivery` for the rest."""
+        if not delivery.url:
+            raise PermanentDeliveryError("no webhook URL")
+        body = self.body_of(delivery)
+        msg_id = message_id(delivery.idempotency_key)
+        headers = signature_headers(self._key, msg_id, body)
+        headers["Content-Type"] = "application/json"
+        headers["Idempotency-Key"] = delivery.idempotency_key
+        with send_errors("webhook"):
+            response = await self._client.post(delivery.url, content=body, headers=headers)
+        raise_for_delivery(response)
+        provider_id = msg_id
+        try:
+            payload = response.json() if response.content else None
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            receiver_id = payload.get("id")
+            if isinstance(receiver_id, str | int) and not isinstance(receiver_id, bool) and receiver_id != "":
+                provider_id = str(receiver_id)
+        log.info("webhook %s accepted by %s", msg_id, response.request.url.host)
+        return DeliveryResult(provider_id=provider_id)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this channel owns it."""
+        if self._owns_client:
+            await self._client.aclose()

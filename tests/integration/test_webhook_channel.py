@@ -1,0 +1,339 @@
+"""Signed webhooks against a local receiver (real client, real sockets), and the shared HTTP mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from automation.channels.base import Delivery, DeliveryResult
+from automation.channels.http import make_client, raise_for_delivery
+from automation.channels.webhook import WebhookChannel, message_id, secret_key, sign, verify
+from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from automation.rendering import RenderedMessage
+from tests.http_server import LocalServer, Reply, closed_port, serve
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+BODY = '{"event": "welcome", "customer": {"id": "c1", "name": "Zoë"}, "amount": 12.5}'
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    with serve(secret=SECRET, dedupe_header="Idempotency-Key") as srv:
+        yield srv
+
+
+def hook(url: str, key: str = "pb:c1:hook:1", body: str | None = BODY) -> Delivery:
+    rendered = RenderedMessage("webhook", "hook", body=body, json=None if body is None else json.loads(body))
+    return Delivery(
+        message_id=7, idempotency_key=key, channel="webhook", customer_id="c1", rendered=rendered, url=url
+    )
+
+
+async def send(*deliveries: Delivery, secret: str = SECRET, timeout: float = 5.0) -> list[DeliveryResult]:
+    async with make_client(timeout=timeout) as client:
+        channel = WebhookChannel(client, secret=secret)
+        return [await channel.send(d) for d in deliveries]
+
+
+def send_error(delivery: Delivery, timeout: float = 5.0) -> BaseException:
+    with pytest.raises((TransientDeliveryError, PermanentDeliveryError)) as info:
+        asyncio.run(send(delivery, timeout=timeout))
+    return info.value
+
+
+# ------------------------------------------------------------------------------------------ signing
+
+
+def test_request_is_signed_and_verifies(server: LocalServer) -> None:
+    [result] = asyncio.run(send(hook(server.url + "/hooks")))
+
+    [request] = server.requests
+    assert request.method == "POST" and request.path == "/hooks"
+    assert request.body == BODY.encode("utf-8")  # byte for byte what was signed
+    assert request.header("Content-Type") == "application/json"
+    assert request.header("Idempotency-Key") == "pb:c1:hook:1"
+    assert request.header("webhook-id") == message_id("pb:c1:hook:1")
+    assert abs(int(request.header("webhook-timestamp") or 0) - time.time()) < 60
+    assert (request.header("webhook-signature") or "").startswith("v1,")
+    assert request.signature_ok is True  # the server's own implementation of the spec agrees
+    assert verify(SECRET, request.headers, request.body)
+    assert verify(SECRET, {k.upper(): v for k, v in request.headers.items()}, request.body.decode())
+    assert result.provider_id == message_id("pb:c1:hook:1")
+
+
+def test_tampered_body_wrong_secret_and_stale_timestamps_do_not_verify(server: LocalServer) -> None:
+    asyncio.run(send(hook(server.url)))
+    [request] = server.requests
+    stamp = int(request.headers["webhook-timestamp"])
+
+    assert verify(SECRET, request.headers, request.body, now=stamp + 300)
+    assert not verify(SECRET, request.headers, request.body.replace(b"12.5", b"99.5"))
+    assert not verify(SECRET, request.headers, request.body + b" ")
+    assert not verify("whsec_" + base64.b64encode(b"another key").decode(), request.headers, request.body)
+    assert not verify(SECRET, request.headers, request.body, now=stamp + 301)  # too old
+    assert not verify(SECRET, request.headers, request.body, now=stamp - 301)  # from the future
+    assert not verify(SECRET, request.headers, request.body, tolerance=10, now=stamp + 11)
+    other_id = {**request.headers, "webhook-id": "msg_other"}
+    assert not verify(SECRET, other_id, request.body)
+    moved = {**request.headers, "webhook-timestamp": str(stamp + 1)}
+    assert not verify(SECRET, moved, request.body, now=stamp)
+    assert not verify(SECRET, {}, request.body)
+
+
+def test_verify_accepts_one_valid_signature_among_several() -> None:
+    body = b'{"a":1}'
+    now = int(time.time())
+    good = sign(SECRET, "msg_1", now, body)
+    stale = sign("whsec_" + base64.b64encode(b"old").decode(), "msg_1", now, body)
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": f"{stale} v2,xyz {good}",
+    }
+    assert verify(SECRET, headers, body)
+    headers["webhook-signature"] = f"{stale} v2,{good[3:]}"  # right value, wrong version
+    assert not verify(SECRET, headers, body)
+
+
+def test_whsec_secrets_sign_with_the_decoded_key_plain_secrets_with_their_bytes() -> None:
+    raw = b"\x00\xffbinary key bytes"
+    whsec = "whsec_" + base64.b64encode(raw).decode()
+    assert secret_key(whsec) == raw
+    assert secret_key("plain secret") == b"plain secret"
+    assert sign(whsec, "msg_1", 1, b"x") == sign(raw, "msg_1", 1, b"x")
+    assert sign(whsec, "msg_1", 1, b"x") != sign(whsec[6:], "msg_1", 1, b"x")
+    with pytest.raises(ConfigError, match="not base64"):
+        secret_key("whsec_not*base64")
+    with pytest.raises(ConfigError, match="empty"):
+        secret_key("")
+
+
+def test_a_plain_string_secret_is_signed_with_its_utf8_bytes() -> None:
+    with serve(secret="plain-secret-ü") as srv:
+        asyncio.run(send(hook(srv.url), secret="plain-secret-ü"))
+        [request] = srv.requests
+    assert request.signature_ok is True
+    assert verify("plain-secret-ü", request.headers, request.body)
+    assert not verify(SECRET, request.headers, request.body)
+
+
+def test_a_receiver_that_checks_signatures_rejects_a_wrong_secret_permanently() -> None:
+    with serve(secret=SECRET, reject_bad_signatures=True) as srv:
+        with pytest.raises(PermanentDeliveryError, match="HTTP 401"):
+            asyncio.run(send(hook(srv.url), secret="some other secret"))
+        asyncio.run(send(hook(srv.url)))
+        assert [r.outcome for r in srv.requests] == ["bad-signature", "ok"]
+
+
+# ------------------------------------------------------------------------------ ids and idempotency
+
+
+def test_retries_carry_the_same_id_and_key_and_the_receiver_processes_once(server: LocalServer) -> None:
+    server.fail_next(status=503)
+
+    async def attempts() -> list[DeliveryResult]:
+        async with make_client(timeout=5) as client:
+            channel = WebhookChannel(client, secret=SECRET)
+            with pytest.raises(TransientDeliveryError):
+                await channel.send(hook(server.url))
+            return [await channel.send(hook(server.url)), await channel.send(hook(server.url))]
+
+    first, second = asyncio.run(attempts())
+    requests = server.requests
+    assert [r.outcome for r in requests] == ["failed:503", "ok", "duplicate"]
+    assert {r.header("webhook-id") for r in requests} == {message_id("pb:c1:hook:1")}
+    assert {r.header("Idempotency-Key") for r in requests} == {"pb:c1:hook:1"}
+    assert all(r.signature_ok for r in requests)
+    assert server.unique_deliveries == 1
+    assert first == second
+
+
+def test_different_keys_get_different_ids(server: LocalServer) -> None:
+    asyncio.run(send(hook(server.url, key="a"), hook(server.url, key="b")))
+    ids = [r.header("webhook-id") for r in server.requests]
+    assert ids == [message_id("a"), message_id("b")]
+    assert ids[0] != ids[1]
+    assert server.unique_deliveries == 2
+
+
+def test_the_receivers_id_becomes_the_provider_id(server: LocalServer) -> None:
+    server.route("/crm", Reply(201, json={"id": "evt_42"}))
+    server.route("/num", Reply(200, json={"id": 42}))
+    server.route("/empty", Reply(204))
+    results = asyncio.run(send(hook(server.url + "/crm"), hook(server.url + "/num", key="k2")))
+    assert [r.provider_id for r in results] == ["evt_42", "42"]
+    [empty] = asyncio.run(send(hook(server.url + "/empty", key="k3")))
+    assert empty.provider_id == message_id("k3")
+
+
+def test_json_only_rendering_is_serialised_and_signed(server: LocalServer) -> None:
+    rendered = RenderedMessage("webhook", "hook", json={"b": 1, "name": "Zoë"})
+    delivery = Delivery(
+        message_id=1,
+        idempotency_key="k",
+        channel="webhook",
+        customer_id="c1",
+        rendered=rendered,
+        url=server.url,
+    )
+    asyncio.run(send(delivery))
+    [request] = server.requests
+    assert request.json() == {"b": 1, "name": "Zoë"}
+    assert request.signature_ok is True
+
+
+def test_missing_url_or_body_is_permanent_and_sends_nothing(server: LocalServer) -> None:
+    no_url = Delivery(
+        message_id=1,
+        idempotency_key="k",
+        channel="webhook",
+        customer_id="c1",
+        rendered=RenderedMessage("webhook", "hook", body=BODY),
+    )
+    with pytest.raises(PermanentDeliveryError, match="no webhook URL"):
+        asyncio.run(send(no_url))
+    with pytest.raises(PermanentDeliveryError, match="no body"):
+        asyncio.run(send(hook(server.url, body=None)))
+    assert server.requests == []
+
+
+def test_an_invalid_whsec_secret_is_a_config_error() -> None:
+    async def build() -> None:
+        async with make_client() as client:
+            WebhookChannel(client, secret="whsec_%%%")
+
+    with pytest.raises(ConfigError):
+        asyncio.run(build())
+
+
+# ---------------------------------------------------------------------------------- failure modes
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [(500, None, None), (502, None, None), (429, 7, 7.0), (503, "120", 120.0), (425, None, None)],
+)
+def test_transient_statuses(
+    server: LocalServer, status: int, retry_after: int | str | None, expected: float | None
+) -> None:
+    server.fail_next(status=status, retry_after=retry_after)
+    error = send_error(hook(server.url))
+    assert isinstance(error, TransientDeliveryError)
+    assert error.retry_after == expected
+    assert f"HTTP {status}" in str(error)
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 422])
+def test_permanent_statuses_name_the_status(server: LocalServer, status: int) -> None:
+    server.fail_next(status=status, body=b'{"error": "invalid payload for ann.lee@example.com"}')
+    error = send_error(hook(server.url))
+    assert isinstance(error, PermanentDeliveryError)
+    assert f"HTTP {status}" in str(error)
+    assert "invalid payload" in str(error)
+    assert "ann.lee@example.com" not in str(error)
+    assert "a***@example.com" in str(error)
+
+
+def test_error_messages_do_not_quote_the_url(server: LocalServer) -> None:
+    server.fail_next(status=400)
+    error = send_error(hook(server.url + "/hooks?token=SECRET-TOKEN"))
+    assert "SECRET-TOKEN" not in str(error)
+    assert "127.0.0.1" in str(error)
+
+
+def test_a_long_error_body_is_cut(server: LocalServer) -> None:
+    server.fail_next(status=422, body=b"x" * 5000)
+    error = send_error(hook(server.url))
+    assert 200 <= str(error).count("x") <= 210
+
+
+def test_a_hang_past_the_timeout_is_transient_and_the_retry_is_deduplicated(server: LocalServer) -> None:
+    server.hang_next(seconds=1.0)
+    error = send_error(hook(server.url), timeout=0.3)
+    assert isinstance(error, TransientDeliveryError)
+    assert "timed out" in str(error)
+    server.wait_settled()  # the slow receiver processes the request after all
+    asyncio.run(send(hook(server.url)))
+    assert [r.outcome for r in server.requests] == ["ok", "duplicate"]
+    assert server.requests[0].hung
+    assert server.unique_deliveries == 1
+
+
+def test_a_dropped_connection_is_transient(server: LocalServer) -> None:
+    server.drop_next()
+    error = send_error(hook(server.url))
+    assert isinstance(error, TransientDeliveryError)
+    assert "closed the connection" in str(error)
+    assert server.requests[0].outcome == "drop"
+    asyncio.run(send(hook(server.url)))  # and the next attempt goes through
+    assert server.unique_deliveries == 1
+
+
+def test_a_refused_connection_is_transient() -> None:
+    error = send_error(hook(f"http://127.0.0.1:{closed_port()}/hooks"))
+    assert isinstance(error, TransientDeliveryError)
+    assert "could not connect" in str(error)
+
+
+def test_an_unsupported_scheme_is_permanent() -> None:
+    error = send_error(hook("ftp://127.0.0.1/hooks"))
+    assert isinstance(error, PermanentDeliveryError)
+
+
+def test_many_concurrent_webhooks_share_a_small_pool(server: LocalServer) -> None:
+    async def burst() -> list[DeliveryResult]:
+        async with make_client(timeout=5, max_connections=3) as client:
+            channel = WebhookChannel(client, secret=SECRET)
+            return await asyncio.gather(*(channel.send(hook(server.url, key=f"k{i}")) for i in range(30)))
+
+    results = asyncio.run(burst())
+    assert len({r.provider_id for r in results}) == 30
+    assert server.unique_deliveries == 30
+    assert all(r.signature_ok for r in server.requests)
+
+
+# ------------------------------------------------------------------------------ shared HTTP helpers
+
+
+def test_make_client_uses_the_aiohttp_transport() -> None:
+    from httpx_aiohttp import AiohttpTransport
+
+    async def check() -> None:
+        async with make_client(timeout=2.5, max_connections=4) as client:
+            assert isinstance(client._transport, AiohttpTransport)
+            assert client._transport.limits.max_connections == 4
+            assert client.timeout.read == 2.5
+            assert client.follow_redirects is False
+
+    asyncio.run(check())
+
+
+def response(status: int, headers: dict[str, str] | None = None, text: str = "") -> httpx.Response:
+    request = httpx.Request("POST", "https://hooks.example.com/x?token=t")
+    return httpx.Response(status, headers=headers, text=text, request=request)
+
+
+def test_raise_for_delivery_mapping() -> None:
+    for ok in (200, 201, 202, 204):
+        raise_for_delivery(response(ok))
+    for status in (408, 425, 429, 500, 503, 599):
+        with pytest.raises(TransientDeliveryError):
+            raise_for_delivery(response(status))
+    for status in (301, 400, 401, 403, 404, 409, 413, 422):
+        with pytest.raises(PermanentDeliveryError, match=f"HTTP {status} from hooks.example.com"):
+            raise_for_delivery(response(status))
+
+
+def test_retry_after_as_an_http_date() -> None:
+    with pytest.raises(TransientDeliveryError) as info:
+        raise_for_delivery(response(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+    assert info.value.retry_after == 0.0  # in the past: retry now
+    with pytest.raises(TransientDeliveryError) as info:
+        raise_for_delivery(response(503, {"Retry-After": "soon"}))
+    assert info.value.retry_after is None
