@@ -54,6 +54,7 @@ class DispatchConfig:
     worker_id: str = field(default_factory=default_worker_id)
     lease: timedelta = timedelta(minutes=2)
     batch_size: int = 200
+    lanes: int = 2  # batches in flight at once
     max_attempts: int = 8
     backoff_base: float = 30.0  # seconds before the first retry; doubles per attempt, with jitter
     backoff_max: float = 6 * 3600.0
@@ -74,7 +75,7 @@ class DispatchConfig:
 class DispatchStats:
     claimed: int = 0
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, status)
-    errors: list[str] = field(default_factory=list)  # the last few dead/retry reasons (masked)
+    reasons: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (channel, status, error)
 
     def count(self, status: str) -> int:
         return sum(n for (_, s), n in self.outcomes.items() if s == status)
@@ -123,10 +124,16 @@ class Dispatcher:
         """Send everything due now; return when nothing is due (or ``stop`` is set)."""
         stats = DispatchStats()
         batches = 0
-        while not (stop and stop.is_set()) and (max_batches is None or batches < max_batches):
-            if not await self.run_batch(stats):
-                break
-            batches += 1
+
+        async def lane() -> None:
+            # several lanes overlap one batch's claiming and marking with another's sending
+            nonlocal batches
+            while not (stop and stop.is_set()) and (max_batches is None or batches < max_batches):
+                batches += 1
+                if not await self.run_batch(stats):
+                    return
+
+        await asyncio.gather(*(lane() for _ in range(self.config.lanes)))
         return stats
 
     async def run_batch(self, stats: DispatchStats) -> int:
@@ -226,7 +233,8 @@ class Dispatcher:
         payload = row.payload or {}
         url = None
         if row.channel == "webhook":
-            url = self._resolve(str(payload.get("url", "")))
+            lenient = getattr(self.channels[row.channel], "writes_files", False)
+            url = self._resolve(str(payload.get("url", "")), lenient)
         to = {"email": customer.email, "sms": customer.phone, "task": payload.get("assignee")}.get(
             row.channel
         )
@@ -261,10 +269,14 @@ class Dispatcher:
             },
         )
 
-    def _resolve(self, url: str) -> str:
+    def _resolve(self, url: str, lenient: bool = False) -> str:
+        """Fill ``${VAR}`` from the environment; unset is an error unless messages only go to files."""
+
         def value(match: re.Match[str]) -> str:
             name = match.group(1)
             if not self.environ.get(name):
+                if lenient:
+                    return match.group(0)
                 raise PermanentDeliveryError(
                     f"the environment variable {name} is not set (webhook URL {url})"
                 )
@@ -307,8 +319,9 @@ class Dispatcher:
         for o in outcomes:
             stats.outcomes[(o.channel, o.status)] += 1
             if o.status in ("dead", "retry") and o.error:
-                stats.errors = [*stats.errors[-9:], f"{o.channel} #{o.message_id}: {o.error}"]
-                log.warning("message %s (%s) %s: %s", o.message_id, o.channel, o.status, o.error)
+                stats.reasons[(o.channel, o.status, o.error)] += 1
+                log.debug("message %s (%s) %s: %s", o.message_id, o.channel, o.status, o.error)
+        log.info("batch of %d: %s", len(outcomes), dict(Counter(o.status for o in outcomes)))
 
 
 def _aware(value: datetime) -> datetime:

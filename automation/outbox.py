@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.db.tables import metadata
@@ -252,22 +252,27 @@ def claim(
 
 
 def mark_sent(conn: Connection, worker: str, results: Sequence[tuple[int, str | None]], now: datetime) -> int:
-    """Mark claimed messages sent; only rows this worker still holds are changed."""
-    changed = 0
-    for message_id, provider_id in results:
-        changed += conn.execute(
-            update(OUTBOX)
-            .where(OUTBOX.c.id == message_id, OUTBOX.c.status == "claimed", OUTBOX.c.lease_owner == worker)
-            .values(
-                status="sent",
-                provider_id=provider_id,
-                sent_at=now,
-                lease_owner=None,
-                lease_until=None,
-                last_error=None,
-            )
-        ).rowcount
-    return changed
+    """Mark claimed messages sent (one batched statement); only rows this worker still holds change."""
+    if not results:
+        return 0
+    stmt = (
+        update(OUTBOX)
+        .where(
+            OUTBOX.c.id == bindparam("message_id"),
+            OUTBOX.c.status == "claimed",
+            OUTBOX.c.lease_owner == worker,
+        )
+        .values(
+            status="sent",
+            provider_id=bindparam("provider"),
+            sent_at=now,
+            lease_owner=None,
+            lease_until=None,
+            last_error=None,
+        )
+    )
+    params = [{"message_id": message_id, "provider": provider} for message_id, provider in results]
+    return conn.execute(stmt, params).rowcount
 
 
 def mark_failed(
