@@ -1,0 +1,133 @@
+"""The email a delivery becomes: one MIME builder shared by the SMTP channel and the file outbox.
+
+Headers set on every message:
+
+* ``From``, ``To``, ``Subject`` (non-ASCII text is RFC 2047 encoded), ``Date`` (RFC 5322, from ``now``)
+* ``Message-ID``: ``<first 32 hex digits of sha256(idempotency key)@domain>``, so a message sent again
+  after a crash carries the same id and receivers can drop the repeat
+* ``X-Automation-Key``: the idempotency key, for tracing a received mail back to its outbox row
+* marketing mail (``delivery.unsubscribe_url`` set): ``List-Unsubscribe: <url>``, and for an ``https``
+  URL also ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058 one-click unsubscribe,
+  which requires an HTTPS URI)
+
+The body is ``multipart/alternative`` with the text part first and the HTML part second (a message
+with only one of them is a single part). Parts that are not plain ASCII with short lines are
+quoted-printable or base64 encoded, so the message is 7-bit clean for any SMTP server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from email.errors import HeaderParseError
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
+from email.policy import Policy
+from email.policy import default as _default_policy
+from email.utils import format_datetime
+
+from automation.channels.base import Delivery
+from automation.errors import PermanentDeliveryError
+from automation.masking import mask_text
+
+__all__ = ["POLICY", "build_email", "envelope_address", "message_id"]
+
+
+class _VerbatimHeader(UnstructuredHeader, BaseHeader):
+    """A header written on one line as it is (up to 998 characters) when it is plain ASCII.
+
+    The default folder turns a long word without spaces (an unsubscribe URL with its token) into
+    RFC 2047 encoded words, which mail clients do not decode in ``List-Unsubscribe``.
+    """
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        line = f"{self.name}: {value}"
+        if value.isascii() and len(line) <= 998 and not any(c in value for c in "\r\n"):
+            return line + policy.linesep
+        return super().fold(policy=policy)
+
+
+_HEADERS = HeaderRegistry()  # our own registry: mapping types must not change the shared default one
+for _name in ("list-unsubscribe", "list-unsubscribe-post", "x-automation-key"):
+    _HEADERS.map_to_type(_name, _VerbatimHeader)
+
+# 7-bit transfer encodings for the body parts; headers are RFC 2047 encoded as with the default policy,
+# except the ASCII List-Unsubscribe* and X-Automation-Key headers, which are never folded or encoded.
+POLICY = _default_policy.clone(cte_type="7bit", header_factory=_HEADERS)
+
+_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?$")
+
+
+def message_id(idempotency_key: str, domain: str) -> str:
+    """The deterministic ``Message-ID`` of a delivery: ``<sha256-prefix@domain>``."""
+    if not _DOMAIN.match(domain):
+        raise ValueError(f"{domain!r} is not a domain name for Message-ID")
+    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:32]
+    return f"<{digest}@{domain}>"
+
+
+def envelope_address(header_value: str) -> str:
+    """The bare address (``user@example.com``) of a header value such as ``Shop <user@example.com>``.
+
+    Raises ValueError when the value is not exactly one address with a local part and a domain.
+    """
+    message = EmailMessage(policy=POLICY)
+    try:
+        message["To"] = header_value
+        addresses: tuple[Address, ...] = message["To"].addresses
+    except (ValueError, HeaderParseError, IndexError) as exc:
+        raise ValueError(f"invalid email address: {mask_text(header_value)!r}") from exc
+    if len(addresses) != 1 or not _valid(addresses[0]):
+        raise ValueError(f"invalid email address: {mask_text(header_value)!r}")
+    return addresses[0].addr_spec
+
+
+def _valid(address: Address) -> bool:
+    return bool(address.username) and bool(address.domain) and "." in address.domain.strip(".")
+
+
+def build_email(delivery: Delivery, *, from_address: str, domain: str, now: datetime) -> EmailMessage:
+    """Build the MIME message for an email delivery.
+
+    ``from_address`` may carry a display name (``"Shop <news@shop.example>"``); ``domain`` is the
+    right-hand side of the Message-ID; ``now`` becomes the Date header (a naive value is UTC).
+    Raises PermanentDeliveryError when the delivery has no (valid) recipient or no content.
+    """
+    if not delivery.to or not delivery.to.strip():
+        raise PermanentDeliveryError("no email address")
+    rendered = delivery.rendered
+    if not rendered.text and not rendered.html:
+        raise PermanentDeliveryError("the email has neither a text nor an HTML body")
+    try:
+        envelope_address(delivery.to)
+    except ValueError as exc:
+        raise PermanentDeliveryError(str(exc)) from exc
+
+    message = EmailMessage(policy=POLICY)
+    try:
+        message["From"] = from_address
+        message["To"] = delivery.to.strip()
+        message["Subject"] = rendered.subject or ""
+        message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
+        message["Message-ID"] = message_id(delivery.idempotency_key, domain)
+        message["X-Automation-Key"] = delivery.idempotency_key
+        if delivery.unsubscribe_url:
+            url = delivery.unsubscribe_url.strip()
+            if any(c in url for c in "<>\r\n \t"):
+                raise ValueError(f"unsubscribe URL {url!r} contains characters not allowed in a header")
+            message["List-Unsubscribe"] = f"<{url}>"
+            if url.lower().startswith("https://"):
+                message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    except (ValueError, HeaderParseError) as exc:
+        raise PermanentDeliveryError(f"cannot build the email: {mask_text(str(exc))}") from exc
+
+    if rendered.text and rendered.html:
+        message.set_content(rendered.text)
+        message.add_alternative(rendered.html, subtype="html")
+    elif rendered.text:
+        message.set_content(rendered.text)
+    else:
+        message.set_content(rendered.html or "", subtype="html")
+    return message
