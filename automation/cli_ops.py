@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -118,3 +119,120 @@ def serve_cmd(app: App, host: str, port: int) -> None:
         port=port,
         print=lambda text: click.echo(f"serving unsubscribe links on http://{host}:{port}"),
     )
+
+
+# -- dispatching ----------------------------------------------------------------------------------
+@main.command("dispatch")
+@click.option("--once", is_flag=True, help="Send what is due now, then exit (for cron).")
+@click.option("--at", "at_text", metavar="TIMESTAMP", help="Treat this ISO 8601 time as now (with --once).")
+@click.option("--poll", default=1.0, show_default=True, help="Seconds between looks at the outbox when idle.")
+@pass_app
+@handle_errors
+def dispatch_cmd(app: App, once: bool, at_text: str | None, poll: float) -> None:
+    """Drain the outbox: send due messages through the configured channels.
+
+    Exit code 1 if any message went to dead letters in this run (see `automation status`).
+    """
+    import asyncio
+    import signal
+
+    from automation.channels.registry import build_channels
+    from automation.dispatch import DispatchConfig, Dispatcher, DispatchStats
+
+    engine = app.migrated_engine()
+    fixed = parse_at(at_text) if at_text else None
+    built = build_channels(app.settings, engine)
+    for name, how in built.describe.items():
+        click.echo(f"{name}: {how}", err=True)
+    config = DispatchConfig(
+        rates=built.rates,
+        concurrency=built.concurrency,
+        public_url=app.settings.public_url,
+        secret_key=app.settings.secret_key,
+    )
+
+    async def run() -> DispatchStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        dispatcher = Dispatcher(
+            engine,
+            built.channels,
+            TemplateStore(app.settings.templates_dir),
+            config,
+            clock=(lambda: fixed) if fixed else (lambda: parse_at(None)),
+            environ=app.settings.environ,
+        )
+        total = DispatchStats()
+        try:
+            while not stop.is_set():
+                stats = await dispatcher.drain(stop)
+                total.claimed += stats.claimed
+                total.outcomes.update(stats.outcomes)
+                total.reasons.update(stats.reasons)
+                if once:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=poll)
+        finally:
+            await built.aclose()
+        return total
+
+    total = asyncio.run(run())
+    summary = ", ".join(f"{n:,} {status}" for status, n in sorted(_by_status(total).items())) or "nothing due"
+    click.echo(f"dispatched {total.claimed:,} messages: {summary}")
+    for (channel, status, error), n in total.reasons.most_common(10):
+        click.echo(f"  {n:,} {channel} {status}: {error}", err=True)
+    if len(total.reasons) > 10:
+        click.echo(f"  ... and {len(total.reasons) - 10} other reasons (see `automation status`)", err=True)
+    if total.count("dead"):
+        raise SystemExit(1)
+
+
+def _by_status(stats: object) -> dict[str, int]:
+    from automation.dispatch import DispatchStats
+
+    assert isinstance(stats, DispatchStats)
+    out: dict[str, int] = {}
+    for (_, status), n in stats.outcomes.items():
+        out[status] = out.get(status, 0) + n
+    return out
+
+
+# -- tasks for people -----------------------------------------------------------------------------
+@main.group("tasks")
+def tasks_group() -> None:
+    """Tasks for people (high-touch steps), for teams without a CRM."""
+
+
+@tasks_group.command("list")
+@click.option("--status", type=click.Choice(["open", "done"]), default="open", show_default=True)
+@click.option("--assignee", default=None, help="Only tasks for this address.")
+@pass_app
+@handle_errors
+def tasks_list(app: App, status: str, assignee: str | None) -> None:
+    """List tasks, with their customer, assignee and due date."""
+    from automation.channels.task import list_tasks
+
+    rows = list_tasks(app.migrated_engine(), status=status, assignee=assignee)
+    table = Table("id", "due", "assignee", "customer", "title", "playbook")
+    for row in rows:
+        due = f"{row.due_at:%Y-%m-%d %H:%M}" if row.due_at else "-"
+        table.add_row(str(row.id), due, row.assignee or "-", row.customer_id, row.title, row.playbook)
+    Console(highlight=False).print(table)
+    click.echo(f"{len(rows)} {status} task(s)")
+
+
+@tasks_group.command("done")
+@click.argument("task_id", type=int)
+@pass_app
+@handle_errors
+def tasks_done(app: App, task_id: int) -> None:
+    """Mark task TASK_ID done."""
+    from automation.channels.task import complete_task
+    from automation.errors import InputError
+
+    if not complete_task(app.migrated_engine(), task_id, parse_at(None)):
+        raise InputError(f"no open task with id {task_id}; see `automation tasks list`")
+    click.echo(f"task {task_id} done")

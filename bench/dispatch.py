@@ -1,0 +1,307 @@
+"""Dispatch throughput end to end (claim, render, send, mark) next to raw clients on the same sink.
+
+    .venv/bin/python bench/dispatch.py                    # 20,000 webhooks and 20,000 emails, SQLite
+    .venv/bin/python bench/dispatch.py --channel webhook --messages 5000
+
+Webhooks: a local aiohttp sink in its own process (127.0.0.1) answers 200 to every POST. The baseline
+is a raw aiohttp client posting the same number of prebuilt bodies at the same concurrency; the
+library run is ``automation.dispatch.Dispatcher`` with the webhook channel (httpx on the aiohttp
+transport) draining an outbox of that many queued messages.
+
+Email: a local aiosmtpd sink in its own process accepts everything. The baseline is raw aiosmtplib
+with the same number of connections, each sending prebuilt messages; the library run is the
+Dispatcher with the SMTP channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+RESULTS = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- sinks, each in its own process --------------------------------------------------------------
+def http_sink(port: int) -> None:
+    from aiohttp import web
+
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", ok)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def smtp_sink(port: int) -> None:
+    from aiosmtpd.controller import Controller
+
+    class Accept:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 OK"
+
+    controller = Controller(Accept(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        controller.stop()
+
+
+def start(target: Callable[[int], None]) -> tuple[multiprocessing.Process, int]:
+    port = free_port()
+    process = multiprocessing.Process(target=target, args=(port,), daemon=True)
+    process.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        time.sleep(0.05)
+    raise RuntimeError("the sink did not start")
+
+
+# -- the outbox ------------------------------------------------------------------------------------
+def queue_messages(db_url: str, channel: str, count: int) -> Any:
+    from sqlalchemy import insert
+
+    from automation.db.engine import make_engine, upgrade
+    from automation.db.tables import metadata
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    customers = [
+        {
+            "id": f"c{i:06d}",
+            "email": f"c{i}@example.com",
+            "first_name": "Sam",
+            "timezone": "UTC",
+            "orders_count": 12,
+            "clv": 420.0,
+            "attributes": {},
+        }
+        for i in range(count)
+    ]
+    template = "loyalty_points" if channel == "webhook" else "vip_welcome"
+    payload = {"url": "${BENCH_SINK_URL}", "timezone": "UTC"} if channel == "webhook" else {"timezone": "UTC"}
+    rows = [
+        {
+            "idempotency_key": f"bench:{channel}:{i}",
+            "playbook": "lifecycle",
+            "customer_id": f"c{i:06d}",
+            "channel": channel,
+            "template": template,
+            "stage": "loyalty",
+            "segment": "self_serve",
+            "touch": "none",
+            "step": "loyalty/none#1",
+            "priority": 0,
+            "payload": payload,
+            "status": "pending",
+            "due_at": NOW,
+            "created_at": NOW,
+            "attempts": 0,
+        }
+        for i in range(count)
+    ]
+    with engine.begin() as conn:
+        for start in range(0, count, 5000):
+            conn.execute(insert(metadata.tables["customer"]), customers[start : start + 5000])
+            conn.execute(insert(metadata.tables["outbox"]), rows[start : start + 5000])
+    return engine
+
+
+def run_dispatcher(engine: Any, channel: Any, name: str, concurrency: int, env: dict[str, str]) -> float:
+    from automation.dispatch import DispatchConfig, Dispatcher
+    from automation.rendering import TemplateStore
+
+    async def go() -> float:
+        dispatcher = Dispatcher(
+            engine,
+            {name: channel},
+            TemplateStore(ROOT / "templates"),
+            DispatchConfig(worker_id="bench", batch_size=500, concurrency={name: concurrency}),
+            clock=lambda: NOW,
+            environ=env,
+        )
+        started = time.perf_counter()
+        stats = await dispatcher.drain()
+        elapsed = time.perf_counter() - started
+        await channel.aclose()
+        assert stats.count("sent") == stats.claimed, stats.as_dict()
+        return elapsed
+
+    return asyncio.run(go())
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+def bench_webhook(count: int, concurrency: int) -> dict[str, Any]:
+    import aiohttp
+
+    process, port = start(http_sink)
+    url = f"http://127.0.0.1:{port}/loyalty"
+    try:
+        body = json.dumps({"event": "loyalty_points", "customer_id": "c000001", "points": 420}).encode()
+
+        async def raw() -> float:
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                queue: asyncio.Queue[int] = asyncio.Queue()
+                for i in range(count):
+                    queue.put_nowait(i)
+
+                async def worker() -> None:
+                    while not queue.empty():
+                        queue.get_nowait()
+                        async with session.post(
+                            url, data=body, headers={"Content-Type": "application/json"}
+                        ) as r:
+                            await r.read()
+                            assert r.status == 200
+
+                started = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                return time.perf_counter() - started
+
+        raw_s = asyncio.run(raw())
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = queue_messages(f"sqlite:///{tmp}/bench.db", "webhook", count)
+            from automation.channels.http import make_client
+            from automation.channels.webhook import WebhookChannel
+
+            def make() -> Any:
+                return WebhookChannel(
+                    make_client(max_connections=concurrency),
+                    secret="whsec_YmVuY2gtc2VjcmV0",
+                    owns_client=True,
+                )
+
+            lib_s = run_dispatcher(engine, make(), "webhook", concurrency, {"BENCH_SINK_URL": url})
+    finally:
+        process.terminate()
+    return report("webhook", count, concurrency, raw_s, lib_s, "raw aiohttp client", 0.35, 800)
+
+
+# -- email -----------------------------------------------------------------------------------------
+def bench_email(count: int, connections: int) -> dict[str, Any]:
+    import aiosmtplib
+
+    process, port = start(smtp_sink)
+    try:
+        from email.message import EmailMessage
+
+        def message(i: int) -> EmailMessage:
+            msg = EmailMessage()
+            msg["From"] = "Juniper <hello@example.com>"
+            msg["To"] = f"c{i}@example.com"
+            msg["Subject"] = "Welcome to the VIP club"
+            msg.set_content("Hello Sam,\n\nthanks for being with us.\n")
+            msg.add_alternative("<p>Hello Sam,</p><p>thanks for being with us.</p>", subtype="html")
+            return msg
+
+        prebuilt = [message(i) for i in range(count)]
+
+        async def raw() -> float:
+            queue: asyncio.Queue[EmailMessage] = asyncio.Queue()
+            for msg in prebuilt:
+                queue.put_nowait(msg)
+
+            async def worker() -> None:
+                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, use_tls=False)
+                await smtp.connect()
+                while not queue.empty():
+                    await smtp.send_message(queue.get_nowait())
+                await smtp.quit()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            return time.perf_counter() - started
+
+        raw_s = asyncio.run(raw())
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = queue_messages(f"sqlite:///{tmp}/bench.db", "email", count)
+            from automation.channels.email import SmtpChannel, SmtpSettings
+
+            channel = SmtpChannel(
+                SmtpSettings.from_url(f"smtp://127.0.0.1:{port}?pool={connections}"),
+                from_address="Juniper <hello@example.com>",
+            )
+            lib_s = run_dispatcher(engine, channel, "email", connections, {})
+    finally:
+        process.terminate()
+    return report("email", count, connections, raw_s, lib_s, "raw aiosmtplib", 0.5, None)
+
+
+def report(
+    channel: str,
+    count: int,
+    concurrency: int,
+    raw_s: float,
+    lib_s: float,
+    baseline: str,
+    goal_ratio: float,
+    goal_rate: float | None,
+) -> dict[str, Any]:
+    raw_rate, lib_rate = count / raw_s, count / lib_s
+    ratio = lib_rate / raw_rate
+    ok = ratio >= goal_ratio and (goal_rate is None or lib_rate >= goal_rate)
+    print(f"{channel}: {count:,} messages, concurrency {concurrency}")
+    print(f"  {baseline:<28} {raw_rate:8,.0f} msg/s  ({raw_s:.2f} s)")
+    print(f"  {'automation end to end':<28} {lib_rate:8,.0f} msg/s  ({lib_s:.2f} s)")
+    goal = f">= {goal_ratio}x" + (f" and >= {goal_rate:,.0f}/s" if goal_rate else "")
+    print(f"  ratio {ratio:.2f}x (goal {goal}): {'met' if ok else 'NOT met'}")
+    return {
+        "channel": channel,
+        "messages": count,
+        "concurrency": concurrency,
+        "baseline": baseline,
+        "baseline_per_s": round(raw_rate),
+        "library_per_s": round(lib_rate),
+        "ratio": round(ratio, 3),
+        "goal_met": ok,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--channel", choices=["webhook", "email", "both"], default="both")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=4, help="SMTP connections (email)")
+    args = parser.parse_args()
+    results = []
+    if args.channel in ("webhook", "both"):
+        results.append(bench_webhook(args.messages, args.concurrency))
+    if args.channel in ("email", "both"):
+        results.append(bench_email(args.messages, args.connections))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "dispatch.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
