@@ -112,3 +112,56 @@ def test_permanent_rejection_is_dead_with_the_status(data: Engine, tmp_path: Pat
     with data.connect() as conn:
         row = conn.execute(select(OUTBOX).where(OUTBOX.c.channel == "webhook")).one()
     assert row.status == "dead" and "422" in row.last_error and row.lease_owner is None
+
+
+def test_email_over_smtp_with_one_click_unsubscribe(data: Engine, tmp_path: Path) -> None:
+    from tests.smtp_server import SmtpTestServer
+
+    with serve() as http, SmtpTestServer() as smtp:
+        env = {
+            **env_for(http.url, tmp_path),
+            "AUTOMATION_SMTP_URL": smtp.url,
+            "AUTOMATION_EMAIL_FROM": "Juniper <hello@example.com>",
+        }
+        smtp.fail_next(451, stage="data")  # the first message is deferred by the server, then retried
+        tick(data, NOW)
+
+        async def run(at: object) -> None:
+            built = build_channels(Settings(), data, env)
+            config = DispatchConfig(worker_id="w", public_url="https://mail.example.com", lanes=1)
+            try:
+                await Dispatcher(
+                    data,
+                    built.channels,
+                    TEMPLATES,
+                    config,
+                    clock=lambda: at,  # type: ignore[arg-type, return-value]
+                    environ=env,
+                    seed=1,
+                ).drain()
+            finally:
+                await built.aclose()
+
+        asyncio.run(run(NOW))
+        asyncio.run(run(NOW + timedelta(minutes=5)))
+        received = list(smtp.messages)
+    by_to = {m.message["To"]: m.message for m in received}
+    assert set(by_to) == {
+        "newbie@example.com",
+        "regular@example.com",
+        "fan@example.com",
+        "vip@example.com",
+        "owner@example.com",
+    }
+    assert len(received) == 6  # regular gets the tips email and the birthday reward
+    welcome = by_to["newbie@example.com"]
+    assert welcome["List-Unsubscribe"].startswith("<https://mail.example.com/unsubscribe/")
+    assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert welcome.get_body(("plain",)) is not None and welcome.get_body(("html",)) is not None
+    with data.connect() as conn:
+        statuses = {r.status for r in conn.execute(select(OUTBOX).where(OUTBOX.c.channel == "email"))}
+    assert statuses == {
+        "sent",
+        "suppressed",
+        "pending",
+    }  # held: tokyo (quiet hours); suppressed: nomail, unsub
