@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, literal, null
 from sqlalchemy.sql.elements import ColumnElement
 
+from automation.db.tables import metadata
 from automation.errors import PlaybookError, Problem
 from automation.playbooks import (
     TOUCH_MODELS,
@@ -23,6 +24,7 @@ from automation.playbooks import (
 from automation.rules.ast import RuleError
 from automation.rules.compiler import Binding, Scope, compile_rule
 
+CUSTOMER = metadata.tables["customer"]
 AnyStep = EmailStep | SmsStep | WebhookStep | TaskStep | WaitStep
 
 
@@ -43,6 +45,18 @@ class CompiledPlaybook:
     stage: ColumnElement[Any]  # the stage name, NULL when no stage matches
     guards: dict[tuple[str, str, int], Guard]  # (stage or "recurring:<name>", touch or "", step index)
     recurring: dict[str, ColumnElement[bool]]
+    #: The same segment and stage for scanning every customer on PostgreSQL: event tests become LEFT
+    #: JOINs to the subqueries in ``scan_joins`` (see ``Scope.hoist``); use ``scan_from()`` as FROM.
+    scan_segment: ColumnElement[Any] | None = None
+    scan_stage: ColumnElement[Any] | None = None
+    scan_joins: tuple[Any, ...] = ()
+
+    def scan_from(self) -> Any:
+        """``customer`` LEFT JOIN each hoisted event subquery."""
+        source: Any = CUSTOMER
+        for sub in self.scan_joins:
+            source = source.outerjoin(sub, sub.c.customer_id == CUSTOMER.c.id)
+        return source
 
     @property
     def name(self) -> str:
@@ -61,30 +75,30 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
             problems.append(loaded.rule_problem(rule, exc.pos, exc.message))
             return literal(False)
 
-    base = Scope(now=now, fallback_timezone=pb.timezone)
-    whens = [(compile_one(s.when, base), s.name) for s in pb.segments if s.when is not None]
-    catch_all = next((s.name for s in pb.segments if s.when is None), None)
-    segment: ColumnElement[Any] = (
-        case(*whens, else_=literal(catch_all) if catch_all else null())
-        if whens
-        else (literal(catch_all) if catch_all else null())
-    )
     touch_map = {s.name: s.touch for s in pb.segments}
+
+    def segment_and_stage(hoist: list[Any] | None) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+        base = Scope(now=now, fallback_timezone=pb.timezone, hoist=hoist)
+        whens = [(compile_one(s.when, base), s.name) for s in pb.segments if s.when is not None]
+        catch_all = next((s.name for s in pb.segments if s.when is None), None)
+        default = literal(catch_all) if catch_all else null()
+        segment: ColumnElement[Any] = case(*whens, else_=default) if whens else default
+        touch: ColumnElement[Any] = case(touch_map, value=segment, else_=null())
+        names = {"segment": Binding(segment, pb.segment_names), "touch": Binding(touch, TOUCH_MODELS)}
+        staged = Scope(now=now, fallback_timezone=pb.timezone, names=names, hoist=hoist)
+        stage_whens = [(compile_one(s.when, staged), s.name) for s in pb.stages]
+        return segment, case(*stage_whens, else_=null())
+
+    segment, stage = segment_and_stage(None)
     touch: ColumnElement[Any] = case(touch_map, value=segment, else_=null())
-    with_segment = Scope(
-        now=now,
-        fallback_timezone=pb.timezone,
-        names={
-            "segment": Binding(segment, pb.segment_names),
-            "touch": Binding(touch, TOUCH_MODELS),
-        },
-    )
-    stage_whens = [(compile_one(s.when, with_segment), s.name) for s in pb.stages]
-    stage: ColumnElement[Any] = case(*stage_whens, else_=null())
+    with_segment_names = {
+        "segment": Binding(segment, pb.segment_names),
+        "touch": Binding(touch, TOUCH_MODELS),
+    }
     full = Scope(
         now=now,
         fallback_timezone=pb.timezone,
-        names={**with_segment.names, "stage": Binding(stage, pb.stage_names)},
+        names={**with_segment_names, "stage": Binding(stage, pb.stage_names)},
     )
 
     guards: dict[tuple[str, str, int], Guard] = {}
@@ -114,4 +128,8 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
 
     if problems:
         raise PlaybookError(problems)
-    return CompiledPlaybook(loaded, now, segment, touch, stage, guards, recurring)
+    joins: list[Any] = []
+    scan_segment, scan_stage = segment_and_stage(joins)
+    return CompiledPlaybook(
+        loaded, now, segment, touch, stage, guards, recurring, scan_segment, scan_stage, tuple(joins)
+    )

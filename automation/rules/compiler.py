@@ -77,6 +77,10 @@ class Scope:
     names: Mapping[str, Binding] = field(default_factory=dict)
     table: Table = CUSTOMER
     events: Table = EVENT
+    #: When a list is given, ``events(...) > 0`` becomes a LEFT JOIN to the set of customers with such
+    #: events instead of a correlated EXISTS: the planner then scans the events once (PostgreSQL
+    #: costs EXISTS inside CASE as one lookup per customer). The caller joins what is collected here.
+    hoist: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,8 @@ class _Compiler:
 
     def events_compare(self, value: _Typed, op: str, number: float) -> ColumnElement[bool]:
         assert value.call is not None
+        if op == "!=":
+            return not_(self.events_compare(value, "==", number))
         # counts are whole and never null: rewrite against the smallest count that satisfies the rule
         lo, hi = _integer_bounds(op, number)
         if lo is None and hi is None:
@@ -373,17 +379,30 @@ class _Compiler:
         lo = max(lo or 0, 0)
         if hi is not None and hi < lo:
             return false()
-        any_event = exists().where(self.events_where(value.call)).correlate(self.scope.table)
         if lo == 0 and hi is None:
             return true()
-        if lo == 1 and hi is None:
-            return any_event
-        if lo == 0 and hi == 0:
-            return not_(any_event)
+        if (lo, hi) in ((1, None), (0, 0)):
+            if self.scope.hoist is not None:
+                present: ColumnElement[bool] = self.hoisted_events(value.call).c.customer_id.is_not(None)
+                return present if lo == 1 else not_(present)
+            any_event = exists().where(self.events_where(value.call)).correlate(self.scope.table)
+            return any_event if lo == 1 else not_(any_event)
         count = self.sql(value)
-        if op == "!=":
-            return count != number
         return and_(count >= lo, count <= hi) if hi is not None else count >= lo
+
+    def hoisted_events(self, call: ast.Call) -> Any:
+        """The distinct customers with matching events, as a subquery to LEFT JOIN on customer.id."""
+        assert self.scope.hoist is not None
+        name, within = self.events_args(call)
+        ev, now = self.scope.events, self.now
+        parts = [ev.c.name == name, ev.c.occurred_at <= now]
+        if within is not None:
+            parts.append(ev.c.occurred_at >= now - within)
+        sub = (
+            select(ev.c.customer_id).where(*parts).distinct().subquery(f"has_events_{len(self.scope.hoist)}")
+        )
+        self.scope.hoist.append(sub)
+        return sub
 
     # -- days ------------------------------------------------------------------------------
     def days_compare(self, value: _Typed, op: str, lit: ast.Literal) -> ColumnElement[bool]:
