@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiosmtplib
 
 from automation.channels.base import Delivery, DeliveryResult
-from automation.channels.mime import build_email, envelope_address, message_id
+from automation.channels.mime import build_email, build_email_bytes, envelope_address, message_id
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
 
@@ -244,9 +244,9 @@ class SmtpChannel:
 
     async def send(self, delivery: Delivery) -> DeliveryResult:
         """Send one email; returns its Message-ID. Raises Transient/PermanentDeliveryError."""
-        message = self.build(delivery)
-        recipient = envelope_address(str(message["To"]))
-        message_id = str(message["Message-ID"])
+        message, recipient, message_id = build_email_bytes(
+            delivery, from_address=self.from_address, domain=self.domain, now=self._clock()
+        )
         async with self._slots:
             pooled = self._take_idle()
             error, lost = await self._attempt(pooled or await self._connect(), message, recipient)
@@ -260,7 +260,7 @@ class SmtpChannel:
         return DeliveryResult(provider_id=message_id)
 
     async def _attempt(
-        self, connection: aiosmtplib.SMTP, message: EmailMessage, recipient: str
+        self, connection: aiosmtplib.SMTP, message: bytes, recipient: str
     ) -> tuple[TransientDeliveryError | PermanentDeliveryError | None, bool]:
         """Send on one connection: (the error to raise or None, whether the connection was lost).
 
@@ -271,7 +271,7 @@ class SmtpChannel:
         error: TransientDeliveryError | PermanentDeliveryError | None = None
         lost = False
         try:
-            await connection.send_message(message, sender=self._envelope_from, recipients=[recipient])
+            await connection.sendmail(self._envelope_from, [recipient], message)
             keep = True
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
             lost = True

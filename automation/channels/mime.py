@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from email.policy import Policy
+from email.policy import Policy, compat32
 from email.policy import default as _default_policy
 from email.utils import format_datetime
 
@@ -31,7 +31,9 @@ from automation.channels.base import Delivery
 from automation.errors import PermanentDeliveryError
 from automation.masking import mask_text
 
-__all__ = ["POLICY", "build_email", "envelope_address", "message_id"]
+__all__ = ["POLICY", "build_email", "build_email_bytes", "envelope_address", "message_id"]
+
+_SIMPLE_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
 
 
 class _VerbatimHeader(UnstructuredHeader, BaseHeader):
@@ -73,6 +75,8 @@ def envelope_address(header_value: str) -> str:
 
     Raises ValueError when the value is not exactly one address with a local part and a domain.
     """
+    if _SIMPLE_ADDRESS.match(header_value):  # the common case, without the header parser
+        return header_value
     message = EmailMessage(policy=POLICY)
     try:
         message["To"] = header_value
@@ -131,3 +135,76 @@ def build_email(delivery: Delivery, *, from_address: str, domain: str, now: date
     else:
         message.set_content(rendered.html or "", subtype="html")
     return message
+
+
+def build_email_bytes(
+    delivery: Delivery, *, from_address: str, domain: str, now: datetime
+) -> tuple[bytes, str, str]:
+    """The same message as :func:`build_email`, serialised: (bytes, envelope recipient, Message-ID).
+
+    Built with the compat32 MIME classes, which are several times faster than ``EmailMessage`` with
+    the modern policy; the result carries the same headers and parts (text first, then HTML, each
+    quoted-printable UTF-8), and the ASCII List-Unsubscribe* and X-Automation-Key headers unfolded.
+    """
+    from email.charset import QP, Charset
+    from email.header import Header
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.nonmultipart import MIMENonMultipart
+    from email.utils import formataddr, parseaddr
+
+    if not delivery.to or not delivery.to.strip():
+        raise PermanentDeliveryError("no email address")
+    rendered = delivery.rendered
+    if not rendered.text and not rendered.html:
+        raise PermanentDeliveryError("the email has neither a text nor an HTML body")
+    to = delivery.to.strip()
+    try:
+        recipient = envelope_address(to)
+    except ValueError as exc:
+        raise PermanentDeliveryError(str(exc)) from exc
+    url = (delivery.unsubscribe_url or "").strip()
+    if any(c in url for c in "<>\r\n \t"):
+        raise PermanentDeliveryError(
+            f"cannot build the email: unsubscribe URL {url!r} contains characters not allowed in a header"
+        )
+
+    charset = Charset("utf-8")
+    charset.body_encoding = QP
+
+    def part(text: str, subtype: str) -> MIMENonMultipart:
+        body = MIMENonMultipart("text", subtype)
+        body.set_payload(text if text.endswith("\n") else text + "\n", charset=charset)
+        return body
+
+    def header(value: str) -> str:
+        return value if value.isascii() else Header(value, "utf-8").encode(linesep="\r\n")
+
+    def address(value: str) -> str:
+        name, addr = parseaddr(value)
+        return formataddr((name, addr), charset="utf-8") if name else addr
+
+    parts = [part(rendered.text, "plain")] if rendered.text else []
+    if rendered.html:
+        parts.append(part(rendered.html, "html"))
+    if len(parts) == 2:
+        message: MIMEMultipart | MIMENonMultipart = MIMEMultipart("alternative", _subparts=parts)
+    else:
+        message = parts[0]
+    ident = message_id(delivery.idempotency_key, domain)
+    message["From"] = address(from_address)
+    message["To"] = address(to)
+    message["Subject"] = header(rendered.subject or "")
+    message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
+    message["Message-ID"] = ident
+    message["X-Automation-Key"] = delivery.idempotency_key
+    if url:
+        message["List-Unsubscribe"] = f"<{url}>"
+        if url.lower().startswith("https://"):
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if "MIME-Version" not in message:
+        message["MIME-Version"] = "1.0"
+    raw = message.as_bytes(policy=_WIRE)
+    return raw, recipient, ident
+
+
+_WIRE = compat32.clone(linesep="\r\n", max_line_length=998)
