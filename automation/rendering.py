@@ -470,6 +470,7 @@ class TemplateStore:
         self.templates_dir = Path(templates_dir)
         self.max_sms_segments = max_sms_segments
         self._env = _Sandbox(
+            auto_reload=False,  # a store is built per load of the templates; no stat() per message
             loader=_Loader(self.templates_dir),
             undefined=StrictUndefined,
             autoescape=lambda name: name is not None and name.startswith(_HTML),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import aiohttp
 import httpx
@@ -26,6 +27,27 @@ from automation.masking import mask_text
 __all__ = ["EXCERPT_CHARS", "body_excerpt", "make_client", "raise_for_delivery", "send_errors"]
 
 EXCERPT_CHARS = 200  # how much of an error response body goes into the error message
+
+
+class _NoCookies(httpx.Cookies):
+    """Delivery requests never carry or keep cookies (and skip the cost of parsing them)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class _DeliveryClient(httpx.AsyncClient):
+    """An AsyncClient without a cookie jar: webhooks and provider APIs are stateless."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cookies = _NoCookies()
+
+    def _merge_cookies(self, cookies: Any = None) -> Any:
+        return None
 
 
 def make_client(timeout: float = 10.0, max_connections: int = 20) -> httpx.AsyncClient:
@@ -44,7 +66,7 @@ def make_client(timeout: float = 10.0, max_connections: int = 20) -> httpx.Async
         transport = httpx.AsyncHTTPTransport(limits=limits)
     else:
         transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(
+    return _DeliveryClient(
         transport=transport,
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,

@@ -171,7 +171,15 @@ class WebhookChannel:
         headers["Content-Type"] = "application/json"
         headers["Idempotency-Key"] = delivery.idempotency_key
         with send_errors("webhook"):
-            response = await self._client.post(delivery.url, content=body, headers=headers)
+            # a prebuilt request skips the client's URL and header merging (a large share of the cost)
+            request = httpx.Request(
+                "POST",
+                delivery.url,
+                content=body,
+                headers={**self._client.headers, **headers},
+                extensions={"timeout": self._client.timeout.as_dict()},
+            )
+            response = await self._client.send(request)
         raise_for_delivery(response)
         provider_id = msg_id
         try:
