@@ -171,7 +171,7 @@ class _Compiler:
             accessor = {"number": json_number, "string": json_text, "bool": json_bool}[lit.kind]
             expr: ColumnElement[Any] = accessor(self.scope.table.c.attributes, left.json_path)
             if lit.kind == "bool" and op not in ("==", "!="):
-                raise RuleError(f"true/false values only support == and !=, not {op}", node.op_pos)
+                raise RuleError(f"true/false values only support == and !=, not {node.op}", node.op_pos)
             return _apply(op, expr, lit.value)
         if kind == "days":
             return self.days_compare(left, op, lit)
@@ -184,19 +184,19 @@ class _Compiler:
         if kind in ("timestamp", "date"):
             if lit.kind != "string":
                 raise RuleError(
-                    f"{_describe(node.left)} is a {kind}; compare it with a date like "
+                    f"{_subject(left)} is a {kind}; compare it with a date like "
                     '"2026-01-31", or use days_since(...)',
                     lit.pos,
                 )
             return _apply(op, self.sql(left), _parse_instant(lit, kind))
         if kind != lit.kind:
             raise RuleError(
-                f"cannot compare {_describe(node.left if node.left is not lit else node.right)} "
+                f"cannot compare {_subject(left)} "
                 f"({kind}) with {_literal_text(lit)} ({lit.kind})",
                 lit.pos,
             )
         if kind == "bool" and op not in ("==", "!="):
-            raise RuleError(f"true/false values only support == and !=, not {op}", node.op_pos)
+            raise RuleError(f"true/false values only support == and !=, not {node.op}", node.op_pos)
         if kind == "string" and left.node is not None and isinstance(left.node, ast.Field):
             self.check_value(left.node, lit)
         return _apply(op, self.sql(left), lit.value)
@@ -285,6 +285,9 @@ class _Compiler:
                 raise RuleError("name the attribute: attributes.<name>, e.g. attributes.industry", node.pos)
             return _Typed("json", node=node, json_path=".".join(node.path[1:]))
         if len(node.path) > 1:
+            if head not in FIELD_TYPES and head not in self.scope.names and head not in CONTEXT_NAMES:
+                hint = _suggest(head, ["attributes", *FIELD_TYPES])
+                raise RuleError(f"unknown field {head!r}{hint}", node.pos)
             raise RuleError(f"{head!r} has no fields; only attributes.<name> takes a dot", node.pos)
         if head in FIELD_TYPES:
             return _Typed(FIELD_TYPES[head], self.scope.table.c[head], node)
@@ -570,6 +573,11 @@ def _describe(node: ast.Node) -> str:
     if isinstance(node, ast.Literal):
         return _literal_text(node)
     return "this expression"
+
+
+def _subject(value: _Typed) -> str:
+    """How to name the non-literal side of a comparison in a message."""
+    return _describe(value.node) if value.node is not None else "this value"
 
 
 def _pos(node: ast.Node) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast as pyast
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ _EXPECTED_WORDS = {
     "_NULL": "'null'",
     "_TRUE": "'true'",
     "_FALSE": "'false'",
+    "$END": "the end of the rule",
 }
 
 
@@ -90,11 +90,10 @@ class _ToAst(Transformer[Token, ast.Node]):
 
     def string(self, meta: Any, items: list[Token]) -> ast.Node:
         token = items[0]
-        try:
-            value = pyast.literal_eval(str(token))
-        except (ValueError, SyntaxError) as exc:
-            raise RuleSyntaxError(f"invalid string {token}", token.start_pos or 0) from exc
-        return ast.Literal(value, "string", token.start_pos or 0)
+        text = str(token)
+        if "\n" in text or "\r" in text:
+            raise RuleSyntaxError("a string cannot contain a line break; write \\n", token.start_pos or 0)
+        return ast.Literal(_unquote(text), "string", token.start_pos or 0)
 
     def duration(self, meta: Any, items: list[Token]) -> ast.Node:
         return ast.Literal(parse_duration(str(items[0])), "duration", items[0].start_pos or 0)
@@ -131,6 +130,23 @@ class _ToAst(Transformer[Token, ast.Node]):
         return (str(items[0]), items[1])
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
+
+
+def _unquote(text: str) -> str:
+    """The value of a quoted string: \\n \\t \\r \\\\ \\" \\' are escapes; any other backslash stays."""
+    body, out, i = text[1:-1], [], 0
+    while i < len(body):
+        char = body[i]
+        if char == "\\" and i + 1 < len(body) and body[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[body[i + 1]])
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
 def _describe(error: UnexpectedInput, text: str) -> RuleSyntaxError:
     if isinstance(error, UnexpectedEOF):
         return RuleSyntaxError("the rule ends too early", len(text))
@@ -147,7 +163,7 @@ def _describe(error: UnexpectedInput, text: str) -> RuleSyntaxError:
         if token.type == "EQUAL":
             return RuleSyntaxError("unexpected '='; use == to compare", pos)
         words = sorted({_EXPECTED_WORDS.get(e, e.lower()) for e in error.expected})
-        expected = ", ".join(words[:6])
+        expected = ", ".join(words)
         return RuleSyntaxError(f"unexpected {str(token)!r}; expected {expected}", pos)
     return RuleSyntaxError(str(error), 0)
 
