@@ -165,3 +165,24 @@ def test_email_over_smtp_with_one_click_unsubscribe(data: Engine, tmp_path: Path
         "suppressed",
         "pending",
     }  # held: tokyo (quiet hours); suppressed: nomail, unsub
+
+
+def test_a_dropped_connection_is_retried_without_losing_the_message(data: Engine, tmp_path: Path) -> None:
+    with serve(secret=SECRET, dedupe_header="Idempotency-Key") as server:
+        env = {**env_for(server.url, tmp_path), "AUTOMATION_WEBHOOK_CONCURRENCY": "2"}
+        tick(data, NOW)
+        server.drop_next(1)
+        dispatch(data, env, NOW)
+        with data.connect() as conn:
+            row = conn.execute(select(OUTBOX).where(OUTBOX.c.channel == "webhook")).one()
+        assert row.status == "retry" and "closed the connection" in row.last_error
+        dispatch(data, env, NOW + timedelta(minutes=2))
+        with data.connect() as conn:
+            assert (
+                conn.execute(select(OUTBOX.c.status).where(OUTBOX.c.channel == "webhook")).scalar_one()
+                == "sent"
+            )
+        assert server.unique_deliveries == 1
+        with data.connect() as conn:
+            claimed = conn.execute(select(OUTBOX).where(OUTBOX.c.status == "claimed")).all()
+        assert claimed == []
