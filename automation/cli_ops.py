@@ -236,3 +236,130 @@ def tasks_done(app: App, task_id: int) -> None:
     if not complete_task(app.migrated_engine(), task_id, parse_at(None)):
         raise InputError(f"no open task with id {task_id}; see `automation tasks list`")
     click.echo(f"task {task_id} done")
+
+
+# -- the daemon -----------------------------------------------------------------------------------
+@main.command("run")
+@click.option(
+    "--playbooks",
+    "playbooks_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder (or file) of playbooks [default: playbooks/, env AUTOMATION_PLAYBOOKS_DIR].",
+)
+@click.option(
+    "--once", is_flag=True, help="One tick of every playbook and a full drain, then exit (for cron)."
+)
+@click.option("--at", "at_text", metavar="TIMESTAMP", help="With --once: treat this ISO 8601 time as now.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--poll", default=1.0, show_default=True, help="Seconds between looks at the outbox when idle.")
+@click.option(
+    "--shutdown-timeout", default=30.0, show_default=True, help="Seconds to finish in-flight messages."
+)
+@pass_app
+@handle_errors
+def run_cmd(
+    app: App,
+    playbooks_dir: Path | None,
+    once: bool,
+    at_text: str | None,
+    log_format: str,
+    poll: float,
+    shutdown_timeout: float,
+) -> None:
+    """Run the worker: tick every playbook on its schedule and send what is due.
+
+    SIGHUP reloads playbooks and templates (a broken playbook is reported and the previous version keeps
+    running); SIGTERM/SIGINT stop claiming, finish or release in-flight messages, and exit.
+    With --once, the exit code is 0 only if nothing failed.
+    """
+    import asyncio
+    import logging
+
+    from automation import logs
+    from automation.channels.registry import build_channels
+    from automation.daemon import Daemon
+    from automation.dispatch import DispatchConfig
+    from automation.scheduler import Worker
+
+    logs.setup(log_format, logging.WARNING if once else logging.INFO)
+    engine = app.migrated_engine()
+    built = build_channels(app.settings, engine)
+    config = DispatchConfig(
+        rates=built.rates,
+        concurrency=built.concurrency,
+        public_url=app.settings.public_url,
+        secret_key=app.settings.secret_key,
+    )
+    daemon = Daemon(
+        engine, app.settings, built.channels, [playbooks_dir or app.settings.playbooks_dir], config
+    )
+    daemon.load()
+    for name, how in built.describe.items():
+        click.echo(f"{name}: {how}", err=True)
+
+    if once:
+        now = parse_at(at_text)
+
+        async def run_once() -> object:
+            try:
+                await asyncio.to_thread(daemon.tick_all, now)
+                return await daemon.drain(lambda: now)
+            finally:
+                await built.aclose()
+
+        stats = asyncio.run(run_once())
+        _report_once(app, daemon, now, stats)
+        return
+
+    async def forever() -> object:
+        try:
+            return await Worker(daemon, poll=poll, shutdown_timeout=shutdown_timeout).run()
+        finally:
+            await built.aclose()
+
+    asyncio.run(forever())
+    click.echo("stopped", err=True)
+
+
+def _report_once(app: App, daemon: object, now: object, stats: object) -> None:
+    """What ``run --once`` did: per playbook the tick, then what was sent, held back and why."""
+    from sqlalchemy import func, select
+
+    from automation.daemon import Daemon
+    from automation.db.tables import metadata
+    from automation.dispatch import DispatchStats
+
+    assert isinstance(daemon, Daemon) and isinstance(stats, DispatchStats)
+    for name, result in daemon.last_ticks.items():
+        s = result.stats
+        click.echo(
+            f"{name}: {s['transitions']:,} changed segment or stage, {s['enrolled']:,} enrolled, "
+            f"{s['exited']:,} left a program, {s['actions']:,} actions queued"
+        )
+    by_status = _by_status(stats)
+    summary = ", ".join(f"{n:,} {status}" for status, n in sorted(by_status.items())) or "nothing due"
+    click.echo(f"dispatched {stats.claimed:,} messages: {summary}")
+    outbox = metadata.tables["outbox"]
+    reason = func.coalesce(outbox.c.last_error, "")
+    query = (
+        select(outbox.c.channel, outbox.c.status, reason, func.count())
+        .where(outbox.c.status.in_(["pending", "suppressed", "skipped", "dead", "retry"]))
+        .group_by(outbox.c.channel, outbox.c.status, reason)
+        .order_by(func.count().desc())
+    )
+    with daemon.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    held = [r for r in rows if r[1] != "pending" or r[2]]
+    if held:
+        click.echo("held back or failed:")
+        for channel, status, why, n in held[:15]:
+            label = "deferred" if status == "pending" else status
+            click.echo(f"  {n:>6,} {channel:<8} {label:<10} {_reason_group(why)}")
+    if by_status.get("dead"):
+        raise SystemExit(1)
+
+
+def _reason_group(reason: str) -> str:
+    """Group per-customer reasons: "quiet hours until 08:00 Asia/Tokyo" stays, ids are not shown."""
+    return reason or "-"

@@ -103,7 +103,7 @@ class TwilioSms:
             provider_id = str(payload["sid"])
         else:  # accepted (2xx) all the same: sending it again would send a second SMS
             log.warning("SMS to %s accepted without a message sid in the response", mask_phone(delivery.to))
-        log.info("SMS to %s accepted as %s", mask_phone(delivery.to), provider_id)
+        log.debug("SMS to %s accepted as %s", mask_phone(delivery.to), provider_id)
         return DeliveryResult(provider_id=provider_id)
 
     async def aclose(self) -> None:

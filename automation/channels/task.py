@@ -165,7 +165,7 @@ class TaskChannel:
         row, inserted = await asyncio.to_thread(self._insert, values)
         provider_id = f"task:{row.id}"
         if inserted:
-            log.info("task %s created for %s", row.id, mask_text(row.assignee or "nobody"))
+            log.debug("task %s created for %s", row.id, mask_text(row.assignee or "nobody"))
         if row.status != "open":
             return DeliveryResult(provider_id=provider_id)  # done already: nobody needs telling
         try:

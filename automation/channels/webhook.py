@@ -190,7 +190,7 @@ class WebhookChannel:
             receiver_id = payload.get("id")
             if isinstance(receiver_id, str | int) and not isinstance(receiver_id, bool) and receiver_id != "":
                 provider_id = str(receiver_id)
-        log.info("webhook %s accepted by %s", msg_id, response.request.url.host)
+        log.debug("webhook %s accepted by %s", msg_id, response.request.url.host)
         return DeliveryResult(provider_id=provider_id)
 
     async def aclose(self) -> None:
