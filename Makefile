@@ -1,12 +1,12 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   create the SQLite database, load sample data, preview the example playbook
+#   make demo   create the SQLite database, load sample data, preview the example playbook, run it once
 #   make test   run the whole test suite (PostgreSQL tests skip locally when no server answers)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean reset
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/automation import events sample/events.jsonl
 	$(BIN)/automation validate playbooks/
 	$(BIN)/automation preview playbooks/lifecycle.yaml --limit 15
+	$(BIN)/automation run --once
 
 test: $(STAMP)
 	$(BIN)/ruff check automation tests bench
@@ -32,3 +33,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) automation.db automation.db-wal automation.db-shm sample outbox
+
+reset:
+	rm -rf automation.db automation.db-wal automation.db-shm sample outbox
