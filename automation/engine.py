@@ -299,7 +299,8 @@ class _Planner:
         self.now = compiled.now
         self.global_cap = global_cap
         self.fallback_zone = ZoneInfo(self.pb.timezone)
-        self.planned: dict[str, list[datetime]] = defaultdict(list)  # customer-facing messages this tick
+        # customer-facing messages planned this tick, by idempotency key (some may already be flushed)
+        self.planned: dict[str, dict[str, datetime]] = defaultdict(dict)
 
     # entering a stage starts its program for the customer's touch model
     def enter(self, batch: list[Transition]) -> None:
@@ -557,21 +558,23 @@ class _Planner:
         sent = self.sent_times(ids)
         return _Facts(customers, guards, suppressed, sent)
 
-    def sent_times(self, ids: list[str]) -> dict[str, dict[str, list[datetime]]]:
+    def sent_times(self, ids: list[str]) -> dict[str, dict[str, dict[str, datetime]]]:
         """Per customer, times of counted customer-facing messages in the longest cap window, by playbook."""
         caps = [c for c in (self.pb.frequency_cap, self.global_cap) if c is not None]
         if not caps:
             return {}
         window = max(c.period for c in caps)
-        query = select(OUTBOX.c.customer_id, OUTBOX.c.playbook, OUTBOX.c.due_at).where(
+        query = select(
+            OUTBOX.c.customer_id, OUTBOX.c.playbook, OUTBOX.c.idempotency_key, OUTBOX.c.due_at
+        ).where(
             OUTBOX.c.customer_id.in_(ids),
             OUTBOX.c.channel.in_(CUSTOMER_CHANNELS),
             OUTBOX.c.status.in_(COUNTED_STATES),
             OUTBOX.c.due_at > self.now - window,
         )
-        out: dict[str, dict[str, list[datetime]]] = defaultdict(lambda: defaultdict(list))
-        for customer_id, playbook, due_at in self.conn.execute(query):
-            out[customer_id][playbook].append(_aware(due_at))
+        out: dict[str, dict[str, dict[str, datetime]]] = defaultdict(lambda: defaultdict(dict))
+        for customer_id, playbook, key, due_at in self.conn.execute(query):
+            out[customer_id][playbook][key] = _aware(due_at)
         return out
 
     def _zone(self, name: str | None) -> ZoneInfo:
@@ -616,7 +619,7 @@ class _Planner:
                 reason, until = self.frequency(customer.id, facts)
         status = "planned" if reason is None else "suppressed"
         if status == "planned" and channel in CUSTOMER_CHANNELS:
-            self.planned[customer.id].append(self.now)
+            self.planned[customer.id][key] = self.now
         self.sink.action(
             PlannedAction(
                 playbook=self.pb.name,
@@ -651,10 +654,11 @@ class _Planner:
 
     def frequency(self, customer_id: str, facts: _Facts) -> tuple[str | None, datetime | None]:
         history = facts.sent.get(customer_id, {})
-        this_tick = self.planned.get(customer_id, [])
+        this_tick = self.planned.get(customer_id, {})
+        everywhere = {key: t for sent in history.values() for key, t in sent.items()}
         for cap, times in (
-            (self.pb.frequency_cap, [*history.get(self.pb.name, []), *this_tick]),
-            (self.global_cap, [t for ts in history.values() for t in ts] + this_tick),
+            (self.pb.frequency_cap, list({**history.get(self.pb.name, {}), **this_tick}.values())),
+            (self.global_cap, list({**everywhere, **this_tick}.values())),
         ):
             if cap is None:
                 continue
@@ -671,7 +675,7 @@ class _Facts:
     customers: dict[str, Any]
     guards: dict[tuple[str, str, str, int], bool]
     suppressed: dict[tuple[str, str], str]
-    sent: dict[str, dict[str, list[datetime]]]
+    sent: dict[str, dict[str, dict[str, datetime]]]  # customer -> playbook -> idempotency key -> due
 
 
 def _aware(value: datetime) -> datetime:
