@@ -42,6 +42,8 @@ log = logging.getLogger("automation.dispatch")
 CUSTOMER: Table = metadata.tables["customer"]
 OUTBOX: Table = metadata.tables["outbox"]
 SUPPRESSION: Table = metadata.tables["suppression"]
+TASK: Table = metadata.tables["task"]
+TASK_HOLD_RECHECK = timedelta(hours=6)
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
@@ -160,6 +162,14 @@ class Dispatcher:
                 (r.customer_id, r.channel): r.reason
                 for r in conn.execute(select(SUPPRESSION).where(SUPPRESSION.c.customer_id.in_(ids)))
             }
+            held = {
+                r[0]
+                for r in conn.execute(
+                    select(TASK.c.customer_id).where(TASK.c.customer_id.in_(ids), TASK.c.status == "open")
+                )
+            }
+        for customer_id in held:  # an open high-touch task holds automated email and SMS
+            suppressed[(customer_id, "open-task")] = "held"
         return customers, suppressed
 
     async def _process(
@@ -220,6 +230,14 @@ class Dispatcher:
             return _Outcome(row.id, channel, "suppressed", error="no email address")
         if channel == "sms" and not customer.phone:
             return _Outcome(row.id, channel, "suppressed", error="no phone number")
+        if row.payload.get("hold_during_tasks") and (row.customer_id, "open-task") in suppressed:
+            return _Outcome(
+                row.id,
+                channel,
+                "pending",
+                error="held: a high-touch task is open for this customer",
+                due_at=now + TASK_HOLD_RECHECK,
+            )
         window = row.payload.get("quiet_hours") if channel in ("email", "sms") else None
         if window:
             until = _quiet_until(window, customer.timezone, row.payload.get("timezone", "UTC"), now)

@@ -39,6 +39,9 @@ STATE: Table = metadata.tables["customer_state"]
 ENROLLMENT: Table = metadata.tables["enrollment"]
 OUTBOX: Table = metadata.tables["outbox"]
 SUPPRESSION: Table = metadata.tables["suppression"]
+TASK: Table = metadata.tables["task"]
+#: A message held by an open high-touch task is looked at again after this long.
+TASK_HOLD_RECHECK = timedelta(hours=6)
 
 #: Channels that reach the customer: quiet hours and frequency caps apply to these only.
 CUSTOMER_CHANNELS = ("email", "sms")
@@ -556,7 +559,19 @@ class _Planner:
         ):
             suppressed[(customer_id, channel)] = reason
         sent = self.sent_times(ids)
-        return _Facts(customers, guards, suppressed, sent)
+        return _Facts(customers, guards, suppressed, sent, self.open_tasks(ids))
+
+    def open_tasks(self, ids: list[str]) -> set[str]:
+        """Customers with a high-touch task open or on its way (automated marketing waits for it)."""
+        if not self.pb.hold_during_tasks:
+            return set()
+        task_rows = select(TASK.c.customer_id).where(TASK.c.customer_id.in_(ids), TASK.c.status == "open")
+        queued = select(OUTBOX.c.customer_id).where(
+            OUTBOX.c.customer_id.in_(ids),
+            OUTBOX.c.channel == "task",
+            OUTBOX.c.status.in_(("pending", "claimed", "retry")),
+        )
+        return {row[0] for row in self.conn.execute(task_rows.union(queued))}
 
     def sent_times(self, ids: list[str]) -> dict[str, dict[str, dict[str, datetime]]]:
         """Per customer, times of counted customer-facing messages in the longest cap window, by playbook."""
@@ -613,6 +628,8 @@ class _Planner:
             reason = "no phone number"
         if reason is None and (customer.id, channel) in facts.suppressed:
             reason = f"consent: {channel} suppressed ({facts.suppressed[(customer.id, channel)]})"
+        if reason is None and channel in CUSTOMER_CHANNELS and customer.id in facts.open_tasks:
+            reason, until = "held: a high-touch task is open for this customer", self.now + TASK_HOLD_RECHECK
         if reason is None and channel in CUSTOMER_CHANNELS:
             reason, until = self.quiet_hours(customer)
             if reason is None:
@@ -676,6 +693,7 @@ class _Facts:
     guards: dict[tuple[str, str, str, int], bool]
     suppressed: dict[tuple[str, str], str]
     sent: dict[str, dict[str, dict[str, datetime]]]  # customer -> playbook -> idempotency key -> due
+    open_tasks: set[str] = field(default_factory=set)
 
 
 def _aware(value: datetime) -> datetime:

@@ -57,6 +57,7 @@ class OutboxSink:
     quiet_hours: str | None = None  # kept with each message so the dispatcher can check it again
     fallback_timezone: str = "UTC"
     ttl: timedelta = DEFAULT_TTL
+    hold_during_tasks: bool = True
     transitions: int = 0
     enrolled: int = 0
     exited: int = 0
@@ -155,6 +156,8 @@ class OutboxSink:
             payload["due"] = item.due.isoformat()
         if self.quiet_hours and item.channel in ("email", "sms"):
             payload["quiet_hours"] = self.quiet_hours
+        if self.hold_during_tasks and item.channel in ("email", "sms"):
+            payload["hold_during_tasks"] = True
         customer_facing = item.channel in ("email", "sms")
         self._actions.append(
             {

@@ -409,6 +409,10 @@ class Playbook(Frozen):
     quiet_hours: QuietHoursText | None = None
     frequency_cap: FrequencyCapText | None = None
     priority: int = 0
+    hold_during_tasks: bool = Field(
+        default=True,
+        description="hold automated email and SMS while a high-touch task is open for the customer",
+    )
     reentry: ReentryText = Reentry(mode="after", cooldown=timedelta(days=30))
     segments: list[Segment] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)

@@ -42,6 +42,7 @@ def run_tick(
             compiled.now,
             quiet_hours=str(pb.quiet_hours) if pb.quiet_hours else None,
             fallback_timezone=pb.timezone,
+            hold_during_tasks=pb.hold_during_tasks,
         )
         plan(conn, compiled, sink, global_cap=global_cap, materialize=True)
         sink.flush()

@@ -173,3 +173,31 @@ def test_frequency_cap_defers_to_the_first_moment_it_fits(engine: Engine) -> Non
     assert held.status == "pending" and held.last_error.startswith("global frequency cap 1/1 per 2d")
     assert held.due_at.replace(tzinfo=UTC) == START + timedelta(days=2)
     assert j.at(START + timedelta(days=2)) == [("email", "birthday_reward")]
+
+
+def test_an_open_high_touch_task_holds_automated_email_until_it_is_done(engine: Engine) -> None:
+    from automation.channels.task import complete_task
+
+    birthday = START.date().replace(year=1985)
+    with engine.begin() as conn:
+        conn.execute(insert(T["customer"]), [customer(orders_count=3, clv=25000.0, birthday=birthday)])
+        conn.execute(
+            insert(T["task"]).values(
+                idempotency_key="manual:1",
+                playbook="manual",
+                customer_id="ada",
+                assignee="owner@example.com",
+                title="Renewal call",
+                status="open",
+                created_at=START,
+            )
+        )
+    j = Journey(engine)
+    # strategic (high touch), retention: the quarterly review task goes out; the birthday email waits
+    assert j.at(START) == [("task", "quarterly_review")]
+    with engine.connect() as conn:
+        held = conn.execute(select(T["outbox"]).where(T["outbox"].c.template == "birthday_reward")).one()
+    assert held.status == "pending" and held.last_error == "held: a high-touch task is open for this customer"
+    assert j.at(START + timedelta(hours=7)) == []  # still open: held again at send time
+    complete_task(engine, 1, START + timedelta(hours=8))
+    assert j.at(START + timedelta(days=1)) == [("email", "birthday_reward")]  # 11:00 in Berlin, no quiet hours
