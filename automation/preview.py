@@ -62,7 +62,7 @@ class PreviewSink:
 
 def _reason_kind(reason: str) -> str:
     """Group reasons for the summary ("quiet hours until 08:00 Asia/Jakarta" -> "quiet hours")."""
-    for kind in ("quiet hours", "global frequency cap", "frequency cap", "consent", "step guard"):
+    for kind in ("quiet hours", "global frequency cap", "frequency cap", "consent", "step guard", "held"):
         if reason.startswith(kind):
             return kind
     return reason
