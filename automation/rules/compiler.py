@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from sqlalchemy import Table, and_, case, exists, false, func, not_, or_, select, true
+from sqlalchemy import BigInteger, Table, and_, case, exists, false, func, literal, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.db.tables import metadata
@@ -172,7 +172,7 @@ class _Compiler:
             expr: ColumnElement[Any] = accessor(self.scope.table.c.attributes, left.json_path)
             if lit.kind == "bool" and op not in ("==", "!="):
                 raise RuleError(f"true/false values only support == and !=, not {node.op}", node.op_pos)
-            return _apply(op, expr, lit.value)
+            return _apply(op, expr, _param(lit.value))
         if kind == "days":
             return self.days_compare(left, op, lit)
         if kind == "events":
@@ -191,15 +191,14 @@ class _Compiler:
             return _apply(op, self.sql(left), _parse_instant(lit, kind))
         if kind != lit.kind:
             raise RuleError(
-                f"cannot compare {_subject(left)} "
-                f"({kind}) with {_literal_text(lit)} ({lit.kind})",
+                f"cannot compare {_subject(left)} ({kind}) with {_literal_text(lit)} ({lit.kind})",
                 lit.pos,
             )
         if kind == "bool" and op not in ("==", "!="):
             raise RuleError(f"true/false values only support == and !=, not {node.op}", node.op_pos)
         if kind == "string" and left.node is not None and isinstance(left.node, ast.Field):
             self.check_value(left.node, lit)
-        return _apply(op, self.sql(left), lit.value)
+        return _apply(op, self.sql(left), _param(lit.value))
 
     def is_null(self, node: ast.IsNull) -> ColumnElement[bool]:
         value = self.value(node.operand)
@@ -254,7 +253,11 @@ class _Compiler:
                 if value.kind not in ("json",)
                 else json_any(self.scope.table.c.attributes, value.json_path)
             )
-        values = [lit.value for lit in literals]
+        raw = [lit.value for lit in literals]
+        if any(isinstance(v, float) for v in raw) and all(isinstance(v, int | float) for v in raw):
+            raw = [float(v) for v in raw]  # type: ignore[arg-type]  # one numeric type for the whole list
+        big = any(isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**31 for v in raw)
+        values = [literal(v, BigInteger()) for v in raw] if big else raw
         return expr.not_in(values) if node.negated else expr.in_(values)
 
     def check_value(self, field_node: ast.Field, lit: ast.Literal) -> None:
@@ -391,7 +394,7 @@ class _Compiler:
             any_event = exists().where(self.events_where(value.call)).correlate(self.scope.table)
             return any_event if lo == 1 else not_(any_event)
         count = self.sql(value)
-        return and_(count >= lo, count <= hi) if hi is not None else count >= lo
+        return and_(count >= _param(lo), count <= _param(hi)) if hi is not None else count >= _param(lo)
 
     def hoisted_events(self, call: ast.Call) -> Any:
         """The distinct customers with matching events, as a subquery to LEFT JOIN on customer.id."""
@@ -447,9 +450,9 @@ class _Compiler:
                 col < self.now + timedelta(days=days + 1) if upper else col >= self.now + timedelta(days=days)
             )
         except OverflowError:
-            # beyond any representable date: the bound holds for every present value
-            always = (upper and since) or (not upper and not since)
-            holds = always if days > 0 else not always
+            # beyond any representable date: "at most a huge number of days" holds for every present
+            # value and "at least" for none (the other way round for a huge negative number)
+            holds = upper if days > 0 else not upper
             return col == col if holds else col != col
 
     # -- anniversary ------------------------------------------------------------------------
@@ -512,6 +515,14 @@ _OPERATORS = {
     ">": operator.gt,
     ">=": operator.ge,
 }
+
+
+def _param(value: Any) -> Any:
+    """A literal for a comparison: whole numbers beyond 32 bits are bound as BIGINT (PostgreSQL would
+    otherwise cast them to INTEGER and fail)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**31:
+        return literal(value, BigInteger())
+    return value
 
 
 def _apply(op: str, left: ColumnElement[Any], right: Any) -> ColumnElement[bool]:
