@@ -200,4 +200,5 @@ def test_an_open_high_touch_task_holds_automated_email_until_it_is_done(engine: 
     assert held.status == "pending" and held.last_error == "held: a high-touch task is open for this customer"
     assert j.at(START + timedelta(hours=7)) == []  # still open: held again at send time
     complete_task(engine, 1, START + timedelta(hours=8))
-    assert j.at(START + timedelta(days=1)) == [("email", "birthday_reward")]  # 11:00 in Berlin, no quiet hours
+    # the next day at 11:00 in Berlin (no quiet hours) it goes
+    assert j.at(START + timedelta(days=1)) == [("email", "birthday_reward")]
