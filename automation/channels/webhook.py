@@ -179,7 +179,8 @@ class WebhookChannel:
                 headers={**self._client.headers, **headers},
                 extensions={"timeout": self._client.timeout.as_dict()},
             )
-            response = await self._client.send(request)
+            direct = getattr(self._client, "send_direct", None)
+            response = await direct(request) if direct is not None else await self._client.send(request)
         raise_for_delivery(response)
         provider_id = msg_id
         try:
