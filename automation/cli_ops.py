@@ -256,6 +256,13 @@ def tasks_done(app: App, task_id: int) -> None:
 @click.option(
     "--shutdown-timeout", default=30.0, show_default=True, help="Seconds to finish in-flight messages."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus /metrics and /healthz on this port (default: off).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @pass_app
 @handle_errors
 def run_cmd(
@@ -266,6 +273,8 @@ def run_cmd(
     log_format: str,
     poll: float,
     shutdown_timeout: float,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run the worker: tick every playbook on its schedule and send what is due.
 
@@ -313,9 +322,17 @@ def run_cmd(
         return
 
     async def forever() -> object:
+        from automation.metrics import serve_metrics
+
+        worker = Worker(daemon, poll=poll, shutdown_timeout=shutdown_timeout)
+        metrics = None
         try:
-            return await Worker(daemon, poll=poll, shutdown_timeout=shutdown_timeout).run()
+            if metrics_port is not None:
+                metrics = await serve_metrics(engine, metrics_host, metrics_port, lambda: worker.totals)
+            return await worker.run()
         finally:
+            if metrics is not None:
+                await metrics.cleanup()
             await built.aclose()
 
     asyncio.run(forever())
@@ -363,3 +380,184 @@ def _report_once(app: App, daemon: object, now: object, stats: object) -> None:
 def _reason_group(reason: str) -> str:
     """Group per-customer reasons: "quiet hours until 08:00 Asia/Tokyo" stays, ids are not shown."""
     return reason or "-"
+
+
+# -- status and dead letters ----------------------------------------------------------------------
+def _took(seconds: float | None) -> str:
+    """A duration for people: 0.42s, 45s, 12m 5s, 3h 12m, 2d 4h."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+@main.command("status")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--dead",
+    "dead_limit",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Recent dead letters to list (0: none).",
+)
+@click.option("--at", "at_text", metavar="TIMESTAMP", help="Treat this ISO 8601 time as now (what is due).")
+@pass_app
+@handle_errors
+def status_cmd(app: App, fmt: str, dead_limit: int, at_text: str | None) -> None:
+    """Per playbook the last tick, customers per stage and open enrollments; the outbox by channel and
+    status, what is due and the oldest due message; the newest dead letters (addresses masked).
+    """
+    import json
+
+    from automation.status import playbook_status, queue_status
+
+    now = parse_at(at_text)
+    with app.migrated_engine().connect() as conn:
+        playbooks = playbook_status(conn)
+        queue = queue_status(conn, now, dead_limit)
+    if fmt == "json":
+        outbox = queue.as_json()
+        at, dead = outbox.pop("at"), outbox.pop("dead")
+        data = {"at": at, "playbooks": [p.as_json() for p in playbooks], "outbox": outbox, "dead": dead}
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    _print_status(playbooks, queue)
+
+
+def _print_status(playbooks: object, queue: object) -> None:
+    from rich.text import Text
+
+    from automation.status import NO_STAGE, PlaybookStatus, QueueStatus, ordered_statuses
+
+    assert isinstance(playbooks, list) and isinstance(queue, QueueStatus)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 160
+    if not playbooks:
+        click.echo("no playbook has ticked yet (`automation tick` or `automation run`)")
+    else:
+        ticks = Table(title="Playbooks", title_justify="left")
+        for name in ("playbook", "ticks", "last tick (UTC)", "took", "changed", "enrolled", "left"):
+            ticks.add_column(name, justify="left" if name in ("playbook", "last tick (UTC)") else "right")
+        for name in ("actions", "deferred", "customers", "open enrollments"):
+            ticks.add_column(name, justify="right")
+        stages = Table(title="Customers per stage", title_justify="left")
+        stages.add_column("playbook")
+        stages.add_column("stage")
+        stages.add_column("customers", justify="right")
+        for pb in playbooks:
+            assert isinstance(pb, PlaybookStatus)
+            last = pb.last_tick
+            changes = (
+                [f"{last.changes[k]:,}" for k in ("transitions", "enrolled", "exited", "actions", "deferred")]
+                if last
+                else ["-"] * 5
+            )
+            ticks.add_row(
+                Text(pb.playbook),
+                f"{pb.ticks:,}",
+                f"{last.started_at:%Y-%m-%d %H:%M:%S}" if last else "never",
+                _took(last.seconds) if last else "-",
+                *changes,
+                f"{pb.customers:,}",
+                f"{pb.open_enrollments:,}",
+            )
+            for stage, n in sorted(pb.stages.items(), key=lambda item: (item[0] == NO_STAGE, item[0])):
+                stages.add_row(Text(pb.playbook), Text(stage), f"{n:,}")
+        console.print(ticks)
+        if stages.row_count:
+            console.print(stages)
+
+    by_channel = queue.by_channel()
+    if not by_channel:
+        click.echo("the outbox is empty")
+    else:
+        columns = ordered_statuses(queue.by_status())
+        outbox = Table(title="Outbox", title_justify="left")
+        outbox.add_column("channel")
+        for status in columns:
+            outbox.add_column(status, justify="right")
+        outbox.add_column("total", justify="right", style="bold")
+        for channel, row in by_channel.items():
+            outbox.add_row(Text(channel), *(f"{row.get(s, 0):,}" for s in columns), f"{sum(row.values()):,}")
+        totals = queue.by_status()
+        outbox.add_row("total", *(f"{totals[s]:,}" for s in columns), f"{queue.total:,}", style="bold")
+        console.print(outbox)
+    oldest = queue.oldest_due
+    if oldest is None:
+        click.echo(f"due now: nothing (as of {queue.at:%Y-%m-%d %H:%M:%S} UTC)")
+    else:
+        click.echo(
+            f"due now: {queue.due:,} message(s); the oldest "
+            f"(#{oldest.id}, {oldest.channel}, {oldest.status}) has waited {_took(oldest.age_seconds)}"
+        )
+    dead_total = queue.by_status().get("dead", 0)
+    if queue.dead:
+        dead = Table(title="Dead letters, newest first", title_justify="left")
+        for name in ("id", "last due (UTC)", "playbook", "channel", "customer", "template", "attempts"):
+            dead.add_column(name, justify="right" if name in ("id", "attempts") else "left")
+        dead.add_column("error", overflow="fold")
+        for d in queue.dead:
+            dead.add_row(
+                str(d.id),
+                f"{d.when:%Y-%m-%d %H:%M}",
+                Text(d.playbook),
+                Text(d.channel),
+                Text(d.customer_id),
+                Text(d.template),
+                str(d.attempts),
+                Text(d.last_error or "-"),
+            )
+        console.print(dead)
+    if dead_total:
+        click.echo(f"{dead_total:,} dead letter(s) in all; `automation retry-dead` requeues them")
+
+
+@main.command("retry-dead")
+@click.option(
+    "--since",
+    "since_text",
+    metavar="TIME|DURATION",
+    help="Only messages last due since then: an ISO 8601 time or a duration back from now (24h, 30m, 7d).",
+)
+@click.option("--channel", type=click.Choice(suppressions.CHANNELS), default=None, help="Only this channel.")
+@click.option("--playbook", default=None, help="Only this playbook's messages.")
+@click.option("--at", "at_text", metavar="TIMESTAMP", help="Treat this ISO 8601 time as now.")
+@pass_app
+@handle_errors
+def retry_dead_cmd(
+    app: App, since_text: str | None, channel: str | None, playbook: str | None, at_text: str | None
+) -> None:
+    """Put dead letters back in the queue: pending, due now, attempts reset, a fresh time-to-live.
+
+    Their last error is kept as "requeued: <error>" until they are sent. Fix the cause first (a
+    missing variable, a provider outage): messages that fail permanently again go back to dead.
+    """
+    from automation.status import parse_since, retry_dead
+
+    now = parse_at(at_text)
+    since = parse_since(since_text, now) if since_text is not None else None
+    with app.migrated_engine().begin() as conn:
+        count = retry_dead(conn, now, since=since, channel=channel, playbook=playbook)
+    scope = [
+        f"{name} {value}"
+        for name, value in (
+            ("last due since", f"{since:%Y-%m-%d %H:%M:%S} UTC" if since else None),
+            ("channel", channel),
+            ("playbook", playbook),
+        )
+        if value
+    ]
+    click.echo(f"requeued {count:,} dead letter(s)" + (f" ({', '.join(scope)})" if scope else ""))
