@@ -150,7 +150,16 @@ class Dispatcher:
             return 0
         stats.claimed += len(rows)
         customers, suppressed = self._facts(rows)
-        outcomes = await asyncio.gather(*(self._process(row, customers, suppressed, now) for row in rows))
+        tasks = [asyncio.ensure_future(self._process(row, customers, suppressed, now)) for row in rows]
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            # a bounded shutdown: record what already finished (a message the provider accepted must not
+            # be sent again); the unfinished rest stays claimed for the caller to release
+            finished = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
+            if finished:
+                self._mark(finished, stats)
+            raise
         self._mark(outcomes, stats)
         return len(rows)
 

@@ -116,6 +116,8 @@ class Worker:
                     self._add(draining.result())
                 else:
                     draining.cancel()
+                    # it marks what already finished before unwinding; a moment, then the rest is released
+                    await asyncio.wait([draining], timeout=1.0)
                     log.warning(
                         "in-flight messages did not finish within %.0fs; releasing them",
                         self.shutdown_timeout,
