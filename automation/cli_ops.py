@@ -305,7 +305,10 @@ def run_cmd(
     )
     daemon.load()
     for name, how in built.describe.items():
-        click.echo(f"{name}: {how}", err=True)
+        if log_format == "json":  # every stderr line is JSON for log collectors
+            logging.getLogger("automation.run").info("%s: %s", name, how)
+        else:
+            click.echo(f"{name}: {how}", err=True)
 
     if once:
         now = parse_at(at_text)
@@ -336,7 +339,10 @@ def run_cmd(
             await built.aclose()
 
     asyncio.run(forever())
-    click.echo("stopped", err=True)
+    if log_format == "json":
+        logging.getLogger("automation.run").info("stopped")
+    else:
+        click.echo("stopped", err=True)
 
 
 def _report_once(app: App, daemon: object, now: object, stats: object) -> None:
