@@ -66,6 +66,9 @@ class OutboxSink:
     _states: list[dict[str, Any]] = field(default_factory=list)
     _history: list[dict[str, Any]] = field(default_factory=list)
     _actions: list[dict[str, Any]] = field(default_factory=list)
+    _new_enrollments: list[dict[str, Any]] = field(default_factory=list)
+    _enrollment_updates: list[dict[str, Any]] = field(default_factory=list)
+    _cancels: list[dict[str, Any]] = field(default_factory=list)
 
     # -- Sink protocol --------------------------------------------------------------------------
     def transition(self, item: Transition) -> None:
@@ -97,7 +100,6 @@ class OutboxSink:
             self.flush()
 
     def enrollment(self, item: EnrollmentChange) -> None:
-        self.flush()  # actions of this enrollment must see its row; keep writes in plan order
         values = {
             "step_index": item.step_index,
             "next_step_at": item.next_step_at,
@@ -107,33 +109,28 @@ class OutboxSink:
         }
         if item.enrollment_id is None:
             self.enrolled += 1
-            self.conn.execute(
-                _insert(self.conn, ENROLLMENT)
-                .values(
-                    playbook=self.playbook,
-                    customer_id=item.customer_id,
-                    stage=item.stage,
-                    segment=item.segment,
-                    touch=item.touch,
-                    started_at=item.started_at,
+            self._new_enrollments.append(
+                {
+                    "playbook": self.playbook,
+                    "customer_id": item.customer_id,
+                    "stage": item.stage,
+                    "segment": item.segment,
+                    "touch": item.touch,
+                    "started_at": item.started_at,
                     **values,
-                )
-                .on_conflict_do_nothing(index_elements=["playbook", "customer_id", "stage", "started_at"])
+                }
             )
-            return
-        if item.status == "exited":
-            self.exited += 1
-            self.conn.execute(
-                update(OUTBOX)
-                .where(
-                    OUTBOX.c.playbook == self.playbook,
-                    OUTBOX.c.customer_id == item.customer_id,
-                    OUTBOX.c.stage == item.stage,
-                    OUTBOX.c.status.in_(CLAIMABLE),
+        else:
+            if item.status == "exited":
+                self.exited += 1
+                self._cancels.append(
+                    {"c_customer": item.customer_id, "c_stage": item.stage, "c_reason": item.reason}
                 )
-                .values(status="cancelled", last_error=item.reason)
+            self._enrollment_updates.append(
+                {"e_id": item.enrollment_id, **{f"e_{k}": v for k, v in values.items()}}
             )
-        self.conn.execute(update(ENROLLMENT).where(ENROLLMENT.c.id == item.enrollment_id).values(**values))
+        if len(self._new_enrollments) + len(self._enrollment_updates) >= FLUSH_EVERY:
+            self.flush()
 
     def action(self, item: PlannedAction) -> None:
         status, error = "pending", None
@@ -204,6 +201,41 @@ class OutboxSink:
             )
             self.conn.execute(HISTORY.insert(), self._history)
             self._states, self._history = [], []
+        if self._cancels:  # a customer who left a stage: its pending messages are not sent
+            self.conn.execute(
+                update(OUTBOX)
+                .where(
+                    OUTBOX.c.playbook == self.playbook,
+                    OUTBOX.c.customer_id == bindparam("c_customer"),
+                    OUTBOX.c.stage == bindparam("c_stage"),
+                    OUTBOX.c.status.in_(CLAIMABLE),
+                )
+                .values(status="cancelled", last_error=bindparam("c_reason")),
+                self._cancels,
+            )
+            self._cancels = []
+        if self._enrollment_updates:
+            self.conn.execute(
+                update(ENROLLMENT)
+                .where(ENROLLMENT.c.id == bindparam("e_id"))
+                .values(
+                    step_index=bindparam("e_step_index"),
+                    next_step_at=bindparam("e_next_step_at"),
+                    status=bindparam("e_status"),
+                    ended_at=bindparam("e_ended_at"),
+                    end_reason=bindparam("e_end_reason"),
+                ),
+                self._enrollment_updates,
+            )
+            self._enrollment_updates = []
+        if self._new_enrollments:
+            self.conn.execute(
+                _insert(self.conn, ENROLLMENT).on_conflict_do_nothing(
+                    index_elements=["playbook", "customer_id", "stage", "started_at"]
+                ),
+                self._new_enrollments,
+            )
+            self._new_enrollments = []
         if self._actions:
             self.conn.execute(
                 _insert(self.conn, OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]),
