@@ -567,3 +567,21 @@ def retry_dead_cmd(
         if value
     ]
     click.echo(f"requeued {count:,} dead letter(s)" + (f" ({', '.join(scope)})" if scope else ""))
+
+
+# -- authoring: schema, lint, init ----------------------------------------------------------------
+@main.command("schema")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file."
+)
+@handle_errors
+def schema_cmd(output: Path | None) -> None:
+    """Print the JSON Schema of the playbook format (for editor completion and checks)."""
+    from automation.schema import schema_json
+
+    text = schema_json()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
