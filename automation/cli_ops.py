@@ -585,3 +585,81 @@ def schema_cmd(output: Path | None) -> None:
     else:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
+
+
+# -- explain one customer -------------------------------------------------------------------------
+@main.command("explain")
+@click.argument("customer_id")
+@click.option(
+    "--playbook",
+    "playbook_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Explain this playbook only (default: all in playbooks/).",
+)
+@click.option(
+    "--at", "at_text", metavar="TIMESTAMP", help="Evaluate as of this ISO 8601 time (default: now)."
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@pass_app
+@handle_errors
+def explain_cmd(
+    app: App, customer_id: str, playbook_path: Path | None, at_text: str | None, fmt: str
+) -> None:
+    """Why CUSTOMER_ID is in its segment and stage, and what would be sent to it now, and why not.
+
+    Every segment and stage rule with its value and the value of each sub-expression, the program and
+    step, the actions the next tick would plan (with the daemon's reasons) and the customer's outbox.
+    Writes nothing. Exit 2 for an unknown customer.
+    """
+    import json
+
+    from automation.explain import explain, render_text
+    from automation.validation import check_playbook
+
+    now = parse_at(at_text)
+    templates = TemplateStore(app.settings.templates_dir)
+    if playbook_path is not None:
+        compiled = [check_playbook(playbook_path, templates, now)]
+    else:
+        compiled = [
+            compile_playbook(item.loaded, now)
+            for item in validate_paths([app.settings.playbooks_dir], templates)
+        ]
+    with app.migrated_engine().connect() as conn:
+        result = explain(conn, compiled, customer_id, app.settings.global_cap)
+        conn.rollback()
+    if fmt == "json":
+        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(render_text(result))
+
+
+@main.command("lint")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--strict", is_flag=True, help="Treat warnings as errors (exit 2 on any finding).")
+@pass_app
+@handle_errors
+def lint_cmd(app: App, paths: tuple[Path, ...], strict: bool) -> None:
+    """Find likely mistakes in playbooks (default: playbooks/) and their templates.
+
+    Prints `file:line:col: warning|error: message` and a fix for each finding; also reports what
+    `automation validate` rejects. Exit 0 with only warnings, 2 with any error.
+    """
+    import sys
+
+    from automation.lint import lint_paths
+
+    result = lint_paths(
+        list(paths) or [app.settings.playbooks_dir],
+        TemplateStore(app.settings.templates_dir),
+        app.settings.environ,
+        global_cap=app.settings.global_cap is not None,
+    )
+    for finding in result.findings:
+        click.echo(finding.render())
+    click.echo(
+        f"{len(result.files)} playbook(s): {result.errors} error(s), {result.warnings} warning(s)", err=True
+    )
+    if result.errors or (strict and result.warnings):
+        sys.exit(2)

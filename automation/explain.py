@@ -1,0 +1,584 @@
+"""``automation explain``: why one customer is where they are and what would be sent to them now.
+
+For each playbook: every segment and stage rule (and the recurring rules and the step guards of the
+customer's program) with its value for the customer, each sub-expression of the rule evaluated as its own
+SQL column (true, false or unknown), and the field and function values it used; the program and step the
+customer is on; the actions the engine would plan now (``engine.plan`` for this one customer, the
+daemon's path, so the reasons are the daemon's); and what the outbox already holds for the customer.
+Reads the database, writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, literal, not_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from automation.compiled import CompiledPlaybook
+from automation.db.tables import metadata
+from automation.engine import PlannedAction, plan
+from automation.errors import InputError
+from automation.playbooks import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
+from automation.preview import PreviewSink
+from automation.rules import ast
+from automation.rules.ast import RuleError, format_duration, parse_duration
+from automation.rules.compiler import FIELD_TYPES, Binding, Scope, compile_rule
+
+CUSTOMER = metadata.tables["customer"]
+EVENT = metadata.tables["event"]
+STATE = metadata.tables["customer_state"]
+ENROLLMENT = metadata.tables["enrollment"]
+OUTBOX = metadata.tables["outbox"]
+
+
+@dataclass
+class Part:
+    """One sub-expression of a rule: its text, its value, and how deep it sits in the rule."""
+
+    expr: str
+    value: bool | None  # None: unknown (a missing value)
+    depth: int
+
+
+@dataclass
+class RuleExplanation:
+    kind: str  # segment | stage | recurring | guard
+    name: str
+    rule: str | None  # None: a catch-all segment
+    value: bool | None  # the rule's own value for the customer (None: unknown, which does not match)
+    chosen: bool  # the first match among segments or stages (for guards and recurring: value is true)
+    considered: bool = True  # False when an earlier rule already won
+    parts: list[Part] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)  # fields and function values the rule used
+
+
+@dataclass
+class PlaybookExplanation:
+    playbook: str
+    path: str
+    at: datetime
+    segment: str | None
+    touch: str | None
+    stage: str | None
+    stored: dict[str, Any] | None  # customer_state as of the last tick (None: never ticked)
+    program: str
+    enrollment: dict[str, Any] | None
+    rules: list[RuleExplanation]
+    actions: list[PlannedAction]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "playbook": self.playbook,
+            "path": self.path,
+            "at": self.at.isoformat(),
+            "segment": self.segment,
+            "touch": self.touch,
+            "stage": self.stage,
+            "stored": _jsonable(self.stored),
+            "program": self.program,
+            "enrollment": _jsonable(self.enrollment),
+            "rules": [
+                {
+                    "kind": r.kind,
+                    "name": r.name,
+                    "rule": r.rule,
+                    "value": r.value,
+                    "chosen": r.chosen,
+                    "considered": r.considered,
+                    "parts": [p.__dict__ for p in r.parts],
+                    "values": _jsonable(r.values),
+                }
+                for r in self.rules
+            ],
+            "actions": [a.as_dict() for a in self.actions],
+        }
+
+
+@dataclass
+class Explanation:
+    customer_id: str
+    at: datetime
+    customer: dict[str, Any]
+    playbooks: list[PlaybookExplanation]
+    outbox: list[dict[str, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "at": self.at.isoformat(),
+            "customer": _jsonable(self.customer),
+            "playbooks": [p.as_json() for p in self.playbooks],
+            "outbox": _jsonable(self.outbox),
+        }
+
+
+def explain(
+    conn: Connection,
+    playbooks: list[CompiledPlaybook],
+    customer_id: str,
+    global_cap: FrequencyCap | None = None,
+) -> Explanation:
+    """The decision trace of one customer in each of ``playbooks`` (compiled for the same moment)."""
+    row = conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).mappings().first()
+    if row is None:
+        raise InputError(f"no customer with id {customer_id!r}; check the id or import the customer first")
+    customer = dict(row)
+    at = playbooks[0].now if playbooks else datetime.now(UTC)
+    out = [explain_playbook(conn, compiled, customer, global_cap) for compiled in playbooks]
+    outbox = [
+        dict(r)
+        for r in conn.execute(
+            select(
+                OUTBOX.c.id,
+                OUTBOX.c.playbook,
+                OUTBOX.c.step,
+                OUTBOX.c.channel,
+                OUTBOX.c.template,
+                OUTBOX.c.status,
+                OUTBOX.c.due_at,
+                OUTBOX.c.sent_at,
+                OUTBOX.c.attempts,
+                OUTBOX.c.last_error,
+            )
+            .where(OUTBOX.c.customer_id == customer_id)
+            .order_by(OUTBOX.c.created_at, OUTBOX.c.id)
+        ).mappings()
+    ]
+    return Explanation(customer_id, at, customer, out, outbox)
+
+
+def explain_playbook(
+    conn: Connection,
+    compiled: CompiledPlaybook,
+    customer: dict[str, Any],
+    global_cap: FrequencyCap | None = None,
+) -> PlaybookExplanation:
+    pb = compiled.loaded.playbook
+    cid = str(customer["id"])
+    now = compiled.now
+    base = Scope(now=now, fallback_timezone=pb.timezone)
+    names = {
+        "segment": Binding(compiled.segment, pb.segment_names),
+        "touch": Binding(compiled.touch, ("high", "low", "none")),
+    }
+    staged = Scope(now=now, fallback_timezone=pb.timezone, names=names)
+    full = Scope(
+        now=now,
+        fallback_timezone=pb.timezone,
+        names={**names, "stage": Binding(compiled.stage, pb.stage_names)},
+    )
+    current = (
+        conn.execute(
+            select(
+                compiled.segment.label("segment"),
+                compiled.touch.label("touch"),
+                compiled.stage.label("stage"),
+            ).where(CUSTOMER.c.id == cid)
+        )
+        .mappings()
+        .one()
+    )
+    segment, touch, stage = current["segment"], current["touch"], current["stage"]
+    evaluator = _Evaluator(conn, cid, customer, now)
+
+    rules: list[RuleExplanation] = []
+    won = False
+    for s in pb.segments:
+        if s.when is None:
+            item = RuleExplanation("segment", s.name, None, True, not won, considered=not won)
+        else:
+            item = evaluator.rule("segment", s.name, s.when, base)
+            item.considered, item.chosen = not won, not won and item.value is True
+        won = won or item.value is True
+        rules.append(item)
+    won = False
+    for st in pb.stages:
+        item = evaluator.rule("stage", st.name, st.when, staged)
+        item.considered, item.chosen = not won, not won and item.value is True
+        won = won or item.value is True
+        rules.append(item)
+    for rec in pb.recurring:
+        item = evaluator.rule("recurring", rec.name, rec.when, full)
+        item.chosen = item.value is True
+        rules.append(item)
+    if stage is not None and touch is not None:
+        for index, step in enumerate(pb.program(stage, touch)):
+            if isinstance(step, WaitStep):
+                continue
+            label = f"{stage}/{touch}#{index + 1}"
+            for word, rule in (("when", step.when), ("unless", step.unless)):
+                if rule is not None:
+                    item = evaluator.rule("guard", f"{label} {word}", rule, full)
+                    held = item.value is not True if word == "when" else item.value is not False
+                    item.chosen = not held
+                    rules.append(item)
+
+    state = (
+        conn.execute(select(STATE).where(STATE.c.playbook == pb.name, STATE.c.customer_id == cid))
+        .mappings()
+        .first()
+    )
+    stored = dict(state) if state is not None else None
+    enrollment_row = (
+        conn.execute(
+            select(ENROLLMENT)
+            .where(ENROLLMENT.c.playbook == pb.name, ENROLLMENT.c.customer_id == cid)
+            .order_by(ENROLLMENT.c.started_at.desc(), ENROLLMENT.c.id.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    enrollment = dict(enrollment_row) if enrollment_row is not None else None
+    program = _describe_program(compiled, stage, touch, stored, enrollment)
+
+    sink = PreviewSink(limit=0)
+    plan(conn, compiled, sink, customer_ids=[cid], global_cap=global_cap)
+    return PlaybookExplanation(
+        pb.name,
+        str(compiled.loaded.path),
+        now,
+        segment,
+        touch,
+        stage,
+        stored,
+        program,
+        enrollment,
+        rules,
+        sink.actions,
+    )
+
+
+def _describe_program(
+    compiled: CompiledPlaybook,
+    stage: str | None,
+    touch: str | None,
+    stored: dict[str, Any] | None,
+    enrollment: dict[str, Any] | None,
+) -> str:
+    pb = compiled.loaded.playbook
+
+    def program_name(st: str, tc: str) -> str:
+        return f"{st} program {tc}" if pb.program(st, tc) else f"{st} (no program for touch {tc})"
+
+    if stored is None:
+        if stage is None or touch is None:
+            return "not ticked yet; no stage, so no program"
+        return f"not ticked yet; would enter {program_name(stage, touch)}"
+    lines: list[str] = []
+    if enrollment is not None:
+        steps = pb.program(enrollment["stage"], enrollment["touch"])
+        name = f"{enrollment['stage']} program {enrollment['touch']}"
+        if enrollment["status"] == "active":
+            index = int(enrollment["step_index"])
+            nxt = steps[index] if index < len(steps) else None
+            what = _step_text(nxt) if nxt is not None else "end"
+            due = enrollment["next_step_at"]
+            lines.append(
+                f"{name}, step {index + 1} of {len(steps)} ({what}) due {_ts(due)}"
+                if due is not None
+                else f"{name}, step {index + 1} of {len(steps)} ({what})"
+            )
+        else:
+            reason = f": {enrollment['end_reason']}" if enrollment.get("end_reason") else ""
+            lines.append(f"{name} {enrollment['status']} {_ts(enrollment['ended_at'])}{reason}".rstrip())
+    else:
+        lines.append("no program run yet")
+    if stored.get("stage") != stage:
+        entering = program_name(stage, touch) if stage is not None and touch is not None else "no stage"
+        lines.append(
+            f"stage changes now: {stored.get('stage') or '(none)'} -> {stage or '(none)'}; "
+            f"would enter {entering}"
+        )
+    return "; ".join(lines)
+
+
+def _step_text(step: Any) -> str:
+    if isinstance(step, WaitStep):
+        return f"wait {format_duration(step.wait)}"
+    text = f"{step_channel(step)}: {step_template(step)}"
+    if isinstance(step, TaskStep) and step.assign:
+        text += f" (assign {step.assign})"
+    return text
+
+
+class _Evaluator:
+    """Evaluates rule sub-trees for one customer, each as its own SQL column."""
+
+    def __init__(self, conn: Connection, customer_id: str, customer: dict[str, Any], now: datetime) -> None:
+        self.conn, self.customer_id, self.customer = conn, customer_id, customer
+        self.now = now if now.tzinfo else now.replace(tzinfo=UTC)
+
+    def rule(self, kind: str, name: str, rule: Rule, scope: Scope) -> RuleExplanation:
+        conditions: list[tuple[str, int, ColumnElement[Any]]] = []
+        values: list[tuple[str, ColumnElement[Any] | None, Any]] = []
+        self.walk(rule.node, scope, 0, conditions, values)
+        columns: list[ColumnElement[Any]] = [
+            _three_valued(cond).label(f"c{i}") for i, (_, _, cond) in enumerate(conditions)
+        ]
+        columns += [expr.label(f"v{i}") for i, (_, expr, _) in enumerate(values) if expr is not None]
+        row: Any = {}
+        if columns:
+            row = (
+                self.conn.execute(select(*columns).where(CUSTOMER.c.id == self.customer_id)).mappings().one()
+            )
+        parts = [Part(text, _bool(row[f"c{i}"]), depth) for i, (text, depth, _) in enumerate(conditions)]
+        used: dict[str, Any] = {}
+        for i, (text, expr, value) in enumerate(values):
+            used[text] = row[f"v{i}"] if expr is not None else value
+        value = parts[0].value if parts else None
+        return RuleExplanation(kind, name, rule.text, value, value is True, parts=parts, values=used)
+
+    def walk(
+        self,
+        node: ast.Node,
+        scope: Scope,
+        depth: int,
+        conditions: list[tuple[str, int, ColumnElement[Any]]],
+        values: list[tuple[str, ColumnElement[Any] | None, Any]],
+    ) -> None:
+        if _is_condition(node):
+            with contextlib.suppress(RuleError):
+                conditions.append((unparse(node), depth, compile_rule(node, scope)))
+        children: list[ast.Node] = []
+        if isinstance(node, ast.And | ast.Or):
+            children = list(node.items)
+        elif isinstance(node, ast.Not):
+            children = [node.operand]
+        elif isinstance(node, ast.Compare):
+            children = [node.left, node.right]
+        elif isinstance(node, ast.IsNull | ast.In):
+            children = [node.operand]
+        elif isinstance(node, ast.Call) and node.name == "anniversary":
+            children = list(node.args)
+        elif isinstance(node, ast.Call):
+            self.value(node, scope, values)
+            children = [a for a in node.args if isinstance(a, ast.Field)]
+        elif isinstance(node, ast.Field):
+            self.value(node, scope, values)
+        for child in children:
+            if _is_condition(child):
+                self.walk(child, scope, depth + 1, conditions, values)
+            else:
+                self.walk(child, scope, depth, conditions, values)
+
+    def value(
+        self,
+        node: ast.Field | ast.Call,
+        scope: Scope,
+        values: list[tuple[str, ColumnElement[Any] | None, Any]],
+    ) -> None:
+        text = unparse(node)
+        if any(existing == text for existing, _, _ in values):
+            return
+        if isinstance(node, ast.Field):
+            head = node.path[0]
+            if head in scope.names:
+                values.append((text, scope.names[head].expr, None))
+            elif head == "attributes":
+                attrs: Any = self.customer.get("attributes") or {}
+                for key in node.path[1:]:
+                    attrs = attrs.get(key) if isinstance(attrs, dict) else None
+                values.append((text, None, attrs))
+            elif head in FIELD_TYPES:
+                values.append((text, None, self.customer.get(head)))
+            return
+        if node.name == "events":
+            counted = self.events_count(node)
+            if counted is not None:
+                values.append((text, counted, None))
+        elif node.name in ("days_since", "days_until") and node.args and isinstance(node.args[0], ast.Field):
+            values.append((text, None, self.days(node.name, self.customer.get(node.args[0].path[0]))))
+
+    def events_count(self, node: ast.Call) -> ColumnElement[Any] | None:
+        if not node.args or not isinstance(node.args[0], ast.Literal):
+            return None
+        parts = [
+            EVENT.c.customer_id == CUSTOMER.c.id,
+            EVENT.c.name == str(node.args[0].value),
+            EVENT.c.occurred_at <= self.now,
+        ]
+        for key, arg in node.kwargs:
+            if key == "within" and isinstance(arg, ast.Literal):
+                within = arg.value if arg.kind == "duration" else parse_duration(str(arg.value))
+                if within is not None:
+                    parts.append(EVENT.c.occurred_at >= self.now - within)  # type: ignore[operator]
+        query = select(func.count()).where(and_(*parts)).correlate(CUSTOMER)
+        result: ColumnElement[Any] = query.scalar_subquery()
+        return result
+
+    def days(self, name: str, value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            instant = value if value.tzinfo else value.replace(tzinfo=UTC)
+            seconds = (self.now - instant).total_seconds()
+        elif isinstance(value, date):
+            seconds = (self.now.astimezone(UTC).date() - value).days * 86400.0
+        else:
+            return None
+        if name == "days_until":
+            seconds = -seconds
+        return math.floor(seconds / 86400)
+
+
+def _is_condition(node: ast.Node) -> bool:
+    if isinstance(node, ast.And | ast.Or | ast.Not | ast.Compare | ast.IsNull | ast.In):
+        return True
+    if isinstance(node, ast.Literal):
+        return node.kind == "bool"
+    if isinstance(node, ast.Call):
+        return node.name == "anniversary"
+    return isinstance(node, ast.Field) and node.path[0] == "attributes"
+
+
+def _three_valued(cond: ColumnElement[bool]) -> ColumnElement[Any]:
+    """1 when true, 0 when false, NULL when unknown (SQL's third value)."""
+    return case((cond, literal(1)), (not_(cond), literal(0)), else_=None)
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+# -- rule text ---------------------------------------------------------------------------------------
+def unparse(node: ast.Node) -> str:
+    """A rule tree back to rule text (canonical spacing and quotes)."""
+    if isinstance(node, ast.Literal):
+        if node.kind == "string":
+            return json.dumps(node.value, ensure_ascii=False)
+        if node.kind == "bool":
+            return "true" if node.value else "false"
+        if node.kind == "null":
+            return "null"
+        if node.kind == "duration":
+            return format_duration(node.value)  # type: ignore[arg-type]
+        return str(node.value)
+    if isinstance(node, ast.Field):
+        return node.dotted
+    if isinstance(node, ast.Call):
+        args = [unparse(a) for a in node.args] + [f"{k}={unparse(v)}" for k, v in node.kwargs]
+        return f"{node.name}({', '.join(args)})"
+    if isinstance(node, ast.Compare):
+        return f"{unparse(node.left)} {node.op} {unparse(node.right)}"
+    if isinstance(node, ast.IsNull):
+        return f"{unparse(node.operand)} is {'not ' if node.negated else ''}null"
+    if isinstance(node, ast.In):
+        items = ", ".join(unparse(i) for i in node.items)
+        return f"{unparse(node.operand)} {'not in' if node.negated else 'in'} [{items}]"
+    if isinstance(node, ast.Not):
+        inner = unparse(node.operand)
+        return f"not ({inner})" if isinstance(node.operand, ast.And | ast.Or) else f"not {inner}"
+    if isinstance(node, ast.And):
+        return " and ".join(f"({unparse(i)})" if isinstance(i, ast.Or) else unparse(i) for i in node.items)
+    return " or ".join(unparse(i) for i in node.items)
+
+
+# -- output ---------------------------------------------------------------------------------------
+def _ts(value: Any) -> str:
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return f"{aware.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    return "-" if value is None else str(value)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, datetime):
+        return _ts(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def _truth(value: bool | None) -> str:
+    return "unknown" if value is None else ("true" if value else "false")
+
+
+def render_text(result: Explanation) -> str:
+    lines = [f"customer {result.customer_id} at {_ts(result.at)}"]
+    for pb in result.playbooks:
+        lines.append("")
+        lines.append(f"playbook {pb.playbook} ({pb.path})")
+        lines.append(
+            f"  segment: {pb.segment or '(none)'} (touch {pb.touch or '-'})   stage: {pb.stage or '(none)'}"
+        )
+        if pb.stored is not None:
+            lines.append(
+                f"  stored at the last tick: segment {pb.stored.get('segment') or '(none)'}, "
+                f"stage {pb.stored.get('stage') or '(none)'} (evaluated {_ts(pb.stored.get('evaluated_at'))})"
+            )
+        lines.append(f"  program: {pb.program}")
+        titles = {
+            "segment": "segments (first match wins)",
+            "stage": "stages (first match wins)",
+            "recurring": "recurring rules",
+            "guard": "step guards of the program",
+        }
+        shown: set[str] = set()
+        for rule in pb.rules:
+            if rule.kind not in shown:
+                shown.add(rule.kind)
+                lines.append(f"  {titles[rule.kind]}:")
+            mark = "->" if rule.chosen and rule.kind in ("segment", "stage") else "  "
+            note = "" if rule.considered else "  (not reached: an earlier rule won)"
+            if rule.kind == "guard":
+                note = "  (step may go)" if rule.chosen else "  (holds the step back)"
+            if rule.rule is None:
+                lines.append(f"   {mark} {rule.name}: everyone left{note}")
+                continue
+            lines.append(f"   {mark} {rule.name}: {_truth(rule.value)}{note}")
+            for part in rule.parts:
+                lines.append(f"        {'  ' * part.depth}{_truth(part.value):<7}  {part.expr}")
+            if rule.values:
+                used = ", ".join(f"{k} = {_shown(v)}" for k, v in rule.values.items())
+                lines.append(f"        values: {used}")
+        lines.append("  now:")
+        if not pb.actions:
+            lines.append("    nothing to send (no stage change, no step due, no recurring rule firing)")
+        for a in pb.actions:
+            target = a.assignee or a.url or ""
+            head = f"    {a.step:<28} {a.channel:<8} {a.template:<20}"
+            if a.status == "planned":
+                lines.append(f"{head} would be sent" + (f" to {target}" if target else ""))
+            else:
+                until = f" (deferred to {_ts(a.until)})" if a.until else " (not sent)"
+                lines.append(f"{head} held: {a.reason}{until}")
+    lines.append("")
+    if not result.outbox:
+        lines.append("outbox: nothing for this customer yet")
+    else:
+        lines.append("outbox:")
+        for row in result.outbox:
+            when = row["sent_at"] if row["sent_at"] is not None else row["due_at"]
+            label = "sent" if row["sent_at"] is not None else "due"
+            error = f"  {row['last_error']}" if row["last_error"] else ""
+            lines.append(
+                f"  #{row['id']:<5} {row['step'] or '':<28} {row['channel']:<8} {row['template']:<20} "
+                f"{row['status']:<10} {label} {_ts(when)}{error}"
+            )
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
