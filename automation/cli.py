@@ -255,14 +255,37 @@ def validate_cmd(app: App, paths: tuple[Path, ...]) -> None:
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--limit", default=20, help="Actions to list (0: all); counts always cover everyone.")
+@click.option(
+    "--html",
+    "html_path",
+    metavar="PATH",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a self-contained HTML report (heat map, funnel, plan per day, rendered templates).",
+)
 @pass_app
 @handle_errors
 def preview_cmd(
-    app: App, playbook: Path, at_text: str | None, customer_id: str | None, fmt: str, limit: int
+    app: App,
+    playbook: Path,
+    at_text: str | None,
+    customer_id: str | None,
+    fmt: str,
+    limit: int,
+    html_path: Path | None,
 ) -> None:
     """Show what the next tick of PLAYBOOK would do, without writing anything."""
     now = parse_at(at_text)
     compiled = check_playbook(playbook, _templates(app), now)
+    if html_path is not None:
+        from automation.html_report import build_report, write_report
+
+        if customer_id is not None:
+            raise InputError("--html reports on every customer: leave out --customer")
+        with app.migrated_engine().connect() as conn:
+            page = build_report(conn, compiled, _templates(app), app.settings, limit=max(limit, 0))
+            conn.rollback()
+        click.echo(write_report(html_path, page).resolve())
+        return
     engine = app.migrated_engine()
     with engine.connect() as conn:
         result = run_preview(
