@@ -663,3 +663,23 @@ def lint_cmd(app: App, paths: tuple[Path, ...], strict: bool) -> None:
     )
     if result.errors or (strict and result.warnings):
         sys.exit(2)
+
+@main.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="lifecycle", help="Name of the playbook (playbooks/NAME.yaml).")
+@click.option("--customers", type=click.IntRange(min=1), default=200, help="Sample customers to generate.")
+@click.option("--seed", type=int, default=42, help="Random seed of the sample data.")
+@handle_errors
+def init_cmd(directory: Path, name: str, customers: int, seed: int) -> None:
+    """Create a new project in DIRECTORY (new or empty): a playbook, its templates and sample data."""
+    from automation.scaffold import init_project
+
+    made = init_project(directory, name, customers, seed)
+    for path in made.files:
+        click.echo(f"created {path}")
+    click.echo(
+        f"created {made.sample.customers_path} ({made.sample.customers:,} customers) and "
+        f"{made.sample.events_path} ({made.sample.events:,} events)"
+    )
+    click.echo(f"next: cd {directory} && automation validate && automation lint (see {directory}/README.md)")
+
