@@ -664,6 +664,7 @@ def lint_cmd(app: App, paths: tuple[Path, ...], strict: bool) -> None:
     if result.errors or (strict and result.warnings):
         sys.exit(2)
 
+
 @main.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", default="lifecycle", help="Name of the playbook (playbooks/NAME.yaml).")
@@ -674,7 +675,7 @@ def init_cmd(directory: Path, name: str, customers: int, seed: int) -> None:
     """Create a new project in DIRECTORY (new or empty): a playbook, its templates and sample data."""
     from automation.scaffold import init_project
 
-    made = init_project(directory, name, customers, seed)
+    made = init_project(directory, name, customers, seed, with_tests="test" in main.commands)
     for path in made.files:
         click.echo(f"created {path}")
     click.echo(
@@ -683,3 +684,31 @@ def init_cmd(directory: Path, name: str, customers: int, seed: int) -> None:
     )
     click.echo(f"next: cd {directory} && automation validate && automation lint (see {directory}/README.md)")
 
+
+# -- playbook tests -------------------------------------------------------------------------------
+@main.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@pass_app
+@handle_errors
+def test_cmd(app: App, paths: tuple[Path, ...]) -> None:
+    """Run playbook tests (default: every *.test.yaml in playbooks/) on a simulated clock.
+
+    Each test runs its playbook in a throwaway SQLite database through the worker's own tick and
+    dispatch, with channels that only record. Exit 0 when every checkpoint holds, 1 when one does not
+    (expected vs actual, with file:line), 2 for a malformed test file.
+    """
+    from automation.playbook_tests import run_tests
+
+    results = run_tests(list(paths) or [app.settings.playbooks_dir], app.settings.templates_dir)
+    failed = 0
+    for result in results:
+        if result.ok:
+            click.echo(f"{result.path}: ok ({result.checkpoints} checkpoints)")
+            continue
+        failed += 1
+        click.echo(f"{result.path}: FAILED ({len(result.failures)} of {result.checkpoints} checkpoints)")
+        for failure in result.failures:
+            click.echo(failure)
+    click.echo(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        raise SystemExit(1)
