@@ -80,3 +80,43 @@ def test_unknown_customer_exits_2(project: Path) -> None:
     assert result.returncode == 2
     assert "no customer with id 'nobody'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- automation test ------------------------------------------------------------------------------
+def test_playbook_tests_pass_from_the_default_folder(tmp_path: Path) -> None:
+    (tmp_path / "playbooks").mkdir()
+    for name in ("lifecycle.yaml", "lifecycle.test.yaml"):
+        (tmp_path / "playbooks" / name).write_text((ROOT / "playbooks" / name).read_text())
+    result = run("test", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lifecycle.test.yaml: ok (20 checkpoints)" in result.stdout
+    validate = run("validate", "playbooks", cwd=tmp_path)
+    assert validate.returncode == 0 and "lifecycle.test.yaml" not in validate.stdout
+
+
+def test_a_failing_expectation_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "lifecycle.yaml").write_text((ROOT / "playbooks" / "lifecycle.yaml").read_text())
+    (tmp_path / "t.test.yaml").write_text(
+        "playbook: lifecycle.yaml\nstart: 2026-03-02T10:00:00Z\n"
+        "customers:\n  - {id: ada, email: a@example.com, timezone: Europe/Berlin, signed_up_at: -1h}\n"
+        "expect:\n  - at: +1h\n    customer: ada\n    stage: retention\n"
+        "    sent: [{channel: sms, template: welcome}]\n"
+    )
+    result = run("test", str(tmp_path / "t.test.yaml"), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"{tmp_path / 't.test.yaml'}:6: at +1h" in result.stdout
+    assert "stage:   expected retention, got acquisition" in result.stdout
+    assert "+ unexpected: [email welcome]" in result.stdout
+
+
+def test_a_malformed_test_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "lifecycle.yaml").write_text((ROOT / "playbooks" / "lifecycle.yaml").read_text())
+    bad = tmp_path / "bad.test.yaml"
+    bad.write_text(
+        "playbook: lifecycle.yaml\nstart: 2026-03-02T10:00:00Z\ncustomers:\n  - {id: ada}\n"
+        "expect:\n  - at: tomorrow\n    customer: ada\n    stage: acquisition\n"
+    )
+    result = run("test", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{bad}:6:" in result.stderr and "'tomorrow' is not a time" in result.stderr
+    assert "Traceback" not in result.stderr
