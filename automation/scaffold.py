@@ -171,7 +171,7 @@ A campaign automation project created by `automation init`.
 
 - `playbooks/{name}.yaml`: segments, lifecycle stages and the program of each stage
 - `templates/`: one Jinja2 file per message (`<name>.<channel>.j2`); every email extends `layout.email.j2`
-- `sample/`: {customers} synthetic customers and their events, to try the playbook
+{test_item}- `sample/`: {customers} synthetic customers and their events, to try the playbook
 - `playbook.schema.json`: the JSON Schema of playbooks, for editor completion (see the first line of the
   playbook)
 
@@ -186,12 +186,76 @@ automation db upgrade                     # create the database (automation.db; 
 automation import customers sample/customers.csv
 automation import events sample/events.jsonl
 automation preview playbooks/{name}.yaml  # what the next tick would do, without sending anything
-automation tick                           # record stages and queue messages
+{test_line}automation tick                           # record stages and queue messages
 automation dispatch --once                # send what is due (configure channels first)
 ```
 
 Then replace the sample data with your own customers and events, and edit the playbook and templates.
 """
+
+TEST_FILE = """\
+# Journeys through {playbook_file} on a simulated clock: run them with `automation test`.
+# Times like +3d are relative to `start`; `automation validate` and `lint` skip *.test.yaml files.
+playbook: {playbook_file}
+start: 2026-03-02T10:00:00Z          # a Monday, 11:00 in Berlin: outside quiet hours (21:00-08:00)
+step: 6h
+
+customers:
+  # new, everyone_else (touch none): welcome, then first_steps after 3 days
+  - {id: ada, email: ada@example.com, timezone: Europe/Berlin, orders_count: 0, clv: 50, signed_up_at: -1h}
+  # the same, but activated within 3 days: first_steps is skipped
+  - {id: bea, email: bea@example.com, timezone: Europe/Berlin, orders_count: 0, clv: 50, signed_up_at: -1h}
+  # new key account (touch high): a kickoff call task for the owner, no email
+  - {id: cal, email: cal@example.com, timezone: Europe/Berlin, owner_email: owner@example.com,
+     plan: enterprise, orders_count: 0, signed_up_at: -2h}
+  # active: thank_you, then the feedback SMS after 14 days (no NPS answer yet)
+  - {id: dee, email: dee@example.com, phone: "+4915112345678", timezone: Europe/Berlin,
+     orders_count: 1, clv: 80, signed_up_at: -60d}
+  # loyal: the VIP email
+  - {id: eli, email: eli@example.com, timezone: Europe/Berlin, orders_count: 6, clv: 900, signed_up_at: -400d}
+
+events:
+  - {customer: bea, name: activated, at: +2d}
+
+expect:
+  - at: +0h
+    customer: ada
+    segment: everyone_else
+    stage: new
+    sent: [{channel: email, template: welcome}]
+  - at: +3d
+    customer: ada
+    sent: [{channel: email, template: first_steps}]
+
+  - at: +0h
+    customer: bea
+    sent: [{channel: email, template: welcome}]
+  - at: +4d
+    customer: bea
+    sent: []
+
+  - at: +0h
+    customer: cal
+    segment: key_accounts
+    stage: new
+    sent: [{channel: task, template: kickoff_call}]
+
+  - at: +0h
+    customer: dee
+    stage: active
+    sent: [{channel: email, template: thank_you}]
+  - at: +14d
+    customer: dee
+    sent: [{channel: sms, template: feedback}]
+
+  - at: +0h
+    customer: eli
+    stage: loyal
+    sent: [{channel: email, template: vip}]
+"""
+
+TEST_ITEM = "- `playbooks/{name}.test.yaml`: journeys of a few customers, checked by `automation test`\n"
+TEST_LINE = "automation test                           # run the journeys in playbooks/*.test.yaml\n"
 
 GITIGNORE = """\
 automation.db
@@ -218,9 +282,18 @@ def template_files() -> dict[str, str]:
 
 
 def init_project(
-    root: Path, name: str = "lifecycle", customers: int = 200, seed: int = 42, now: datetime | None = None
+    root: Path,
+    name: str = "lifecycle",
+    customers: int = 200,
+    seed: int = 42,
+    now: datetime | None = None,
+    *,
+    with_tests: bool = False,
 ) -> Scaffold:
-    """Create a project in ``root`` (missing or empty); refuse to touch a folder that has files."""
+    """Create a project in ``root`` (missing or empty); refuse to touch a folder that has files.
+
+    ``with_tests`` adds ``playbooks/<name>.test.yaml`` (journeys for ``automation test``).
+    """
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", name):
         raise InputError(f"playbook name {name!r}: use letters, digits, _ and -, starting with a letter")
     if root.exists() and not root.is_dir():
@@ -229,10 +302,17 @@ def init_project(
         raise InputError(f"{root} is not empty; choose a new folder (nothing was written)")
     files: dict[Path, str] = {
         root / "playbooks" / f"{name}.yaml": PLAYBOOK.format(name=name),
-        root / "README.md": README.format(name=name, customers=customers),
+        root / "README.md": README.format(
+            name=name,
+            customers=customers,
+            test_item=TEST_ITEM.format(name=name) if with_tests else "",
+            test_line=TEST_LINE if with_tests else "",
+        ),
         root / ".gitignore": GITIGNORE,
         root / "playbook.schema.json": schema_json(),
     }
+    if with_tests:
+        files[root / "playbooks" / f"{name}.test.yaml"] = TEST_FILE.replace("{playbook_file}", f"{name}.yaml")
     for fname, text in template_files().items():
         files[root / "templates" / fname] = text
     try:

@@ -112,3 +112,16 @@ def test_schema_command(project: Path) -> None:
     result = run("schema", cwd=project)
     assert result.returncode == 0
     assert json.loads(result.stdout) == json.loads((project / "playbook.schema.json").read_text())
+
+
+def test_scaffold_journeys_pass_when_automation_test_exists(project: Path) -> None:
+    has_test_command = "\n  test " in run("--help", cwd=project).stdout
+    journeys = project / "playbooks" / "shop_lifecycle.test.yaml"
+    assert journeys.is_file() == has_test_command
+    if not has_test_command:
+        assert "automation test" not in (project / "README.md").read_text()
+        return
+    assert "playbook: shop_lifecycle.yaml" in journeys.read_text()
+    result = run("test", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "shop_lifecycle.test.yaml: ok" in result.stdout
