@@ -223,12 +223,7 @@ def transitions(
     )
     query = select(rows).where(changed)
     if materialize:
-        changes = Table(
-            "tick_changes",
-            MetaData(),
-            *(Column(name, String(255)) for name in TRANSITION_COLUMNS),
-            prefixes=["TEMPORARY"],
-        )
+        changes = CHANGES
         changes.drop(conn, checkfirst=True)
         changes.create(conn)
         conn.execute(insert(changes).from_select(list(TRANSITION_COLUMNS), query))
@@ -250,6 +245,14 @@ def transitions(
 
 
 TRANSITION_COLUMNS = ("customer_id", "segment", "stage", "previous_segment", "previous_stage", "known")
+#: Where a tick materializes its changes (a temporary table, per connection), so state can be
+#: written from it with INSERT ... SELECT while the planner reads it.
+CHANGES = Table(
+    "tick_changes",
+    MetaData(),
+    *(Column(name, String(255)) for name in TRANSITION_COLUMNS),
+    prefixes=["TEMPORARY"],
+)
 
 
 # -- planning ---------------------------------------------------------------------------------

@@ -23,11 +23,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.db.tables import metadata
-from automation.engine import EnrollmentChange, PlannedAction, Transition
+from automation.db.types import UTCDateTime
+from automation.engine import CHANGES, EnrollmentChange, PlannedAction, Transition
 
 OUTBOX: Table = metadata.tables["outbox"]
 STATE: Table = metadata.tables["customer_state"]
@@ -63,8 +78,6 @@ class OutboxSink:
     exited: int = 0
     enqueued: int = 0
     held: int = 0
-    _states: list[dict[str, Any]] = field(default_factory=list)
-    _history: list[dict[str, Any]] = field(default_factory=list)
     _actions: list[dict[str, Any]] = field(default_factory=list)
     _new_enrollments: list[dict[str, Any]] = field(default_factory=list)
     _enrollment_updates: list[dict[str, Any]] = field(default_factory=list)
@@ -72,32 +85,69 @@ class OutboxSink:
 
     # -- Sink protocol --------------------------------------------------------------------------
     def transition(self, item: Transition) -> None:
+        """Counted only: ``write_states`` records all transitions at once from the tick's change table."""
         self.transitions += 1
-        self._states.append(
-            {
-                "playbook": self.playbook,
-                "customer_id": item.customer_id,
-                "segment": item.segment,
-                "touch": item.touch,
-                "stage": item.stage,
-                "stage_entered_at": self.now if item.stage_changed else None,
-                "evaluated_at": self.now,
-            }
+
+    def write_states(self, touch_of: dict[str, str]) -> None:
+        """Upsert ``customer_state`` and append ``stage_history`` for every change, inside the database."""
+        c = CHANGES.c
+        changed = or_(c.known.is_(None), c.stage.is_distinct_from(c.previous_stage))
+        touch = case(touch_of, value=c.segment, else_=null()) if touch_of else null()
+        entered = case((changed, literal(self.now, UTCDateTime())), else_=null())
+        states = (
+            select(
+                literal(self.playbook, String()).label("playbook"),
+                c.customer_id,
+                c.segment,
+                touch.label("touch"),
+                c.stage,
+                entered.label("stage_entered_at"),
+                literal(self.now, UTCDateTime()).label("evaluated_at"),
+            )
+            .select_from(CHANGES)
+            .where(true())
+        )  # SQLite needs a WHERE before ON CONFLICT after a SELECT
+        stmt = _insert(self.conn, STATE).from_select(
+            ["playbook", "customer_id", "segment", "touch", "stage", "stage_entered_at", "evaluated_at"],
+            states,
         )
-        self._history.append(
-            {
-                "playbook": self.playbook,
-                "customer_id": item.customer_id,
-                "from_stage": item.previous_stage,
-                "to_stage": item.stage,
-                "segment": item.segment,
-                "touch": item.touch,
-                "at": self.now,
-                "note": None if item.stage_changed else f"segment {item.previous_segment} -> {item.segment}",
-            }
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["playbook", "customer_id"],
+                set_={
+                    "segment": stmt.excluded.segment,
+                    "touch": stmt.excluded.touch,
+                    "stage": stmt.excluded.stage,
+                    "stage_entered_at": func.coalesce(
+                        stmt.excluded.stage_entered_at, STATE.c.stage_entered_at
+                    ),
+                    "evaluated_at": stmt.excluded.evaluated_at,
+                },
+            )
         )
-        if len(self._states) >= FLUSH_EVERY:
-            self.flush()
+        note = case(
+            (changed, null()),
+            else_=literal("segment ", String())
+            + func.coalesce(c.previous_segment, "-")
+            + literal(" -> ", String())
+            + func.coalesce(c.segment, "-"),
+        )
+        history = select(
+            literal(self.playbook, String()),
+            c.customer_id,
+            c.previous_stage,
+            c.stage,
+            c.segment,
+            touch,
+            literal(self.now, UTCDateTime()),
+            note,
+        ).select_from(CHANGES)
+        self.conn.execute(
+            HISTORY.insert().from_select(
+                ["playbook", "customer_id", "from_stage", "to_stage", "segment", "touch", "at", "note"],
+                history,
+            )
+        )
 
     def enrollment(self, item: EnrollmentChange) -> None:
         values = {
@@ -182,25 +232,6 @@ class OutboxSink:
 
     # -- writing --------------------------------------------------------------------------------
     def flush(self) -> None:
-        if self._states:
-            stmt = _insert(self.conn, STATE)
-            self.conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["playbook", "customer_id"],
-                    set_={
-                        "segment": stmt.excluded.segment,
-                        "touch": stmt.excluded.touch,
-                        "stage": stmt.excluded.stage,
-                        "stage_entered_at": func.coalesce(
-                            stmt.excluded.stage_entered_at, STATE.c.stage_entered_at
-                        ),
-                        "evaluated_at": stmt.excluded.evaluated_at,
-                    },
-                ),
-                self._states,
-            )
-            self.conn.execute(HISTORY.insert(), self._history)
-            self._states, self._history = [], []
         if self._cancels:  # a customer who left a stage: its pending messages are not sent
             self.conn.execute(
                 update(OUTBOX)

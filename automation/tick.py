@@ -46,6 +46,7 @@ def run_tick(
         )
         plan(conn, compiled, sink, global_cap=global_cap, materialize=True)
         sink.flush()
+        sink.write_states({s.name: s.touch for s in pb.segments})
         seconds = time.perf_counter() - started
         stats = sink.stats()
         conn.execute(
