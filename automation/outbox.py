@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -367,3 +367,14 @@ def release(conn: Connection, worker: str) -> int:
         .where(OUTBOX.c.status == "claimed", OUTBOX.c.lease_owner == worker)
         .values(status="retry", lease_owner=None, lease_until=None, attempts=OUTBOX.c.attempts - 1)
     ).rowcount
+
+
+def next_due(engine: Any) -> datetime | None:
+    """When the outbox next needs a worker: the earliest due message or expiring lease (None: nothing)."""
+    with engine.connect() as conn:
+        due = conn.execute(select(func.min(OUTBOX.c.due_at)).where(OUTBOX.c.status.in_(CLAIMABLE))).scalar()
+        lease = conn.execute(
+            select(func.min(OUTBOX.c.lease_until)).where(OUTBOX.c.status == "claimed")
+        ).scalar()
+    times = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in (due, lease) if t is not None]
+    return min(times) if times else None

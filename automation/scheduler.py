@@ -24,7 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from automation.daemon import Daemon
 from automation.dispatch import DispatchStats
-from automation.outbox import release
+from automation.outbox import next_due, release
 
 log = logging.getLogger("automation.scheduler")
 
@@ -41,11 +41,13 @@ class Worker:
         daemon: Daemon,
         *,
         poll: float = 1.0,
+        max_idle: float = 60.0,
         shutdown_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.daemon = daemon
         self.poll = poll
+        self.max_idle = max_idle
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
         self.stop = asyncio.Event()
@@ -127,13 +129,23 @@ class Worker:
                     break
                 self.wake.clear()
                 waits = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(self.wake.wait())]
-                await asyncio.wait(waits, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, timeout=self._idle_wait(), return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waits:
                     waiter.cancel()
         finally:
             self.scheduler.shutdown(wait=False)
             self._release()
         return self.totals
+
+    def _idle_wait(self) -> float:
+        """Seconds to sleep before looking at the outbox again: until the next message is due (or a lease
+        expires), at least ``poll`` and at most ``max_idle``. A tick wakes the loop at once, so an idle
+        worker does no work between ticks."""
+        upcoming = next_due(self.daemon.engine)
+        if upcoming is None:
+            return self.max_idle
+        seconds = (upcoming - self.clock()).total_seconds()
+        return min(max(seconds, self.poll), self.max_idle)
 
     def _add(self, stats: DispatchStats) -> None:
         self.totals.claimed += stats.claimed
