@@ -307,6 +307,7 @@ class _Planner:
         self.fallback_zone = ZoneInfo(self.pb.timezone)
         # customer-facing messages planned this tick, by idempotency key (some may already be flushed)
         self.planned: dict[str, dict[str, datetime]] = defaultdict(dict)
+        self._outbox_cache: tuple[list[str], list[Any]] | None = None
 
     # entering a stage starts its program for the customer's touch model
     def enter(self, batch: list[Transition]) -> None:
@@ -568,31 +569,42 @@ class _Planner:
         """Customers with a high-touch task open or on its way (automated marketing waits for it)."""
         if not self.pb.hold_during_tasks:
             return set()
-        task_rows = select(TASK.c.customer_id).where(TASK.c.customer_id.in_(ids), TASK.c.status == "open")
-        queued = select(OUTBOX.c.customer_id).where(
-            OUTBOX.c.customer_id.in_(ids),
-            OUTBOX.c.channel == "task",
-            OUTBOX.c.status.in_(("pending", "claimed", "retry")),
-        )
-        return {row[0] for row in self.conn.execute(task_rows.union(queued))}
+        open_rows = select(TASK.c.customer_id).where(TASK.c.customer_id.in_(ids), TASK.c.status == "open")
+        held = {row[0] for row in self.conn.execute(open_rows)}
+        # filtered here, not in SQL, so the database looks rows up by customer (the one selective column)
+        for customer_id, channel, status, *_ in self._outbox_rows(ids):
+            if channel == "task" and status in ("pending", "claimed", "retry"):
+                held.add(customer_id)
+        return held
+
+    def _outbox_rows(self, ids: list[str]) -> list[Any]:
+        """The batch's outbox rows (customer, channel, status, playbook, key, due), read once per batch."""
+        cached = self._outbox_cache
+        if cached is not None and cached[0] == ids:
+            return cached[1]
+        query = select(
+            OUTBOX.c.customer_id,
+            OUTBOX.c.channel,
+            OUTBOX.c.status,
+            OUTBOX.c.playbook,
+            OUTBOX.c.idempotency_key,
+            OUTBOX.c.due_at,
+        ).where(OUTBOX.c.customer_id.in_(ids))
+        rows = list(self.conn.execute(query))
+        self._outbox_cache = (ids, rows)
+        return rows
 
     def sent_times(self, ids: list[str]) -> dict[str, dict[str, dict[str, datetime]]]:
         """Per customer, times of counted customer-facing messages in the longest cap window, by playbook."""
         caps = [c for c in (self.pb.frequency_cap, self.global_cap) if c is not None]
         if not caps:
             return {}
-        window = max(c.period for c in caps)
-        query = select(
-            OUTBOX.c.customer_id, OUTBOX.c.playbook, OUTBOX.c.idempotency_key, OUTBOX.c.due_at
-        ).where(
-            OUTBOX.c.customer_id.in_(ids),
-            OUTBOX.c.channel.in_(CUSTOMER_CHANNELS),
-            OUTBOX.c.status.in_(COUNTED_STATES),
-            OUTBOX.c.due_at > self.now - window,
-        )
+        since = self.now - max(c.period for c in caps)
         out: dict[str, dict[str, dict[str, datetime]]] = defaultdict(lambda: defaultdict(dict))
-        for customer_id, playbook, key, due_at in self.conn.execute(query):
-            out[customer_id][playbook][key] = _aware(due_at)
+        for customer_id, channel, status, playbook, key, due_at in self._outbox_rows(ids):
+            due = _aware(due_at)
+            if channel in CUSTOMER_CHANNELS and status in COUNTED_STATES and due > since:
+                out[customer_id][playbook][key] = due
         return out
 
     def _zone(self, name: str | None) -> ZoneInfo:

@@ -239,7 +239,7 @@ class OutboxSink:
                     OUTBOX.c.playbook == self.playbook,
                     OUTBOX.c.customer_id == bindparam("c_customer"),
                     OUTBOX.c.stage == bindparam("c_stage"),
-                    OUTBOX.c.status.in_(CLAIMABLE),
+                    or_(*(OUTBOX.c.status == status for status in CLAIMABLE)),  # no IN: executemany
                 )
                 .values(status="cancelled", last_error=bindparam("c_reason")),
                 self._cancels,

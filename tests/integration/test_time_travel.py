@@ -202,3 +202,19 @@ def test_an_open_high_touch_task_holds_automated_email_until_it_is_done(engine: 
     complete_task(engine, 1, START + timedelta(hours=8))
     # the next day at 11:00 in Berlin (no quiet hours) it goes
     assert j.at(START + timedelta(days=1)) == [("email", "birthday_reward")]
+
+
+def test_several_customers_leaving_stages_in_one_tick(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(T["customer"]),
+            [customer(id=f"c{i}", email=f"c{i}@example.com", orders_count=2) for i in range(3)],
+        )
+    j = Journey(engine)
+    assert sorted(j.at(START)) == [("email", "tips_and_offers")] * 3
+    with engine.begin() as conn:
+        conn.execute(update(T["customer"]).values(orders_count=1))  # all three back to conversion at once
+    j.at(START + timedelta(days=1))
+    with engine.connect() as conn:
+        ended = conn.execute(select(T["enrollment"].c.status)).scalars().all()
+    assert ended == ["exited"] * 3
