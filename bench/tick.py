@@ -1,0 +1,1048 @@
+"""Benchmark: the daemon's steady-state tick against the preview's evaluation, and an idle worker's CPU.
+
+Generates customers and events with bench/evaluate.py's generator (same rows, same ``NOW``), then
+
+1. runs a first tick, ``run_tick(engine, compile_playbook(load_playbook(path), NOW))``: everyone is
+   evaluated, enrolled and gets their first messages (timed and reported on its own);
+2. steady state, ``--repeat K`` rounds: 1% of the customers (a different deterministic slice each round)
+   get a new ``orders_count`` so that their stage changes, ``now`` moves 15 minutes on, and the tick
+   at that ``now`` is timed next to ``evaluate(conn, compiled)`` at the same ``now`` (the preview's
+   evaluation), alternating which runs first;
+3. one more round under cProfile, with every SQL statement's time recorded, to show where a tick
+   spends its time (reported separately, not part of the ratio);
+4. the tick's full scans alone next to the evaluation, with prototypes of cheaper forms;
+5. idle CPU: ``automation run --poll P`` on a small SQLite project whose playbook ticks once an hour;
+   after its first tick and drain, the CPU time it uses over ``--idle-seconds`` of idling is read
+   from /proc (P = 1, the default; 0.1 to measure one poll; 3600 for no polling at all).
+
+    .venv/bin/python bench/tick.py [--customers N] [--events M] [--backend sqlite|postgresql|both|none]
+                                   [--repeat K] [--keep] [--reuse] [--prototype NAME] [--no-profile]
+                                   [--no-scans] [--no-idle] [--idle-seconds S] [--output PATH]
+
+``--prototype`` applies a prototype of a library change (not the library) before the first tick:
+``outbox_index`` or ``batched_enrollments`` (see PROTOTYPES below and bench/README.md).
+
+Goals (the requirements): the steady-state tick at most 2x the preview's evaluation of the same
+playbook, at 1,000,000 customers with 1% changing stage between ticks, on SQLite and PostgreSQL; an
+idle daemon uses no measurable CPU between ticks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+import evaluate as ev  # noqa: E402  (bench/evaluate.py: the generator, NOW, backends)
+
+ROOT = ev.ROOT
+RESULTS = ev.RESULTS
+PLAYBOOK = ev.PLAYBOOK
+NOW = ev.NOW
+#: A tick's own databases, so a run of bench/evaluate.py at the same time is not disturbed.
+ev.SQLITE_FILE = RESULTS / "tick.sqlite"
+ev.PG_DATABASE = "automation_bench_tick"
+
+GOAL_RATIO = 2.0
+SLICES = 100  # 1% of the customers change stage between two ticks
+STEP = timedelta(minutes=15)  # how far ``now`` moves between two ticks (the playbook's schedule)
+#: Where the original orders_count of every changed customer is kept, so --reuse can restore it.
+SAVED = "bench_tick_orders"
+#: Prototypes of library changes (NOT the library), applied with --prototype before the first tick.
+#: outbox_index: the per-batch outbox lookups of the planner (``_Planner.sent_times``: frequency caps;
+#: ``_Planner.open_tasks``: held by a task) filter on customer_id IN (1,000 ids), channel and status;
+#: SQLite (no statistics on outbox) answers both from ix_outbox_claim (status, due_at), i.e. reads
+#: every pending message once per batch. An index that leads with customer_id and also holds the
+#: other filters is the one it picks then (and PostgreSQL can use it as well).
+PROTOTYPE_INDEXES = {
+    "outbox_index": "CREATE INDEX ix_bench_outbox_customer_channel ON outbox "
+    "(customer_id, channel, status, due_at)",
+}
+#: batched_enrollments: OutboxSink writes each enrollment change with its own statement (an INSERT
+#: for an entrant; an UPDATE of the enrollment and an UPDATE of its pending messages for a leaver)
+#: and flushes the pending actions before each, so every transition costs several round trips. The
+#: prototype buffers them like states and actions and writes each kind with one executemany per
+#: FLUSH_EVERY changes (see ``batched_sink``).
+PROTOTYPE_CODE = {
+    "batched_enrollments": "OutboxSink buffers enrollment inserts, enrollment updates and the "
+    "cancelling of a leaver's pending messages, and writes each with one executemany per batch",
+}
+PROTOTYPES = {**PROTOTYPE_INDEXES, **PROTOTYPE_CODE}
+#: What the engine writes: emptied before a reused database is ticked again.
+STATE_TABLES = ("customer_state", "stage_history", "enrollment", "outbox", "task", "run_log")
+
+log = ev.log
+
+
+# -- state ------------------------------------------------------------------------------------------
+def _number(backend: str) -> str:
+    """The integer n of a generated customer id 'c%08d'."""
+    return "CAST(substr(id, 2) AS INTEGER)" if backend == "sqlite" else "substr(id, 2)::int"
+
+
+def reset(engine: Any, backend: str) -> None:
+    """A reused database back to its generated state: no engine state, original orders_count."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {SAVED} (id VARCHAR(255) PRIMARY KEY, orders_count INT)"
+        )
+        conn.exec_driver_sql(
+            f"UPDATE customer SET orders_count = "
+            f"(SELECT s.orders_count FROM {SAVED} s WHERE s.id = customer.id) "
+            f"WHERE id IN (SELECT id FROM {SAVED})"
+        )
+        conn.exec_driver_sql(f"DELETE FROM {SAVED}")
+        for statement in PROTOTYPE_INDEXES.values():
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {statement.split()[2]}")
+        if backend == "sqlite":
+            for table in STATE_TABLES:
+                conn.exec_driver_sql(f"DELETE FROM {table}")
+        else:
+            conn.exec_driver_sql(f"TRUNCATE {', '.join(STATE_TABLES)} RESTART IDENTITY")
+    settle(engine, backend, ("customer", *STATE_TABLES))
+
+
+def settle(engine: Any, backend: str, tables: tuple[str, ...]) -> float:
+    """PostgreSQL: VACUUM ANALYZE what a tick wrote (autovacuum does the same within a minute or so)."""
+    start = time.perf_counter()
+    if backend == "postgresql":
+        with engine.connect() as conn:
+            raw = conn.execution_options(isolation_level="AUTOCOMMIT")
+            for table in tables:
+                raw.exec_driver_sql(f"VACUUM ANALYZE {table}")
+    else:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return time.perf_counter() - start
+
+
+def change_stage(engine: Any, backend: str, k: int) -> int:
+    """Give slice ``k`` (1% of the customers) an orders_count that moves them to another stage.
+
+    0 -> 1 (conversion), 1 -> 2 (retention), 2-9 -> 10 (loyalty), 10+ -> 1 (conversion). Customers
+    with a recent referral_sent event stay in loyalty whatever their orders: ~5% of the slice.
+    """
+    modulo = "%" if backend == "sqlite" else "%%"  # psycopg reads a lone % as a placeholder
+    where = f"{_number(backend)} {modulo} {SLICES} = {k}"
+    ignore = "OR IGNORE " if backend == "sqlite" else ""
+    conflict = "" if backend == "sqlite" else " ON CONFLICT DO NOTHING"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"INSERT {ignore}INTO {SAVED} (id, orders_count) SELECT id, orders_count FROM customer "
+            f"WHERE {where}{conflict}"
+        )
+        changed: int = conn.exec_driver_sql(
+            "UPDATE customer SET orders_count = CASE WHEN orders_count = 0 THEN 1 "
+            "WHEN orders_count = 1 THEN 2 WHEN orders_count < 10 THEN 10 ELSE 1 END "
+            f"WHERE {where}"
+        ).rowcount
+    return changed
+
+
+def batched_sink() -> type:
+    """Prototype (NOT the library): ``OutboxSink`` with enrollment changes written in batches.
+
+    Nothing the planner reads later in the same tick depends on these rows being written at once:
+    leavers are excluded from ``advance_due`` by id, new enrollments are not due before ``now`` plus a
+    wait, and a leaver's cancelled messages are those of the stage left, never of the one entered.
+    Everything is flushed before the tick commits (``run_tick`` calls ``flush()``).
+    """
+    from sqlalchemy import bindparam, or_, update
+
+    from automation.outbox import CLAIMABLE, ENROLLMENT, FLUSH_EVERY, OUTBOX, OutboxSink, _insert
+
+    class BatchedOutboxSink(OutboxSink):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._new: list[dict[str, Any]] = []
+            self._changed: list[dict[str, Any]] = []
+            self._cancel: list[dict[str, Any]] = []
+
+        def enrollment(self, item: Any) -> None:
+            values = {
+                "step_index": item.step_index,
+                "next_step_at": item.next_step_at,
+                "status": item.status,
+                "ended_at": self.now if item.status != "active" else None,
+                "end_reason": item.reason,
+            }
+            if item.enrollment_id is None:
+                self.enrolled += 1
+                self._new.append(
+                    {
+                        "playbook": self.playbook,
+                        "customer_id": item.customer_id,
+                        "stage": item.stage,
+                        "segment": item.segment,
+                        "touch": item.touch,
+                        "started_at": item.started_at,
+                        **values,
+                    }
+                )
+            else:
+                if item.status == "exited":
+                    self.exited += 1
+                    self._cancel.append(
+                        {"b_customer": item.customer_id, "b_stage": item.stage, "b_reason": item.reason}
+                    )
+                self._changed.append({"b_id": item.enrollment_id, **{f"b_{k}": v for k, v in values.items()}})
+            if len(self._new) + len(self._changed) >= FLUSH_EVERY:
+                self.flush()
+
+        def flush(self) -> None:
+            super().flush()
+            if self._new:
+                self.conn.execute(
+                    _insert(self.conn, ENROLLMENT).on_conflict_do_nothing(
+                        index_elements=["playbook", "customer_id", "stage", "started_at"]
+                    ),
+                    self._new,
+                )
+                self._new = []
+            if self._cancel:
+                self.conn.execute(
+                    update(OUTBOX)
+                    .where(
+                        OUTBOX.c.playbook == self.playbook,
+                        OUTBOX.c.customer_id == bindparam("b_customer"),
+                        OUTBOX.c.stage == bindparam("b_stage"),
+                        or_(*(OUTBOX.c.status == status for status in CLAIMABLE)),  # no IN: executemany
+                    )
+                    .values(status="cancelled", last_error=bindparam("b_reason")),
+                    self._cancel,
+                )
+                self._cancel = []
+            if self._changed:
+                columns = ("step_index", "next_step_at", "status", "ended_at", "end_reason")
+                self.conn.execute(
+                    update(ENROLLMENT)
+                    .where(ENROLLMENT.c.id == bindparam("b_id"))
+                    .values(**{c: bindparam(f"b_{c}") for c in columns}),
+                    self._changed,
+                )
+                self._changed = []
+
+    return BatchedOutboxSink
+
+
+# -- timing -----------------------------------------------------------------------------------------
+def compiled_at(now: datetime) -> Any:
+    from automation.compiled import compile_playbook
+    from automation.playbooks import load_playbook
+
+    return compile_playbook(load_playbook(PLAYBOOK), now)
+
+
+def time_tick(engine: Any, compiled: Any) -> tuple[float, dict[str, int]]:
+    from automation.tick import run_tick
+
+    start = time.perf_counter()
+    result = run_tick(engine, compiled)
+    return time.perf_counter() - start, dict(result.stats)
+
+
+def time_evaluate(engine: Any, compiled: Any) -> tuple[float, int]:
+    from automation.engine import evaluate
+
+    start = time.perf_counter()
+    with engine.connect() as conn:
+        counts = evaluate(conn, compiled)
+    return time.perf_counter() - start, counts.total
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    return {
+        "min_s": round(min(times), 4),
+        "median_s": round(statistics.median(times), 4),
+        "runs_s": [round(t, 4) for t in times],
+    }
+
+
+# -- where the time goes ----------------------------------------------------------------------------
+#: (label, pattern) for every statement a tick sends; the first that matches names it.
+STATEMENT_KINDS = (
+    ("transitions: materialize (INSERT INTO tick_changes ... SELECT)", r"^INSERT INTO tick_changes"),
+    ("transitions: temp table DDL", r"^(CREATE TEMPORARY TABLE|DROP TABLE|PRAGMA)"),
+    ("transitions: read tick_changes", r"FROM tick_changes"),
+    ("write: customer_state upsert", r"^INSERT INTO customer_state"),
+    ("write: stage_history insert", r"^INSERT INTO stage_history"),
+    ("write: enrollment insert (one per row)", r"^INSERT INTO enrollment"),
+    ("write: enrollment update (one per row)", r"^UPDATE enrollment"),
+    ("write: outbox cancel on exit (one per row)", r"^UPDATE outbox"),
+    ("write: outbox insert", r"^INSERT INTO outbox"),
+    ("write: run_log", r"^INSERT INTO run_log"),
+    ("plan: re-entry check (enrollment max(started_at))", r"max\(enrollment\.started_at\)"),
+    ("plan: due enrollments", r"enrollment\.next_step_at <="),
+    ("plan: exits (active enrollments of leavers)", r"FROM enrollment"),
+    ("plan: recurring scan (birthday_reward)", r"^SELECT customer\.id, customer\.timezone, CASE"),
+    ("plan: facts (customers + guards)", r"FROM customer"),
+    ("plan: facts (suppression)", r"FROM suppression"),
+    ("plan: facts (open tasks)", r"FROM task"),
+    ("plan: facts (sent times) / recurring keys", r"FROM outbox"),
+)
+
+
+class StatementClock:
+    """Time spent in every cursor execute of ``engine``, by kind of statement.
+
+    On SQLite a SELECT's execute only steps to its first row: the rest of the scan happens while the
+    rows are fetched, which this does not see (the cProfile figures do).
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.count: dict[str, int] = defaultdict(int)
+        self.rows: dict[str, int] = defaultdict(int)
+        self.slowest: list[tuple[float, str, Any]] = []
+
+    def __enter__(self) -> StatementClock:
+        from sqlalchemy import event
+
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn: Any, *_: Any) -> None:
+        conn.info.setdefault("bench_started", []).append(time.perf_counter())
+
+    def _after(self, conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, many: bool) -> None:
+        elapsed = time.perf_counter() - conn.info["bench_started"].pop()
+        kind = next((label for label, pattern in STATEMENT_KINDS if re.search(pattern, statement)), "other")
+        self.seconds[kind] += elapsed
+        self.count[kind] += 1
+        self.rows[kind] += len(parameters) if many and parameters is not None else 1
+        self.slowest.append((elapsed, statement, parameters if not many else None))
+        self.slowest.sort(key=lambda item: -item[0])
+        del self.slowest[5:]
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "statement": kind,
+                "seconds": round(self.seconds[kind], 4),
+                "executes": self.count[kind],
+                "rows_or_params": self.rows[kind],
+            }
+            for kind in sorted(self.seconds, key=lambda k: -self.seconds[k])
+        ]
+
+
+#: Functions whose cumulative time (cProfile) tells where a tick goes.
+PROFILED = (
+    ("automation/tick.py", "run_tick"),
+    ("automation/engine.py", "plan"),
+    ("automation/engine.py", "transitions"),
+    ("automation/engine.py", "leave_and_enter"),
+    ("automation/engine.py", "exit_enrollments"),
+    ("automation/engine.py", "enter"),
+    ("automation/engine.py", "reentry_blocked"),
+    ("automation/engine.py", "run"),
+    ("automation/engine.py", "facts"),
+    ("automation/engine.py", "advance_due"),
+    ("automation/engine.py", "recurring"),
+    ("automation/outbox.py", "transition"),
+    ("automation/outbox.py", "enrollment"),
+    ("automation/outbox.py", "action"),
+    ("automation/outbox.py", "flush"),
+)
+
+
+def profile_tick(engine: Any, backend: str, compiled: Any) -> dict[str, Any]:
+    """One tick under cProfile and the statement clock: cumulative time per planner step, per SQL kind."""
+    from automation.tick import run_tick
+
+    profiler = cProfile.Profile()
+    with StatementClock(engine) as clock:
+        start = time.perf_counter()
+        profiler.enable()
+        result = run_tick(engine, compiled)
+        profiler.disable()
+        elapsed = time.perf_counter() - start
+    stats = pstats.Stats(profiler)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    steps = []
+    for path, name in PROFILED:
+        for (filename, _line, function), (_cc, calls, _tt, cumtime, _callers) in raw.items():
+            if function == name and filename.endswith(path):
+                steps.append(
+                    {"function": f"{path}:{name}", "calls": calls, "cumulative_s": round(cumtime, 4)}
+                )
+    top = sorted(raw.items(), key=lambda item: -item[1][2])[:15]
+    own = [
+        {
+            "function": f"{Path(filename).name}:{line}:{function}",
+            "calls": calls,
+            "own_s": round(tottime, 4),
+            "cumulative_s": round(cumtime, 4),
+        }
+        for (filename, line, function), (_cc, calls, tottime, cumtime, _callers) in top
+    ]
+    sql_seconds = sum(clock.seconds.values())
+    plans = explain_slowest(engine, backend, clock.slowest)
+    return {
+        "seconds_under_profile": round(elapsed, 4),
+        "stats": dict(result.stats),
+        "steps": steps,
+        "top_own_time": own,
+        "sql": clock.report(),
+        "sql_execute_total_s": round(sql_seconds, 4),
+        "slowest_statements": plans,
+    }
+
+
+def explain_slowest(engine: Any, backend: str, slowest: list[tuple[float, str, Any]]) -> list[dict[str, Any]]:
+    """The slowest statements of the profiled tick, with their query plans (SELECT part only)."""
+    out = []
+    prefix = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN "
+    for elapsed, statement, parameters in slowest:
+        item: dict[str, Any] = {"seconds": round(elapsed, 4), "statement": statement[:4000]}
+        select_part = re.sub(r"^INSERT INTO \w+ \([^)]*\)\s*", "", statement)
+        if select_part.lstrip().upper().startswith("SELECT") and parameters is not None:
+            try:
+                with engine.connect() as conn:
+                    rows = conn.exec_driver_sql(prefix + select_part, parameters).fetchall()
+                item["plan"] = [
+                    f"{row[0]}<-{row[1]} {row[3]}" if backend == "sqlite" else str(row[0]) for row in rows
+                ]
+            except Exception as exc:  # a statement on the tick's temporary table, for instance
+                item["plan_error"] = str(exc).splitlines()[0]
+        out.append(item)
+    return out
+
+
+# -- one backend ------------------------------------------------------------------------------------
+def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
+    from automation.db.engine import make_engine
+
+    engine = make_engine(b.url)
+    out: dict[str, Any] = {}
+    if reused:
+        log(f"{b.name}: resetting the engine's state in the reused database")
+        reset(engine, b.name)
+    else:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"CREATE TABLE IF NOT EXISTS {SAVED} (id VARCHAR(255) PRIMARY KEY, orders_count INT)"
+            )
+    for name in args.prototype:
+        log(f"{b.name}: PROTOTYPE {name}: {PROTOTYPES[name]}")
+        if name in PROTOTYPE_INDEXES:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(PROTOTYPE_INDEXES[name])
+    out["prototypes"] = {name: PROTOTYPES[name] for name in args.prototype}
+
+    # the first tick: nobody has a state yet, so everyone is a transition and gets enrolled
+    compiled = compiled_at(NOW)
+    seconds, total = time_evaluate(engine, compiled)  # warms the caches like a preview would
+    log(f"{b.name}: evaluation at {NOW:%H:%M} (warm-up): {seconds:.2f} s, {total:,} customers")
+    log(f"{b.name}: first tick (enrolls everyone)")
+    seconds, stats = time_tick(engine, compiled)
+    out["first_tick"] = {"seconds": round(seconds, 3), "stats": stats}
+    log(f"{b.name}: first tick: {seconds:.1f} s, {stats}")
+    settled = settle(engine, b.name, STATE_TABLES)
+    out["settle_s"] = round(settled, 3)
+    log(f"{b.name}: {'VACUUM ANALYZE' if b.name == 'postgresql' else 'WAL checkpoint'}: {settled:.1f} s")
+
+    # steady state: 1% changes stage between ticks, 15 minutes apart
+    ticks: list[float] = []
+    evaluations: list[float] = []
+    rounds = []
+    now = NOW
+    for k in range(args.repeat):
+        changed = change_stage(engine, b.name, k)
+        now += STEP
+        compiled = compiled_at(now)
+        tick_first = k % 2 == 1
+        if tick_first:
+            tick_s, stats = time_tick(engine, compiled)
+        eval_s, total = time_evaluate(engine, compiled)
+        if not tick_first:
+            tick_s, stats = time_tick(engine, compiled)
+        assert total == args.customers, f"{b.name}: evaluation counted {total:,} customers"
+        ticks.append(tick_s)
+        evaluations.append(eval_s)
+        rounds.append(
+            {
+                "round": k + 1,
+                "now": now.isoformat(),
+                "customers_changed": changed,
+                "order": "tick, evaluate" if tick_first else "evaluate, tick",
+                "tick_s": round(tick_s, 4),
+                "evaluate_s": round(eval_s, 4),
+                "ratio": round(tick_s / eval_s, 3),
+                "tick_stats": stats,
+            }
+        )
+        log(
+            f"{b.name}: round {k + 1}/{args.repeat} now={now:%H:%M} changed {changed:,}: "
+            f"tick {tick_s:.3f} s ({stats['transitions']:,} transitions, {stats['enrolled']:,} enrolled, "
+            f"{stats['exited']:,} exited, {stats['actions']:,} actions), evaluate {eval_s:.3f} s, "
+            f"ratio {tick_s / eval_s:.2f}"
+        )
+    out["rounds"] = rounds
+    out["tick"] = summary(ticks)
+    out["evaluate"] = summary(evaluations)
+    out["ratio_median"] = round(out["tick"]["median_s"] / out["evaluate"]["median_s"], 3)
+    out["ratio_min"] = round(out["tick"]["min_s"] / out["evaluate"]["min_s"], 3)
+    transitions = [r["tick_stats"]["transitions"] for r in rounds]
+    out["transitions"] = {
+        "per_tick": transitions,
+        "min": min(transitions),
+        "max": max(transitions),
+        "percent_of_customers_median": round(100 * statistics.median(transitions) / args.customers, 3),
+        "customers_changed_per_tick": [r["customers_changed"] for r in rounds],
+    }
+    share = statistics.median(transitions) / args.customers
+    out["transitions"]["about_one_percent"] = 0.005 <= share <= 0.015
+    if not out["transitions"]["about_one_percent"]:
+        log(f"{b.name}: WARNING: {100 * share:.2f}% of the customers changed per tick, not about 1%")
+
+    # one more round, profiled: where a steady-state tick spends its time
+    if args.profile:
+        k = args.repeat
+        changed = change_stage(engine, b.name, k)
+        now += STEP
+        compiled = compiled_at(now)
+        log(f"{b.name}: profiled round (changed {changed:,})")
+        out["profile"] = {"customers_changed": changed, **profile_tick(engine, b.name, compiled)}
+        eval_s, _ = time_evaluate(engine, compiled)
+        out["profile"]["evaluate_s"] = round(eval_s, 4)
+        for line in breakdown_lines(out["profile"]):
+            log(f"{b.name}: {line}")
+
+    # the two full scans of a tick, alone, next to the evaluation, with prototypes of cheaper forms
+    if args.scans:
+        k = args.repeat + 1
+        changed = change_stage(engine, b.name, k)  # 1% waiting for the next tick, which never runs
+        now += STEP
+        log(f"{b.name}: scans of a tick at now={now:%H:%M} ({changed:,} customers changed)")
+        out["scans"] = scan_prototypes(engine, b.name, compiled_at(now), args.scan_repeat)
+        for name, t in out["scans"]["timings"].items():
+            log(
+                f"{b.name}:   {name:<34} min {t['min_s']:.3f} s median {t['median_s']:.3f} s "
+                f"({t['vs_evaluate']:.2f}x evaluation, {t['rows']:,} rows)"
+            )
+    engine.dispose()
+    return out
+
+
+#: What each scan measured by ``scan_prototypes`` is.
+SCANS = {
+    "evaluate": "evaluate(conn, compiled): the preview's evaluation (the baseline)",
+    "transitions": "the library's transitions(materialize=True): changed customers into a temporary "
+    "table, then read back in id order (what a tick runs first)",
+    "transitions_covering_state": "the same with a prototype index customer_state (playbook, "
+    "customer_id, segment, stage), so the state lookup needs no table access",
+    "recurring": "the library's recurring scan (_Planner.recurring): customers matching "
+    "birthday_reward now, ORDER BY id",
+    "recurring_unordered": "prototype: the same query without ORDER BY (sorted in Python instead)",
+    "one_scan": "prototype: transitions and the recurring rule in one scan (changed OR matching), "
+    "into a temporary table, read back in id order",
+}
+
+
+def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> dict[str, Any]:
+    """Time the full scans a tick makes, alone, and prototypes of cheaper forms (rolled back)."""
+    from sqlalchemy import Column, MetaData, String, Table, and_, insert, or_, select
+
+    from automation.engine import CUSTOMER, STATE, _scan, evaluate, transitions
+
+    pb = compiled.loaded.playbook
+    cover = "ix_bench_state_cover"
+
+    def recurring_query(ordered: bool) -> Any:
+        rule = pb.recurring[0]
+        query = select(
+            CUSTOMER.c.id,
+            CUSTOMER.c.timezone,
+            compiled.segment.label("segment"),
+            compiled.stage.label("stage"),
+        ).where(compiled.recurring[rule.name])
+        return query.order_by(CUSTOMER.c.id) if ordered else query
+
+    def one_scan(conn: Any) -> int:
+        segment_expr, stage_expr, customers = _scan(conn, compiled, None)
+        joined = customers.outerjoin(
+            STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
+        )
+        flags = [compiled.recurring[r.name].label(f"r{i}") for i, r in enumerate(pb.recurring)]
+        inner = select(
+            CUSTOMER.c.id.label("customer_id"),
+            segment_expr.label("segment"),
+            stage_expr.label("stage"),
+            STATE.c.segment.label("previous_segment"),
+            STATE.c.stage.label("previous_stage"),
+            STATE.c.customer_id.label("known"),
+            *flags,
+        ).select_from(joined)
+        rows = inner.subquery("evaluated")
+        changed = or_(
+            and_(rows.c.known.is_(None), or_(rows.c.segment.is_not(None), rows.c.stage.is_not(None))),
+            rows.c.segment.is_distinct_from(rows.c.previous_segment),
+            rows.c.stage.is_distinct_from(rows.c.previous_stage),
+            *(rows.c[f"r{i}"] for i in range(len(flags))),
+        )
+        names = [c.name for c in inner.selected_columns]
+        table = Table(
+            "bench_scan",
+            MetaData(),
+            *(Column(n, String(255)) for n in names),
+            prefixes=["TEMPORARY"],
+        )
+        table.drop(conn, checkfirst=True)
+        table.create(conn)
+        conn.execute(insert(table).from_select(names, select(rows).where(changed)))
+        return len(conn.execute(select(table).order_by(table.c.customer_id)).all())
+
+    runs: dict[str, Any] = {
+        "evaluate": lambda conn: evaluate(conn, compiled).total,
+        "transitions": lambda conn: sum(1 for _ in transitions(conn, compiled, materialize=True)),
+        "transitions_covering_state": lambda conn: sum(
+            1 for _ in transitions(conn, compiled, materialize=True)
+        ),
+        "recurring": lambda conn: len(conn.execute(recurring_query(True)).all()),
+        "recurring_unordered": lambda conn: len(sorted(conn.execute(recurring_query(False)).all())),
+        "one_scan": one_scan,
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    rows: dict[str, int] = {}
+    order = list(runs)
+    for k in range(rounds + 1):  # the first round warms up and is not counted
+        for name in order if k % 2 == 0 else reversed(order):
+            with engine.connect() as conn:
+                if name == "transitions_covering_state":
+                    conn.exec_driver_sql(
+                        f"CREATE INDEX {cover} ON customer_state (playbook, customer_id, segment, stage)"
+                    )
+                    if backend == "postgresql":
+                        conn.exec_driver_sql("ANALYZE customer_state")
+                    conn.commit()
+                try:
+                    start = time.perf_counter()
+                    rows[name] = runs[name](conn)
+                    elapsed = time.perf_counter() - start
+                finally:
+                    conn.rollback()
+                    if name == "transitions_covering_state":
+                        conn.exec_driver_sql(f"DROP INDEX {cover}")
+                        conn.commit()
+            if k:
+                times[name].append(elapsed)
+    base = statistics.median(times["evaluate"])
+    return {
+        "describe": SCANS,
+        "timings": {
+            name: {**summary(t), "vs_evaluate": round(statistics.median(t) / base, 3), "rows": rows[name]}
+            for name, t in times.items()
+        },
+    }
+
+
+def breakdown_lines(profile: dict[str, Any]) -> list[str]:
+    lines = [
+        f"profiled tick {profile['seconds_under_profile']:.2f} s (under cProfile), "
+        f"evaluation {profile['evaluate_s']:.2f} s; cumulative time per step:"
+    ]
+    lines += [
+        f"  {s['function']:<40} {s['calls']:>8} calls {s['cumulative_s']:8.3f} s" for s in profile["steps"]
+    ]
+    lines.append(f"SQL execute time by statement ({profile['sql_execute_total_s']:.2f} s in all):")
+    lines += [
+        f"  {s['statement']:<58} {s['executes']:>7}x {s['seconds']:8.3f} s"
+        for s in profile["sql"]
+        if s["seconds"]
+    ]
+    return lines
+
+
+# -- idle CPU ---------------------------------------------------------------------------------------
+def _cpu(pid: int) -> tuple[float, float, int]:
+    """(utime + stime in seconds, summed per-thread run time in seconds, context switches) of ``pid``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    ran_ns, switches = 0, 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ran_ns += int((task / "schedstat").read_text().split()[0])
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    switches += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return cpu, ran_ns / 1e9, switches
+
+
+def idle_project(folder: Path) -> dict[str, str]:
+    """A small SQLite project: 200 sample customers imported, the playbook ticking once an hour."""
+    cli = str(Path(sys.executable).with_name("automation"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AUTOMATION_") or k == "AUTOMATION_BENCH_PG_URL"
+    }
+    env.update(
+        AUTOMATION_DATABASE_URL=f"sqlite:///{folder / 'automation.db'}",
+        AUTOMATION_TEMPLATES_DIR=str(ROOT / "templates"),
+        AUTOMATION_OUTBOX_DIR=str(folder / "outbox"),
+        LOYALTY_WEBHOOK_URL="https://loyalty.example.com/points",
+    )
+    (folder / "playbooks").mkdir()
+    text, replaced = re.subn(r"(?m)^schedule:.*$", "schedule: every 1 hour", PLAYBOOK.read_text())
+    assert replaced == 1, "playbooks/lifecycle.yaml has no schedule line to replace"
+    (folder / "playbooks" / "lifecycle.yaml").write_text(text)
+    for command in (
+        ["db", "upgrade"],
+        ["sample-data", str(folder / "sample"), "--customers", "200", "--seed", "7"],
+        ["import", "customers", str(folder / "sample" / "customers.csv")],
+        ["import", "events", str(folder / "sample" / "events.jsonl")],
+    ):
+        subprocess.run([cli, *command], env=env, cwd=folder, check=True, capture_output=True)
+    env["BENCH_CLI"] = cli
+    return env
+
+
+def idle_cpu(
+    folder: Path, env: dict[str, str], poll: float, seconds: float, settle_s: float
+) -> dict[str, Any]:
+    """Start ``automation run --poll poll``; after its first tick and drain, measure ``seconds`` of idling."""
+    log_path = folder / f"run-poll-{poll:g}.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [env["BENCH_CLI"], "run", "--playbooks", str(folder / "playbooks"), "--poll", str(poll)],
+            env=env,
+            cwd=folder,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "tick in" not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"automation run did not tick:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        started = time.monotonic()
+        time.sleep(settle_s)  # let the drain of the first tick's messages finish
+        cpu0, ran0, sw0 = _cpu(proc.pid)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        cpu1, ran1, sw1 = _cpu(proc.pid)
+        window = time.monotonic() - t0
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        stopped_after = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    tick_line = next((line for line in text.splitlines() if "tick in" in line), "")
+    cpu, ran = cpu1 - cpu0, ran1 - ran0
+    return {
+        "poll_s": poll,
+        "window_s": round(window, 2),
+        "cpu_s": round(cpu, 3),  # utime + stime, clock-tick resolution (10 ms)
+        "cpu_s_per_minute": round(cpu * 60 / window, 4),
+        "cpu_percent": round(100 * cpu / window, 3),
+        "run_time_s": round(ran, 5),  # summed schedstat of every thread, nanosecond resolution
+        "run_time_ms_per_minute": round(1000 * ran * 60 / window, 2),
+        "wakeups_per_s": round((sw1 - sw0) / window, 1),
+        "exit_code": code,
+        "stopped_within_s": round(stopped_after - settle_s - window, 2),
+        "first_tick_log": tick_line.strip(),
+    }
+
+
+#: Prototype (not the library): what an idle worker could ask instead of claiming, read-only and
+#: answered from ix_outbox_claim (status, due_at): when is the next message due or lease over?
+NEXT_DUE_SQL = (
+    "SELECT min(t) FROM ("
+    "SELECT min(due_at) AS t FROM outbox WHERE status = 'pending' UNION ALL "
+    "SELECT min(due_at) FROM outbox WHERE status = 'retry' UNION ALL "
+    "SELECT min(lease_until) FROM outbox WHERE status = 'claimed') AS next_due"
+)
+
+
+def poll_costs(env: dict[str, str], polls: int = 300) -> dict[str, Any]:
+    """CPU per look at an outbox with nothing due, in this process: what one ``--poll`` wake-up costs.
+
+    ``library_drain``: what the worker does per poll (``Daemon.drain``: a new Dispatcher, then
+    ``drain()``: one claiming write transaction per lane, each finding nothing); ``claim_once``: one
+    such transaction; ``next_due_probe``: the prototype above (one read-only query).
+    """
+    import asyncio
+
+    from automation.channels.registry import build_channels
+    from automation.config import Settings
+    from automation.db.engine import make_engine
+    from automation.dispatch import DispatchConfig, Dispatcher
+    from automation.outbox import claim
+    from automation.rendering import TemplateStore
+
+    settings = Settings.from_env(env)
+    engine = make_engine(settings.database_url)
+    built = build_channels(settings, engine)
+    config = DispatchConfig(rates=built.rates, concurrency=built.concurrency)
+    templates = TemplateStore(settings.templates_dir)
+    with engine.connect() as conn:
+        pending = conn.exec_driver_sql(
+            "SELECT count(*) FROM outbox WHERE status IN ('pending', 'retry', 'claimed')"
+        ).scalar_one()
+        next_due = conn.exec_driver_sql(NEXT_DUE_SQL).scalar_one()
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+
+    def measure(run: Any) -> float:
+        run()  # warm: statement cache, pool
+        cpu = time.process_time()
+        for _ in range(polls):
+            run()
+        return 1000 * (time.process_time() - cpu) / polls
+
+    async def drain_once() -> None:
+        await Dispatcher(engine, built.channels, templates, config, clock=clock).drain()
+
+    def claim_once() -> None:
+        with engine.begin() as conn:
+            assert not claim(
+                conn, config.worker_id, clock(), config.lease, config.batch_size, list(built.channels)
+            )
+
+    def probe() -> None:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(NEXT_DUE_SQL).scalar_one()
+
+    loop = asyncio.new_event_loop()
+    try:
+        library = measure(lambda: loop.run_until_complete(drain_once()))
+        loop.run_until_complete(built.aclose())
+    finally:
+        loop.close()
+    out = {
+        "outbox_waiting": pending,
+        "next_due": str(next_due),
+        "polls": polls,
+        "library_drain_ms": round(library, 3),
+        "lanes": config.lanes,
+        "claim_once_ms": round(measure(claim_once), 3),
+        "next_due_probe_ms": round(measure(probe), 3),
+        "next_due_sql": NEXT_DUE_SQL,
+    }
+    engine.dispose()
+    return out
+
+
+def idle(args: argparse.Namespace) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="automation-idle-"))
+    try:
+        log(f"idle: preparing a 200-customer SQLite project in {folder}")
+        env = idle_project(folder)
+        runs = []
+        for poll in (1.0, 0.1, 3600.0):
+            # a fresh database state per run would make every first tick the same; the playbook's state
+            # from the previous run only makes later first ticks smaller, which does not matter here
+            log(f"idle: automation run --poll {poll:g}, {args.idle_seconds:.0f} s of idling")
+            r = idle_cpu(folder, env, poll, args.idle_seconds, args.idle_settle)
+            runs.append(r)
+            log(
+                f"idle: --poll {poll:g}: {r['cpu_s']:.2f} s CPU in {r['window_s']:.0f} s = "
+                f"{r['cpu_s_per_minute']:.3f} CPU s/min ({r['cpu_percent']:.2f}%), run time "
+                f"{r['run_time_ms_per_minute']:.1f} ms/min, {r['wakeups_per_s']:.1f} wakeups/s, "
+                f"exit {r['exit_code']}"
+            )
+        costs = poll_costs(env)
+        log(
+            f"idle: one poll in-process: library drain {costs['library_drain_ms']:.2f} ms CPU "
+            f"({costs['lanes']} lanes; one claim transaction {costs['claim_once_ms']:.2f} ms), "
+            f"read-only next-due probe (prototype) {costs['next_due_probe_ms']:.2f} ms"
+        )
+        by_poll = {r["poll_s"]: r for r in runs}
+        polls = args.idle_seconds / 0.1 - args.idle_seconds / 3600.0
+        per_poll_ms = 1000 * (by_poll[0.1]["run_time_s"] - by_poll[3600.0]["run_time_s"]) / polls
+        return {
+            "customers": 200,
+            "schedule": "every 1 hour",
+            "runs": runs,
+            "per_poll_ms": round(per_poll_ms, 3),
+            "polling_at_1s_ms_per_minute": round(per_poll_ms * 60, 2),
+            "poll_in_process": costs,
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- reporting --------------------------------------------------------------------------------------
+def summary_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| Backend | First tick | Steady tick min / median | Evaluation min / median | Ratio (median) "
+        "| Transitions per tick | Goal (<= 2x) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["backends"].items():
+        first, tick, evaluation = r["first_tick"], r["tick"], r["evaluate"]
+        t = r["transitions"]
+        lines.append(
+            f"| {name} | {first['seconds']:.0f} s ({first['stats']['transitions']:,} transitions) "
+            f"| {tick['min_s']:.2f} s / {tick['median_s']:.2f} s "
+            f"| {evaluation['min_s']:.2f} s / {evaluation['median_s']:.2f} s "
+            f"| {r['ratio_median']:.2f}x "
+            f"| {t['min']:,}-{t['max']:,} ({t['percent_of_customers_median']:.2f}%) "
+            f"| {'yes' if r['ratio_median'] <= GOAL_RATIO else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def idle_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| `--poll` | CPU over the window (utime+stime) | CPU s per minute | CPU % | Run time per minute "
+        "(schedstat) | Wakeups/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['poll_s']:g} s | {r['cpu_s']:.2f} s in {r['window_s']:.0f} s "
+            f"| {r['cpu_s_per_minute']:.3f} | {r['cpu_percent']:.2f}% "
+            f"| {r['run_time_ms_per_minute']:.1f} ms | {r['wakeups_per_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql", "both", "none"),
+        default="both",
+        help="none: only the idle CPU measurement",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="steady-state rounds (a tick and an evaluation)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the generated databases")
+    parser.add_argument("--reuse", action="store_true", help="reuse a kept database of the same size")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled round")
+    parser.add_argument(
+        "--no-scans", dest="scans", action="store_false", help="skip timing the scans and their prototypes"
+    )
+    parser.add_argument("--scan-repeat", type=int, default=3, help="timed rounds of each scan")
+    parser.add_argument("--no-idle", dest="idle", action="store_false", help="skip the idle CPU measurement")
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle window measured per run")
+    parser.add_argument("--idle-settle", type=float, default=5.0, help="wait after the first tick before it")
+    parser.add_argument(
+        "--prototype",
+        action="append",
+        default=[],
+        choices=sorted(PROTOTYPES),
+        help="apply a prototype of a library change first (see PROTOTYPES); may be repeated",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "tick.json")
+    args = parser.parse_args()
+    if not 1 <= args.repeat < SLICES - 2:
+        parser.error(f"--repeat must be between 1 and {SLICES - 3}")
+    sys.path.insert(0, str(ROOT))
+    if "batched_enrollments" in args.prototype:
+        import automation.tick
+
+        automation.tick.OutboxSink = batched_sink()  # type: ignore[misc]  # run_tick looks it up per call
+
+    names = {"both": ["sqlite", "postgresql"], "none": []}.get(args.backend, [args.backend])
+    results: dict[str, Any] = {
+        "now": NOW.isoformat(),
+        "step_minutes": STEP.total_seconds() / 60,
+        "playbook": str(PLAYBOOK.relative_to(ROOT)),
+        "customers": args.customers,
+        "events": args.events,
+        "repeat": args.repeat,
+        "changed_per_tick_percent": 100 / SLICES,
+        "goal": {"max_ratio": GOAL_RATIO},
+        "prototypes": args.prototype,
+        "backends": {},
+    }
+    prepared: list[Any] = []
+    try:
+        for name in names:
+            b, generation = ev.prepare(name, args)
+            prepared.append(b)
+            results["load_average_before"] = list(os.getloadavg())
+            r = benchmark(b, args, reused=bool(generation.get("reused")))
+            results["backends"][name] = {"generation": generation, **r}
+            results["load_average_after"] = list(os.getloadavg())
+            write(args.output, results)  # after each backend: a later failure keeps these figures
+        if args.idle:
+            results["idle"] = idle(args)
+        results["machine"] = ev.machine(prepared)
+    finally:
+        if not args.keep:
+            for b in prepared:
+                ev.drop(b)
+    write(args.output, results)
+
+    print()
+    print(
+        f"{args.customers:,} customers, {args.events:,} events, {args.repeat} steady-state rounds, "
+        f"1% changing stage and now += 15 min per round, first tick at {NOW:%Y-%m-%dT%H:%M:%SZ}"
+    )
+    if args.prototype:
+        print(f"PROTOTYPES applied (not the library): {', '.join(args.prototype)}")
+    print()
+    if results["backends"]:
+        print(summary_table(results))
+        print()
+    for name, r in results["backends"].items():
+        if "scans" in r:
+            print(f"{name}: the tick's full scans alone (median, vs the evaluation)")
+            for scan, t in r["scans"]["timings"].items():
+                print(f"  {scan:<28} {t['median_s']:7.3f} s {t['vs_evaluate']:5.2f}x  {SCANS[scan]}")
+            print()
+        if "profile" in r:
+            print(f"{name}: where a steady-state tick spends its time")
+            for line in breakdown_lines(r["profile"]):
+                print(f"  {line}")
+            print()
+    if "idle" in results:
+        print("Idle worker (200 customers, SQLite, schedule every 1 hour):")
+        print()
+        print(idle_table(results["idle"]))
+        print()
+        print(
+            f"one look at the outbox costs {results['idle']['per_poll_ms']:.2f} ms of CPU "
+            f"({results['idle']['polling_at_1s_ms_per_minute']:.1f} ms per minute at --poll 1)"
+        )
+    print(f"\nwritten to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
