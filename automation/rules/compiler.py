@@ -460,15 +460,23 @@ class _Compiler:
         groups = _local_dates(self.now.astimezone(UTC).replace(second=0, microsecond=0))
         fallback = self.now.astimezone(_zone(self.scope.fallback_timezone)).date()
 
-        def on(local: date) -> ColumnElement[bool]:
+        def days_of(local: date) -> list[str]:
             days = [local.strftime("%m-%d")]
             if local.month == 2 and local.day == 28 and not calendar.isleap(local.year):
                 days.append("02-29")
+            return days
+
+        def on(local: date) -> ColumnElement[bool]:
             start: date | datetime = local if kind == "date" else datetime.combine(local, time(), UTC)
-            return and_(month_day(col).in_(days), col < start)
+            return and_(month_day(col).in_(days_of(local)), col < start)
 
         whens = [(self.scope.table.c.timezone.in_(zones), on(local)) for local, zones in groups]
-        return case(*whens, else_=on(fallback)) == True  # noqa: E712
+        # every branch needs one of today's few month-days: test that first, so the time-zone lookups
+        # run only for the customers whose anniversary it may be
+        candidates = sorted(
+            {day for local in [fallback, *(local for local, _ in groups)] for day in days_of(local)}
+        )
+        return and_(month_day(col).in_(candidates), case(*whens, else_=on(fallback)) == True)  # noqa: E712
 
 
 @lru_cache(maxsize=8)
