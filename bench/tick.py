@@ -16,11 +16,8 @@ Generates customers and events with bench/evaluate.py's generator (same rows, sa
    from /proc (P = 1, the default; 0.1 to measure one poll; 3600 for no polling at all).
 
     .venv/bin/python bench/tick.py [--customers N] [--events M] [--backend sqlite|postgresql|both|none]
-                                   [--repeat K] [--keep] [--reuse] [--prototype NAME] [--no-profile]
-                                   [--no-scans] [--no-idle] [--idle-seconds S] [--output PATH]
-
-``--prototype`` applies a prototype of a library change (not the library) before the first tick:
-``outbox_index`` or ``batched_enrollments`` (see PROTOTYPES below and bench/README.md).
+                                   [--repeat K] [--keep] [--reuse] [--no-profile] [--no-scans]
+                                   [--no-idle] [--idle-seconds S] [--idle-long S] [--output PATH]
 
 Goals (the requirements): the steady-state tick at most 2x the preview's evaluation of the same
 playbook, at 1,000,000 customers with 1% changing stage between ticks, on SQLite and PostgreSQL; an
@@ -65,26 +62,6 @@ SLICES = 100  # 1% of the customers change stage between two ticks
 STEP = timedelta(minutes=15)  # how far ``now`` moves between two ticks (the playbook's schedule)
 #: Where the original orders_count of every changed customer is kept, so --reuse can restore it.
 SAVED = "bench_tick_orders"
-#: Prototypes of library changes (NOT the library), applied with --prototype before the first tick.
-#: outbox_index: the per-batch outbox lookups of the planner (``_Planner.sent_times``: frequency caps;
-#: ``_Planner.open_tasks``: held by a task) filter on customer_id IN (1,000 ids), channel and status;
-#: SQLite (no statistics on outbox) answers both from ix_outbox_claim (status, due_at), i.e. reads
-#: every pending message once per batch. An index that leads with customer_id and also holds the
-#: other filters is the one it picks then (and PostgreSQL can use it as well).
-PROTOTYPE_INDEXES = {
-    "outbox_index": "CREATE INDEX ix_bench_outbox_customer_channel ON outbox "
-    "(customer_id, channel, status, due_at)",
-}
-#: batched_enrollments: OutboxSink writes each enrollment change with its own statement (an INSERT
-#: for an entrant; an UPDATE of the enrollment and an UPDATE of its pending messages for a leaver)
-#: and flushes the pending actions before each, so every transition costs several round trips. The
-#: prototype buffers them like states and actions and writes each kind with one executemany per
-#: FLUSH_EVERY changes (see ``batched_sink``).
-PROTOTYPE_CODE = {
-    "batched_enrollments": "OutboxSink buffers enrollment inserts, enrollment updates and the "
-    "cancelling of a leaver's pending messages, and writes each with one executemany per batch",
-}
-PROTOTYPES = {**PROTOTYPE_INDEXES, **PROTOTYPE_CODE}
 #: What the engine writes: emptied before a reused database is ticked again.
 STATE_TABLES = ("customer_state", "stage_history", "enrollment", "outbox", "task", "run_log")
 
@@ -109,14 +86,24 @@ def reset(engine: Any, backend: str) -> None:
             f"WHERE id IN (SELECT id FROM {SAVED})"
         )
         conn.exec_driver_sql(f"DELETE FROM {SAVED}")
-        for statement in PROTOTYPE_INDEXES.values():
-            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {statement.split()[2]}")
         if backend == "sqlite":
             for table in STATE_TABLES:
                 conn.exec_driver_sql(f"DELETE FROM {table}")
         else:
             conn.exec_driver_sql(f"TRUNCATE {', '.join(STATE_TABLES)} RESTART IDENTITY")
     settle(engine, backend, ("customer", *STATE_TABLES))
+
+
+def last_tick(engine: Any) -> datetime | None:
+    """When the last tick of a kept database ran (None: no state to keep)."""
+    from sqlalchemy import func, select
+
+    from automation.db.tables import metadata
+
+    run_log = metadata.tables["run_log"]
+    with engine.connect() as conn:
+        last = conn.execute(select(func.max(run_log.c.started_at)).where(run_log.c.kind == "tick")).scalar()
+    return last.replace(tzinfo=last.tzinfo or UTC) if last is not None else None
 
 
 def settle(engine: Any, backend: str, tables: tuple[str, ...]) -> float:
@@ -156,90 +143,36 @@ def change_stage(engine: Any, backend: str, k: int) -> int:
     return changed
 
 
-def batched_sink() -> type:
-    """Prototype (NOT the library): ``OutboxSink`` with enrollment changes written in batches.
+#: Prototypes of library changes (NOT the library), applied with --prototype.
+PROTOTYPES = {
+    "analyze_outbox": "PostgreSQL: the tick's OutboxSink runs ANALYZE outbox, enrollment inside the tick's "
+    "transaction each time it has inserted more rows than at the previous ANALYZE (from 10,000 on). "
+    "Within the first tick's transaction the planner has no statistics for the rows it wrote, so "
+    "_Planner._outbox_rows (customer_id IN 1,000 ids) becomes a (parallel) sequential scan of the "
+    "growing outbox once per batch; ANALYZE counts the transaction's own rows.",
+}
 
-    Nothing the planner reads later in the same tick depends on these rows being written at once:
-    leavers are excluded from ``advance_due`` by id, new enrollments are not due before ``now`` plus a
-    wait, and a leaver's cancelled messages are those of the stage left, never of the one entered.
-    Everything is flushed before the tick commits (``run_tick`` calls ``flush()``).
-    """
-    from sqlalchemy import bindparam, or_, update
 
-    from automation.outbox import CLAIMABLE, ENROLLMENT, FLUSH_EVERY, OUTBOX, OutboxSink, _insert
+def analyze_outbox_sink() -> type:
+    """Prototype (NOT the library): ``OutboxSink`` that refreshes the statistics of what it writes."""
+    from automation.outbox import OutboxSink
 
-    class BatchedOutboxSink(OutboxSink):
+    class AnalyzingSink(OutboxSink):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._new: list[dict[str, Any]] = []
-            self._changed: list[dict[str, Any]] = []
-            self._cancel: list[dict[str, Any]] = []
-
-        def enrollment(self, item: Any) -> None:
-            values = {
-                "step_index": item.step_index,
-                "next_step_at": item.next_step_at,
-                "status": item.status,
-                "ended_at": self.now if item.status != "active" else None,
-                "end_reason": item.reason,
-            }
-            if item.enrollment_id is None:
-                self.enrolled += 1
-                self._new.append(
-                    {
-                        "playbook": self.playbook,
-                        "customer_id": item.customer_id,
-                        "stage": item.stage,
-                        "segment": item.segment,
-                        "touch": item.touch,
-                        "started_at": item.started_at,
-                        **values,
-                    }
-                )
-            else:
-                if item.status == "exited":
-                    self.exited += 1
-                    self._cancel.append(
-                        {"b_customer": item.customer_id, "b_stage": item.stage, "b_reason": item.reason}
-                    )
-                self._changed.append({"b_id": item.enrollment_id, **{f"b_{k}": v for k, v in values.items()}})
-            if len(self._new) + len(self._changed) >= FLUSH_EVERY:
-                self.flush()
+            self._inserted = 0
+            self._analyzed_at = 10_000 // 2
+            self.analyzes = 0
 
         def flush(self) -> None:
+            self._inserted += len(self._actions)
             super().flush()
-            if self._new:
-                self.conn.execute(
-                    _insert(self.conn, ENROLLMENT).on_conflict_do_nothing(
-                        index_elements=["playbook", "customer_id", "stage", "started_at"]
-                    ),
-                    self._new,
-                )
-                self._new = []
-            if self._cancel:
-                self.conn.execute(
-                    update(OUTBOX)
-                    .where(
-                        OUTBOX.c.playbook == self.playbook,
-                        OUTBOX.c.customer_id == bindparam("b_customer"),
-                        OUTBOX.c.stage == bindparam("b_stage"),
-                        or_(*(OUTBOX.c.status == status for status in CLAIMABLE)),  # no IN: executemany
-                    )
-                    .values(status="cancelled", last_error=bindparam("b_reason")),
-                    self._cancel,
-                )
-                self._cancel = []
-            if self._changed:
-                columns = ("step_index", "next_step_at", "status", "ended_at", "end_reason")
-                self.conn.execute(
-                    update(ENROLLMENT)
-                    .where(ENROLLMENT.c.id == bindparam("b_id"))
-                    .values(**{c: bindparam(f"b_{c}") for c in columns}),
-                    self._changed,
-                )
-                self._changed = []
+            if self.conn.dialect.name == "postgresql" and self._inserted >= 2 * self._analyzed_at:
+                self.conn.exec_driver_sql("ANALYZE outbox, enrollment")
+                self._analyzed_at = self._inserted
+                self.analyzes += 1
 
-    return BatchedOutboxSink
+    return AnalyzingSink
 
 
 # -- timing -----------------------------------------------------------------------------------------
@@ -279,15 +212,15 @@ def summary(times: list[float]) -> dict[str, Any]:
 #: (label, pattern) for every statement a tick sends; the first that matches names it.
 STATEMENT_KINDS = (
     ("transitions: materialize (INSERT INTO tick_changes ... SELECT)", r"^INSERT INTO tick_changes"),
-    ("transitions: temp table DDL", r"^(CREATE TEMPORARY TABLE|DROP TABLE|PRAGMA)"),
-    ("transitions: read tick_changes", r"FROM tick_changes"),
+    ("transitions: temp table DDL", r"^(CREATE TEMPORARY TABLE|DROP TABLE|DELETE FROM tick_changes|PRAGMA)"),
     ("write: customer_state upsert", r"^INSERT INTO customer_state"),
     ("write: stage_history insert", r"^INSERT INTO stage_history"),
-    ("write: enrollment insert (one per row)", r"^INSERT INTO enrollment"),
-    ("write: enrollment update (one per row)", r"^UPDATE enrollment"),
-    ("write: outbox cancel on exit (one per row)", r"^UPDATE outbox"),
+    ("write: enrollment insert", r"^INSERT INTO enrollment"),
+    ("write: enrollment update", r"^UPDATE enrollment"),
+    ("write: outbox cancel on exit", r"^UPDATE outbox"),
     ("write: outbox insert", r"^INSERT INTO outbox"),
     ("write: run_log", r"^INSERT INTO run_log"),
+    ("transitions: read tick_changes", r"FROM tick_changes"),
     ("plan: re-entry check (enrollment max(started_at))", r"max\(enrollment\.started_at\)"),
     ("plan: due enrollments", r"enrollment\.next_step_at <="),
     ("plan: exits (active enrollments of leavers)", r"FROM enrollment"),
@@ -295,7 +228,7 @@ STATEMENT_KINDS = (
     ("plan: facts (customers + guards)", r"FROM customer"),
     ("plan: facts (suppression)", r"FROM suppression"),
     ("plan: facts (open tasks)", r"FROM task"),
-    ("plan: facts (sent times) / recurring keys", r"FROM outbox"),
+    ("plan: facts (the batch's outbox rows) / recurring keys", r"FROM outbox"),
 )
 
 
@@ -440,7 +373,10 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
 
     engine = make_engine(b.url)
     out: dict[str, Any] = {}
-    if reused:
+    last = last_tick(engine) if reused and args.keep_state else None
+    if last is not None:
+        log(f"{b.name}: keeping the engine's state (last tick at {last:%Y-%m-%d %H:%M}); no first tick")
+    elif reused:
         log(f"{b.name}: resetting the engine's state in the reused database")
         reset(engine, b.name)
     else:
@@ -448,30 +384,26 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
             conn.exec_driver_sql(
                 f"CREATE TABLE IF NOT EXISTS {SAVED} (id VARCHAR(255) PRIMARY KEY, orders_count INT)"
             )
-    for name in args.prototype:
-        log(f"{b.name}: PROTOTYPE {name}: {PROTOTYPES[name]}")
-        if name in PROTOTYPE_INDEXES:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(PROTOTYPE_INDEXES[name])
-    out["prototypes"] = {name: PROTOTYPES[name] for name in args.prototype}
 
     # the first tick: nobody has a state yet, so everyone is a transition and gets enrolled
-    compiled = compiled_at(NOW)
+    compiled = compiled_at(last or NOW)
     seconds, total = time_evaluate(engine, compiled)  # warms the caches like a preview would
-    log(f"{b.name}: evaluation at {NOW:%H:%M} (warm-up): {seconds:.2f} s, {total:,} customers")
-    log(f"{b.name}: first tick (enrolls everyone)")
-    seconds, stats = time_tick(engine, compiled)
-    out["first_tick"] = {"seconds": round(seconds, 3), "stats": stats}
-    log(f"{b.name}: first tick: {seconds:.1f} s, {stats}")
-    settled = settle(engine, b.name, STATE_TABLES)
-    out["settle_s"] = round(settled, 3)
-    log(f"{b.name}: {'VACUUM ANALYZE' if b.name == 'postgresql' else 'WAL checkpoint'}: {settled:.1f} s")
+    log(f"{b.name}: evaluation at {compiled.now:%H:%M} (warm-up): {seconds:.2f} s, {total:,} customers")
+    out["first_tick"] = None
+    if last is None:
+        log(f"{b.name}: first tick (enrolls everyone)")
+        seconds, stats = time_tick(engine, compiled)
+        out["first_tick"] = {"seconds": round(seconds, 3), "stats": stats}
+        log(f"{b.name}: first tick: {seconds:.1f} s, {stats}")
+        settled = settle(engine, b.name, STATE_TABLES)
+        out["settle_s"] = round(settled, 3)
+        log(f"{b.name}: {'VACUUM ANALYZE' if b.name == 'postgresql' else 'WAL checkpoint'}: {settled:.1f} s")
 
     # steady state: 1% changes stage between ticks, 15 minutes apart
     ticks: list[float] = []
     evaluations: list[float] = []
     rounds = []
-    now = NOW
+    now = compiled.now
     for k in range(args.repeat):
         changed = change_stage(engine, b.name, k)
         now += STEP
@@ -534,9 +466,21 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
         for line in breakdown_lines(out["profile"]):
             log(f"{b.name}: {line}")
 
+    # SQLite: how much of a tick is the WAL checkpoint its commit triggers (prototype: checkpoint after)
+    if args.profile and b.name == "sqlite":
+        changed = change_stage(engine, b.name, args.repeat + 1)
+        now += STEP
+        out["checkpoint"] = checkpoint_outside(b.url, compiled_at(now), changed)
+        c = out["checkpoint"]
+        log(
+            f"{b.name}: tick with wal_autocheckpoint=0: {c['tick_s']:.3f} s ({c['transitions']:,} "
+            f"transitions), {c['wal_mb']:.0f} MB of WAL ({c['wal_pages']:,} pages), then "
+            f"wal_checkpoint(PASSIVE) {c['checkpoint_s']:.3f} s"
+        )
+
     # the two full scans of a tick, alone, next to the evaluation, with prototypes of cheaper forms
     if args.scans:
-        k = args.repeat + 1
+        k = args.repeat + 2
         changed = change_stage(engine, b.name, k)  # 1% waiting for the next tick, which never runs
         now += STEP
         log(f"{b.name}: scans of a tick at now={now:%H:%M} ({changed:,} customers changed)")
@@ -548,6 +492,46 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
             )
     engine.dispose()
     return out
+
+
+def checkpoint_outside(url: str, compiled: Any, changed: int) -> dict[str, Any]:
+    """Prototype (SQLite): one tick with automatic checkpoints off, then the checkpoint on its own.
+
+    In WAL mode a commit that leaves the WAL above ``wal_autocheckpoint`` pages (1,000) copies it
+    back into the database file before returning, so a tick pays for the checkpoint of every page it
+    wrote. This measures that part: the tick with ``PRAGMA wal_autocheckpoint=0``, the size of the WAL
+    it left, then ``PRAGMA wal_checkpoint(PASSIVE)`` (what the worker could run after the tick).
+    """
+    from sqlalchemy import event
+
+    from automation.db.engine import make_engine
+
+    engine = make_engine(url)
+
+    def no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+    event.listen(engine, "connect", no_autocheckpoint)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+    seconds, stats = time_tick(engine, compiled)
+    wal = Path(url.removeprefix("sqlite:///") + "-wal")
+    size = wal.stat().st_size if wal.exists() else 0
+    with engine.connect() as conn:
+        start = time.perf_counter()
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        checkpoint = time.perf_counter() - start
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return {
+        "customers_changed": changed,
+        "tick_s": round(seconds, 4),
+        "transitions": stats["transitions"],
+        "wal_mb": round(size / 2**20, 1),
+        "wal_pages": size // (page_size + 24),
+        "checkpoint_s": round(checkpoint, 4),
+    }
 
 
 #: What each scan measured by ``scan_prototypes`` is.
@@ -562,6 +546,12 @@ SCANS = {
     "recurring_unordered": "prototype: the same query without ORDER BY (sorted in Python instead)",
     "one_scan": "prototype: transitions and the recurring rule in one scan (changed OR matching), "
     "into a temporary table, read back in id order",
+    "transitions_ctas": "prototype: the library's transitions query materialized with CREATE TEMPORARY "
+    "TABLE ... AS SELECT instead of INSERT ... SELECT (PostgreSQL may then plan it in parallel, as it "
+    "does the evaluation), read back in id order",
+    "transitions_ctas_parallel": "PostgreSQL prototype: transitions_ctas under SET LOCAL "
+    "parallel_tuple_cost = 0.001 (the planner cannot tell that only ~1% of the rows come out, so by "
+    "default it does not run the customer x customer_state join in parallel)",
 }
 
 
@@ -584,12 +574,14 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
         ).where(compiled.recurring[rule.name])
         return query.order_by(CUSTOMER.c.id) if ordered else query
 
-    def one_scan(conn: Any) -> int:
+    def changed_query(conn: Any, recurring: bool) -> Any:
+        """The library's transitions query (and, with ``recurring``, the recurring flags too)."""
         segment_expr, stage_expr, customers = _scan(conn, compiled, None)
         joined = customers.outerjoin(
             STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
         )
         flags = [compiled.recurring[r.name].label(f"r{i}") for i, r in enumerate(pb.recurring)]
+        flags = flags if recurring else []
         inner = select(
             CUSTOMER.c.id.label("customer_id"),
             segment_expr.label("segment"),
@@ -606,7 +598,11 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
             rows.c.stage.is_distinct_from(rows.c.previous_stage),
             *(rows.c[f"r{i}"] for i in range(len(flags))),
         )
-        names = [c.name for c in inner.selected_columns]
+        return select(rows).where(changed)
+
+    def one_scan(conn: Any) -> int:
+        query = changed_query(conn, recurring=True)
+        names = [c.name for c in query.selected_columns]
         table = Table(
             "bench_scan",
             MetaData(),
@@ -615,8 +611,17 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
         )
         table.drop(conn, checkfirst=True)
         table.create(conn)
-        conn.execute(insert(table).from_select(names, select(rows).where(changed)))
+        conn.execute(insert(table).from_select(names, query))
         return len(conn.execute(select(table).order_by(table.c.customer_id)).all())
+
+    def ctas(conn: Any, parallel: bool = False) -> int:
+        if parallel:
+            conn.exec_driver_sql("SET LOCAL parallel_tuple_cost = 0.001")
+        query = changed_query(conn, recurring=False)
+        sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        conn.exec_driver_sql("DROP TABLE IF EXISTS bench_ctas")
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE bench_ctas AS {sql}")
+        return len(conn.exec_driver_sql("SELECT * FROM bench_ctas ORDER BY customer_id").all())
 
     runs: dict[str, Any] = {
         "evaluate": lambda conn: evaluate(conn, compiled).total,
@@ -627,7 +632,10 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
         "recurring": lambda conn: len(conn.execute(recurring_query(True)).all()),
         "recurring_unordered": lambda conn: len(sorted(conn.execute(recurring_query(False)).all())),
         "one_scan": one_scan,
+        "transitions_ctas": ctas,
     }
+    if backend == "postgresql":
+        runs["transitions_ctas_parallel"] = lambda conn: ctas(conn, parallel=True)
     times: dict[str, list[float]] = {name: [] for name in runs}
     rows: dict[str, int] = {}
     order = list(runs)
@@ -653,7 +661,29 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
             if k:
                 times[name].append(elapsed)
     base = statistics.median(times["evaluate"])
+    plans: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        from automation.engine import CHANGES, TRANSITION_COLUMNS
+
+        sql = str(
+            changed_query(conn, False).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        )
+        prefix = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN "
+        CHANGES.drop(conn, checkfirst=True)
+        CHANGES.create(conn)
+        conn.exec_driver_sql("DROP TABLE IF EXISTS bench_ctas")
+        for name, statement in (
+            ("transitions", f"INSERT INTO tick_changes ({', '.join(TRANSITION_COLUMNS)}) {sql}"),
+            ("transitions_ctas", f"CREATE TEMPORARY TABLE bench_ctas AS {sql}"),
+        ):
+            try:
+                found = conn.exec_driver_sql(prefix + statement).fetchall()
+                plans[name] = [f"{r[0]}<-{r[1]} {r[3]}" if backend == "sqlite" else str(r[0]) for r in found]
+            except Exception as exc:
+                plans[name] = [f"error: {str(exc).splitlines()[0]}"]
+        conn.rollback()
     return {
+        "plans": plans,
         "describe": SCANS,
         "timings": {
             name: {**summary(t), "vs_evaluate": round(statistics.median(t) / base, 3), "rows": rows[name]}
@@ -771,29 +801,21 @@ def idle_cpu(
         "cpu_percent": round(100 * cpu / window, 3),
         "run_time_s": round(ran, 5),  # summed schedstat of every thread, nanosecond resolution
         "run_time_ms_per_minute": round(1000 * ran * 60 / window, 2),
-        "wakeups_per_s": round((sw1 - sw0) / window, 1),
+        "context_switches": sw1 - sw0,
+        "wakeups_per_s": round((sw1 - sw0) / window, 3),
         "exit_code": code,
         "stopped_within_s": round(stopped_after - settle_s - window, 2),
         "first_tick_log": tick_line.strip(),
+        "log_tail": text.splitlines()[-8:],
     }
 
 
-#: Prototype (not the library): what an idle worker could ask instead of claiming, read-only and
-#: answered from ix_outbox_claim (status, due_at): when is the next message due or lease over?
-NEXT_DUE_SQL = (
-    "SELECT min(t) FROM ("
-    "SELECT min(due_at) AS t FROM outbox WHERE status = 'pending' UNION ALL "
-    "SELECT min(due_at) FROM outbox WHERE status = 'retry' UNION ALL "
-    "SELECT min(lease_until) FROM outbox WHERE status = 'claimed') AS next_due"
-)
+def wake_costs(env: dict[str, str], repeat: int = 300) -> dict[str, Any]:
+    """CPU of one wake-up of an idle worker, in this process, on the idle project's outbox.
 
-
-def poll_costs(env: dict[str, str], polls: int = 300) -> dict[str, Any]:
-    """CPU per look at an outbox with nothing due, in this process: what one ``--poll`` wake-up costs.
-
-    ``library_drain``: what the worker does per poll (``Daemon.drain``: a new Dispatcher, then
-    ``drain()``: one claiming write transaction per lane, each finding nothing); ``claim_once``: one
-    such transaction; ``next_due_probe``: the prototype above (one read-only query).
+    ``next_due``: ``automation.outbox.next_due`` (what the worker asks to know how long to sleep);
+    ``drain``: what it does when it wakes (``Daemon.drain``: a new Dispatcher, then ``drain()``: one
+    claiming write transaction per lane, each finding nothing); ``claim``: one such transaction.
     """
     import asyncio
 
@@ -801,7 +823,7 @@ def poll_costs(env: dict[str, str], polls: int = 300) -> dict[str, Any]:
     from automation.config import Settings
     from automation.db.engine import make_engine
     from automation.dispatch import DispatchConfig, Dispatcher
-    from automation.outbox import claim
+    from automation.outbox import claim, next_due
     from automation.rendering import TemplateStore
 
     settings = Settings.from_env(env)
@@ -810,18 +832,18 @@ def poll_costs(env: dict[str, str], polls: int = 300) -> dict[str, Any]:
     config = DispatchConfig(rates=built.rates, concurrency=built.concurrency)
     templates = TemplateStore(settings.templates_dir)
     with engine.connect() as conn:
-        pending = conn.exec_driver_sql(
+        waiting = conn.exec_driver_sql(
             "SELECT count(*) FROM outbox WHERE status IN ('pending', 'retry', 'claimed')"
         ).scalar_one()
-        next_due = conn.exec_driver_sql(NEXT_DUE_SQL).scalar_one()
+    upcoming = next_due(engine)
     clock = lambda: datetime.now(UTC)  # noqa: E731
 
     def measure(run: Any) -> float:
         run()  # warm: statement cache, pool
         cpu = time.process_time()
-        for _ in range(polls):
+        for _ in range(repeat):
             run()
-        return 1000 * (time.process_time() - cpu) / polls
+        return 1000 * (time.process_time() - cpu) / repeat
 
     async def drain_once() -> None:
         await Dispatcher(engine, built.channels, templates, config, clock=clock).drain()
@@ -832,25 +854,21 @@ def poll_costs(env: dict[str, str], polls: int = 300) -> dict[str, Any]:
                 conn, config.worker_id, clock(), config.lease, config.batch_size, list(built.channels)
             )
 
-    def probe() -> None:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(NEXT_DUE_SQL).scalar_one()
-
     loop = asyncio.new_event_loop()
     try:
-        library = measure(lambda: loop.run_until_complete(drain_once()))
+        drain_ms = measure(lambda: loop.run_until_complete(drain_once()))
         loop.run_until_complete(built.aclose())
     finally:
         loop.close()
     out = {
-        "outbox_waiting": pending,
-        "next_due": str(next_due),
-        "polls": polls,
-        "library_drain_ms": round(library, 3),
+        "outbox_waiting": waiting,
+        "next_due": upcoming.isoformat() if upcoming else None,
+        "next_due_in_s": round((upcoming - clock()).total_seconds(), 1) if upcoming else None,
+        "repeat": repeat,
+        "next_due_ms": round(measure(lambda: next_due(engine)), 3),
+        "drain_ms": round(drain_ms, 3),
         "lanes": config.lanes,
-        "claim_once_ms": round(measure(claim_once), 3),
-        "next_due_probe_ms": round(measure(probe), 3),
-        "next_due_sql": NEXT_DUE_SQL,
+        "claim_ms": round(measure(claim_once), 3),
     }
     engine.dispose()
     return out
@@ -862,35 +880,24 @@ def idle(args: argparse.Namespace) -> dict[str, Any]:
         log(f"idle: preparing a 200-customer SQLite project in {folder}")
         env = idle_project(folder)
         runs = []
-        for poll in (1.0, 0.1, 3600.0):
-            # a fresh database state per run would make every first tick the same; the playbook's state
-            # from the previous run only makes later first ticks smaller, which does not matter here
-            log(f"idle: automation run --poll {poll:g}, {args.idle_seconds:.0f} s of idling")
-            r = idle_cpu(folder, env, poll, args.idle_seconds, args.idle_settle)
+        # the brief's window, then (--idle-long) one longer than the worker's longest sleep (60 s)
+        for seconds in (args.idle_seconds, *([args.idle_long] if args.idle_long else [])):
+            log(f"idle: automation run --poll 1, {seconds:.0f} s of idling")
+            r = idle_cpu(folder, env, 1.0, seconds, args.idle_settle)
             runs.append(r)
             log(
-                f"idle: --poll {poll:g}: {r['cpu_s']:.2f} s CPU in {r['window_s']:.0f} s = "
-                f"{r['cpu_s_per_minute']:.3f} CPU s/min ({r['cpu_percent']:.2f}%), run time "
-                f"{r['run_time_ms_per_minute']:.1f} ms/min, {r['wakeups_per_s']:.1f} wakeups/s, "
-                f"exit {r['exit_code']}"
+                f"idle: {r['cpu_s']:.2f} s CPU in {r['window_s']:.0f} s = "
+                f"{r['cpu_s_per_minute']:.3f} CPU s/min ({r['cpu_percent']:.3f}%), run time "
+                f"{r['run_time_ms_per_minute']:.2f} ms/min, {r['wakeups_per_s']:.2f} wakeups/s, "
+                f"exit {r['exit_code']}, stopped within {r['stopped_within_s']:.1f} s"
             )
-        costs = poll_costs(env)
+        costs = wake_costs(env)
         log(
-            f"idle: one poll in-process: library drain {costs['library_drain_ms']:.2f} ms CPU "
-            f"({costs['lanes']} lanes; one claim transaction {costs['claim_once_ms']:.2f} ms), "
-            f"read-only next-due probe (prototype) {costs['next_due_probe_ms']:.2f} ms"
+            f"idle: one wake-up in-process: next_due {costs['next_due_ms']:.2f} ms CPU, drain "
+            f"{costs['drain_ms']:.2f} ms ({costs['lanes']} lanes; one claim {costs['claim_ms']:.2f} ms); "
+            f"{costs['outbox_waiting']} messages waiting, next due in {costs['next_due_in_s']} s"
         )
-        by_poll = {r["poll_s"]: r for r in runs}
-        polls = args.idle_seconds / 0.1 - args.idle_seconds / 3600.0
-        per_poll_ms = 1000 * (by_poll[0.1]["run_time_s"] - by_poll[3600.0]["run_time_s"]) / polls
-        return {
-            "customers": 200,
-            "schedule": "every 1 hour",
-            "runs": runs,
-            "per_poll_ms": round(per_poll_ms, 3),
-            "polling_at_1s_ms_per_minute": round(per_poll_ms * 60, 2),
-            "poll_in_process": costs,
-        }
+        return {"customers": 200, "schedule": "every 1 hour", "poll_s": 1.0, "runs": runs, "wake": costs}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -906,8 +913,13 @@ def summary_table(results: dict[str, Any]) -> str:
         first, tick, evaluation = r["first_tick"], r["tick"], r["evaluate"]
         t = r["transitions"]
         lines.append(
-            f"| {name} | {first['seconds']:.0f} s ({first['stats']['transitions']:,} transitions) "
-            f"| {tick['min_s']:.2f} s / {tick['median_s']:.2f} s "
+            f"| {name} | "
+            + (
+                f"{first['seconds']:.0f} s ({first['stats']['transitions']:,} transitions) "
+                if first
+                else "(state kept) "
+            )
+            + f"| {tick['min_s']:.2f} s / {tick['median_s']:.2f} s "
             f"| {evaluation['min_s']:.2f} s / {evaluation['median_s']:.2f} s "
             f"| {r['ratio_median']:.2f}x "
             f"| {t['min']:,}-{t['max']:,} ({t['percent_of_customers_median']:.2f}%) "
@@ -918,17 +930,22 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def idle_table(result: dict[str, Any]) -> str:
     lines = [
-        "| `--poll` | CPU over the window (utime+stime) | CPU s per minute | CPU % | Run time per minute "
-        "(schedstat) | Wakeups/s |",
+        "| Window | CPU (utime+stime) | CPU s per minute | CPU % | Run time per minute (schedstat) "
+        "| Context switches per minute |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
-            f"| {r['poll_s']:g} s | {r['cpu_s']:.2f} s in {r['window_s']:.0f} s "
-            f"| {r['cpu_s_per_minute']:.3f} | {r['cpu_percent']:.2f}% "
-            f"| {r['run_time_ms_per_minute']:.1f} ms | {r['wakeups_per_s']:.1f} |"
+            f"| {r['window_s']:.0f} s | {r['cpu_s']:.2f} s | {r['cpu_s_per_minute']:.3f} "
+            f"| {r['cpu_percent']:.3f}% | {r['run_time_ms_per_minute']:.2f} ms "
+            f"| {60 * r['context_switches'] / r['window_s']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _git(*command: str) -> str:
+    done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
 
 
 def write(path: Path, results: dict[str, Any]) -> None:
@@ -953,30 +970,38 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated databases")
     parser.add_argument("--reuse", action="store_true", help="reuse a kept database of the same size")
+    parser.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="with --reuse: keep the engine's state and go on from the last tick (no first tick)",
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled round")
     parser.add_argument(
         "--no-scans", dest="scans", action="store_false", help="skip timing the scans and their prototypes"
     )
     parser.add_argument("--scan-repeat", type=int, default=3, help="timed rounds of each scan")
     parser.add_argument("--no-idle", dest="idle", action="store_false", help="skip the idle CPU measurement")
-    parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle window measured per run")
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle window measured")
+    parser.add_argument(
+        "--idle-long", type=float, default=75.0, help="a second, longer idle window (0: none)"
+    )
     parser.add_argument("--idle-settle", type=float, default=5.0, help="wait after the first tick before it")
     parser.add_argument(
         "--prototype",
         action="append",
         default=[],
         choices=sorted(PROTOTYPES),
-        help="apply a prototype of a library change first (see PROTOTYPES); may be repeated",
+        help="time a prototype of a library change (see PROTOTYPES) instead of the library as it is",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "tick.json")
     args = parser.parse_args()
-    if not 1 <= args.repeat < SLICES - 2:
-        parser.error(f"--repeat must be between 1 and {SLICES - 3}")
+    if not 1 <= args.repeat < SLICES - 3:
+        parser.error(f"--repeat must be between 1 and {SLICES - 4}")
     sys.path.insert(0, str(ROOT))
-    if "batched_enrollments" in args.prototype:
+    if "analyze_outbox" in args.prototype:
         import automation.tick
 
-        automation.tick.OutboxSink = batched_sink()  # type: ignore[misc]  # run_tick looks it up per call
+        automation.tick.OutboxSink = analyze_outbox_sink()  # type: ignore[misc]  # looked up per call
 
     names = {"both": ["sqlite", "postgresql"], "none": []}.get(args.backend, [args.backend])
     results: dict[str, Any] = {
@@ -988,7 +1013,9 @@ def main() -> None:
         "repeat": args.repeat,
         "changed_per_tick_percent": 100 / SLICES,
         "goal": {"max_ratio": GOAL_RATIO},
-        "prototypes": args.prototype,
+        "prototypes": {name: PROTOTYPES[name] for name in args.prototype},
+        "commit": _git("rev-parse", "HEAD"),
+        "automation_modified": bool(_git("status", "--porcelain", "--", "automation")),
         "backends": {},
     }
     prepared: list[Any] = []
@@ -1016,12 +1043,19 @@ def main() -> None:
         f"1% changing stage and now += 15 min per round, first tick at {NOW:%Y-%m-%dT%H:%M:%SZ}"
     )
     if args.prototype:
-        print(f"PROTOTYPES applied (not the library): {', '.join(args.prototype)}")
+        print(f"PROTOTYPES (not the library): {', '.join(args.prototype)}")
     print()
     if results["backends"]:
         print(summary_table(results))
         print()
     for name, r in results["backends"].items():
+        if "checkpoint" in r:
+            c = r["checkpoint"]
+            print(
+                f"{name}: a tick with wal_autocheckpoint=0 took {c['tick_s']:.2f} s and left "
+                f"{c['wal_mb']:.0f} MB of WAL; wal_checkpoint(PASSIVE) then took {c['checkpoint_s']:.2f} s"
+            )
+            print()
         if "scans" in r:
             print(f"{name}: the tick's full scans alone (median, vs the evaluation)")
             for scan, t in r["scans"]["timings"].items():
@@ -1033,13 +1067,15 @@ def main() -> None:
                 print(f"  {line}")
             print()
     if "idle" in results:
-        print("Idle worker (200 customers, SQLite, schedule every 1 hour):")
+        wake = results["idle"]["wake"]
+        print("Idle worker: automation run --poll 1 (200 customers, SQLite, schedule every 1 hour):")
         print()
         print(idle_table(results["idle"]))
         print()
         print(
-            f"one look at the outbox costs {results['idle']['per_poll_ms']:.2f} ms of CPU "
-            f"({results['idle']['polling_at_1s_ms_per_minute']:.1f} ms per minute at --poll 1)"
+            f"one wake-up: next_due {wake['next_due_ms']:.2f} ms CPU, drain {wake['drain_ms']:.2f} ms "
+            f"({wake['lanes']} claim transactions of {wake['claim_ms']:.2f} ms); "
+            f"{wake['outbox_waiting']} messages waiting, the next due in {wake['next_due_in_s']} s"
         )
     print(f"\nwritten to {args.output}")
 
