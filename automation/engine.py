@@ -425,25 +425,13 @@ class _Planner:
             customer = facts.customers.get(d.customer_id)
             if customer is None:
                 continue
+            next_at: datetime | None = None  # set when a wait leaves steps for later
             while index < len(steps):
                 step = steps[index]
                 if isinstance(step, WaitStep):
                     index += 1
-                    next_at = self.now + step.wait
-                    status = "active" if index < len(steps) else "completed"
-                    self.sink.enrollment(
-                        EnrollmentChange(
-                            d.customer_id,
-                            d.stage,
-                            d.touch,
-                            d.segment,
-                            d.started_at,
-                            index,
-                            next_at if status == "active" else None,
-                            status,
-                            d.enrollment_id,
-                        )
-                    )
+                    if index < len(steps):
+                        next_at = self.now + step.wait
                     break
                 key = f"{self.pb.name}:{d.customer_id}:{d.stage}:{d.started_at.isoformat()}:{d.touch}:{index}"
                 guard = facts.guards.get((d.customer_id, d.stage, d.touch, index), True)
@@ -460,20 +448,20 @@ class _Planner:
                     None if guard else f"step guard: {guard_text.text if guard_text else ''}",
                 )
                 index += 1
-            else:
-                self.sink.enrollment(
-                    EnrollmentChange(
-                        d.customer_id,
-                        d.stage,
-                        d.touch,
-                        d.segment,
-                        d.started_at,
-                        index,
-                        None,
-                        "completed",
-                        d.enrollment_id,
-                    )
+            status = "active" if next_at is not None else "completed"
+            self.sink.enrollment(
+                EnrollmentChange(
+                    d.customer_id,
+                    d.stage,
+                    d.touch,
+                    d.segment,
+                    d.started_at,
+                    index,
+                    next_at,
+                    status,
+                    d.enrollment_id,
                 )
+            )
 
     def recurring(self, customer_ids: Sequence[str] | None) -> None:
         """Recurring rules that match now fire once per period (day, week, month or year, local time)."""
