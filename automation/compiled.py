@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,6 +52,10 @@ class CompiledPlaybook:
     scan_segment: ColumnElement[Any] | None = None
     scan_stage: ColumnElement[Any] | None = None
     scan_joins: tuple[Any, ...] = ()
+    #: Every part of the segment, stage and recurring rules whose truth depends on ``now``
+    #: (see ``automation.incremental``), and a fingerprint of those rules.
+    clock: tuple[Any, ...] = ()
+    fingerprint: str = ""
 
     def scan_from(self) -> Any:
         """``customer`` LEFT JOIN each hoisted event subquery."""
@@ -77,15 +83,18 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
 
     touch_map = {s.name: s.touch for s in pb.segments}
 
+    clock: list[Any] = []
+
     def segment_and_stage(hoist: list[Any] | None) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-        base = Scope(now=now, fallback_timezone=pb.timezone, hoist=hoist)
+        record = clock if hoist is None else None
+        base = Scope(now=now, fallback_timezone=pb.timezone, hoist=hoist, clock=record)
         whens = [(compile_one(s.when, base), s.name) for s in pb.segments if s.when is not None]
         catch_all = next((s.name for s in pb.segments if s.when is None), None)
         default = literal(catch_all) if catch_all else null()
         segment: ColumnElement[Any] = case(*whens, else_=default) if whens else default
         touch: ColumnElement[Any] = case(touch_map, value=segment, else_=null())
         names = {"segment": Binding(segment, pb.segment_names), "touch": Binding(touch, TOUCH_MODELS)}
-        staged = Scope(now=now, fallback_timezone=pb.timezone, names=names, hoist=hoist)
+        staged = Scope(now=now, fallback_timezone=pb.timezone, names=names, hoist=hoist, clock=record)
         stage_whens = [(compile_one(s.when, staged), s.name) for s in pb.stages]
         return segment, case(*stage_whens, else_=null())
 
@@ -122,8 +131,9 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
         for touch_name, steps in by_touch.items():
             add_guards((stage_name, touch_name), list(steps))
     recurring: dict[str, ColumnElement[bool]] = {}
+    recurring_scope = Scope(now=now, fallback_timezone=pb.timezone, names=full.names, clock=clock)
     for rule in pb.recurring:
-        recurring[rule.name] = compile_one(rule.when, full)
+        recurring[rule.name] = compile_one(rule.when, recurring_scope)
         add_guards((f"recurring:{rule.name}", ""), list(rule.steps))
 
     if problems:
@@ -131,5 +141,33 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
     joins: list[Any] = []
     scan_segment, scan_stage = segment_and_stage(joins)
     return CompiledPlaybook(
-        loaded, now, segment, touch, stage, guards, recurring, scan_segment, scan_stage, tuple(joins)
+        loaded,
+        now,
+        segment,
+        touch,
+        stage,
+        guards,
+        recurring,
+        scan_segment,
+        scan_stage,
+        tuple(joins),
+        tuple(clock),
+        rules_fingerprint(loaded),
     )
+
+
+#: Part of every fingerprint: a change in how rules are evaluated invalidates stored state too.
+RULES_VERSION = "1"
+
+
+def rules_fingerprint(loaded: LoadedPlaybook) -> str:
+    """A hash of what decides segment, stage and recurring rules; another value re-evaluates everyone."""
+    pb = loaded.playbook
+    parts = {
+        "version": RULES_VERSION,
+        "timezone": pb.timezone,
+        "segments": [[s.name, s.touch, s.when.text if s.when else None] for s in pb.segments],
+        "stages": [[s.name, s.when.text] for s in pb.stages],
+        "recurring": [[r.name, r.when.text, r.once_per] for r in pb.recurring],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

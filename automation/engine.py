@@ -180,10 +180,11 @@ def _same(column: Any, value: str | None) -> ColumnElement[bool]:
 
 
 def _scan(
-    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None
+    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None, only: Any = None
 ) -> tuple[ColumnElement[Any], ColumnElement[Any], Any]:
     """Segment, stage and FROM for a query over customers: the join form for a full PostgreSQL scan."""
-    if conn.dialect.name == "postgresql" and customer_ids is None and compiled.scan_stage is not None:
+    full = customer_ids is None and only is None
+    if conn.dialect.name == "postgresql" and full and compiled.scan_stage is not None:
         assert compiled.scan_segment is not None
         return compiled.scan_segment, compiled.scan_stage, compiled.scan_from()
     return compiled.segment, compiled.stage, CUSTOMER
@@ -194,13 +195,15 @@ def transitions(
     compiled: CompiledPlaybook,
     customer_ids: Sequence[str] | None = None,
     materialize: bool = False,
+    only: Any = None,
 ) -> Iterator[Transition]:
     """Customers whose segment or stage is not what ``customer_state`` holds, streamed in id order.
 
     With ``materialize`` the changes are first copied into a temporary table by the database, so the
     caller may write ``customer_state`` while reading them (a tick does; the preview streams directly).
+    ``only`` (a SELECT of customer ids) limits the evaluation to those customers (an incremental tick).
     """
-    segment_expr, stage_expr, customers = _scan(conn, compiled, customer_ids)
+    segment_expr, stage_expr, customers = _scan(conn, compiled, customer_ids, only)
     segment, stage = segment_expr.label("segment"), stage_expr.label("stage")
     joined = customers.outerjoin(
         STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
@@ -215,6 +218,8 @@ def transitions(
     ).select_from(joined)
     if customer_ids is not None:
         inner = inner.where(CUSTOMER.c.id.in_(customer_ids))
+    if only is not None:
+        inner = inner.where(CUSTOMER.c.id.in_(only))
     rows = inner.subquery("evaluated")
     changed = or_(
         and_(rows.c.known.is_(None), or_(rows.c.segment.is_not(None), rows.c.stage.is_not(None))),
@@ -276,15 +281,18 @@ def plan(
     customer_ids: Sequence[str] | None = None,
     global_cap: FrequencyCap | None = None,
     materialize: bool = False,
+    only: Any = None,
 ) -> None:
     """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink``.
 
     Nothing is written here; a sink that writes passes ``materialize=True`` (see ``transitions``).
+    ``only`` (a SELECT of customer ids) limits the stage and recurring rules to those customers: an
+    incremental tick's candidates (``automation.incremental``). Due program steps run for everyone.
     """
     planner = _Planner(conn, compiled, sink, global_cap)
     exited: set[str] = set()
     batch: list[Transition] = []
-    for item in transitions(conn, compiled, customer_ids, materialize):
+    for item in transitions(conn, compiled, customer_ids, materialize, only):
         sink.transition(item)
         batch.append(item)
         if len(batch) >= BATCH:
@@ -293,7 +301,7 @@ def plan(
     if batch:
         exited.update(planner.leave_and_enter(batch))
     planner.advance_due(exited, customer_ids)
-    planner.recurring(customer_ids)
+    planner.recurring(customer_ids, only)
 
 
 class _Planner:
@@ -463,7 +471,7 @@ class _Planner:
                 )
             )
 
-    def recurring(self, customer_ids: Sequence[str] | None) -> None:
+    def recurring(self, customer_ids: Sequence[str] | None, only: Any = None) -> None:
         """Recurring rules that match now fire once per period (day, week, month or year, local time)."""
         for rule in self.pb.recurring:
             condition = self.compiled.recurring[rule.name]
@@ -479,6 +487,8 @@ class _Planner:
             )
             if customer_ids is not None:
                 query = query.where(CUSTOMER.c.id.in_(customer_ids))
+            if only is not None:
+                query = query.where(CUSTOMER.c.id.in_(only))
             rows = list(self.conn.execute(query))
             for start in range(0, len(rows), BATCH):
                 chunk = rows[start : start + BATCH]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, insert
 
+from automation import incremental
 from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
 from automation.engine import plan
@@ -22,19 +23,30 @@ class TickResult:
     playbook: str
     at: datetime
     seconds: float
-    stats: dict[str, int]
+    stats: dict[str, int]  # transitions, enrolled, exited, actions, deferred, full (0/1), candidates
 
 
 def run_tick(
-    engine: Engine, compiled: CompiledPlaybook, global_cap: FrequencyCap | None = None
+    engine: Engine,
+    compiled: CompiledPlaybook,
+    global_cap: FrequencyCap | None = None,
+    full: bool = False,
+    full_every: timedelta = incremental.FULL_EVERY,
 ) -> TickResult:
     """Evaluate ``compiled`` at its ``now`` and record state changes and actions; safe to repeat.
 
     State, history, enrollments, outbox rows and the run log are written in one transaction: a tick
     that fails leaves nothing behind, and a tick repeated at the same moment plans nothing new.
+    Only customers whose data changed or whose time-dependent rules may have flipped since the last
+    tick are evaluated (``automation.incremental``); ``full`` evaluates everyone.
     """
     started = time.perf_counter()
+    horizon = incremental.change_horizon(engine)
     with engine.begin() as conn:
+        scope = incremental.begin(conn, compiled, horizon, full, full_every)
+        only = None
+        if scope.window is not None:
+            only = incremental.candidates(conn, compiled, scope.window)
         pb = compiled.loaded.playbook
         sink = OutboxSink(
             conn,
@@ -44,11 +56,15 @@ def run_tick(
             fallback_timezone=pb.timezone,
             hold_during_tasks=pb.hold_during_tasks,
         )
-        plan(conn, compiled, sink, global_cap=global_cap, materialize=True)
+        plan(conn, compiled, sink, global_cap=global_cap, materialize=True, only=only)
         sink.flush()
         sink.write_states({s.name: s.touch for s in pb.segments})
+        incremental.finish(conn, compiled, scope)
         seconds = time.perf_counter() - started
         stats = sink.stats()
+        stats["full"] = int(scope.full)
+        if only is not None:
+            stats["candidates"] = incremental.count_candidates(conn)
         conn.execute(
             insert(RUN_LOG).values(
                 playbook=compiled.name,

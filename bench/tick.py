@@ -63,7 +63,16 @@ STEP = timedelta(minutes=15)  # how far ``now`` moves between two ticks (the pla
 #: Where the original orders_count of every changed customer is kept, so --reuse can restore it.
 SAVED = "bench_tick_orders"
 #: What the engine writes: emptied before a reused database is ticked again.
-STATE_TABLES = ("customer_state", "stage_history", "enrollment", "outbox", "task", "run_log")
+STATE_TABLES = (
+    "customer_state",
+    "stage_history",
+    "enrollment",
+    "outbox",
+    "task",
+    "run_log",
+    "tick_cursor",
+    "customer_change",
+)
 
 log = ev.log
 
@@ -211,6 +220,8 @@ def summary(times: list[float]) -> dict[str, Any]:
 # -- where the time goes ----------------------------------------------------------------------------
 #: (label, pattern) for every statement a tick sends; the first that matches names it.
 STATEMENT_KINDS = (
+    ("incremental: candidates (INSERT INTO tick_candidates ... SELECT)", r"^INSERT INTO tick_candidates"),
+    ("incremental: change log position, cursor, prune", r"customer_change|tick_cursor"),
     ("transitions: materialize (INSERT INTO tick_changes ... SELECT)", r"^INSERT INTO tick_changes"),
     ("transitions: temp table DDL", r"^(CREATE TEMPORARY TABLE|DROP TABLE|DELETE FROM tick_changes|PRAGMA)"),
     ("write: customer_state upsert", r"^INSERT INTO customer_state"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from automation.db.types import JSONType, UTCDateTime
@@ -46,7 +46,11 @@ class Customer(SQLModel, table=True):
 
 class Event(SQLModel, table=True):
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_customer_name_time", "customer_id", "name", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_event_customer_name_time", "customer_id", "name", "occurred_at"),
+        # a tick finds the customers whose events entered or left a rule's window since the last tick
+        Index("ix_event_name_time", "name", "occurred_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: str = Field(
@@ -55,6 +59,38 @@ class Event(SQLModel, table=True):
     name: str = Field(max_length=255)
     occurred_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+
+
+class CustomerChange(SQLModel, table=True):
+    """Which customers were written since a tick: filled by database triggers on customer and event.
+
+    ``seq`` only grows (AUTOINCREMENT on SQLite, a sequence on PostgreSQL), so a tick reads the
+    changes after the position it stored in ``tick_cursor`` and re-evaluates only those customers.
+    Rows every playbook has read are deleted by the tick.
+    """
+
+    __tablename__ = "customer_change"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    customer_id: str = Field(max_length=255)
+
+
+class TickCursor(SQLModel, table=True):
+    """Where a playbook's last tick left off: its ``now``, the change log position, the rules it ran."""
+
+    __tablename__ = "tick_cursor"
+
+    playbook: str = Field(primary_key=True, max_length=255)
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)  # the tick's now
+    change_seq: int = Field(sa_type=BigInteger, nullable=False)  # log rows up to this one are read
+    fingerprint: str = Field(max_length=64)  # of the rules; another value means evaluate everyone
+    full_at: datetime = Field(sa_type=UTCDateTime, nullable=False)  # the last tick that evaluated everyone
 
 
 class CustomerState(SQLModel, table=True):

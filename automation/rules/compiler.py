@@ -81,6 +81,35 @@ class Scope:
     #: events instead of a correlated EXISTS: the planner then scans the events once (PostgreSQL
     #: costs EXISTS inside CASE as one lookup per customer). The caller joins what is collected here.
     hoist: list[Any] | None = None
+    #: When a list is given, every part of a rule whose truth depends on ``now`` is recorded in it
+    #: (``DaysBoundary``, ``EventWindow``, ``Anniversary``), so a tick can find the customers whose
+    #: rules may have changed between two moments without evaluating everyone.
+    clock: list[Any] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DaysBoundary:
+    """A comparison that flips when ``column`` crosses ``now + offset`` (a date column: today + offset)."""
+
+    column: ColumnElement[Any]
+    kind: str  # timestamp | date
+    offset: timedelta
+
+
+@dataclass(frozen=True, eq=False)
+class EventWindow:
+    """``events(name, within=...)``: changes when an event enters or leaves the window."""
+
+    name: str
+    within: timedelta | None
+
+
+@dataclass(frozen=True, eq=False)
+class Anniversary:
+    """``anniversary(column)``: changes when the customer's local date does."""
+
+    column: ColumnElement[Any]
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -365,9 +394,14 @@ class _Compiler:
             )
         return value.expr
 
+    def record(self, atom: Any) -> None:
+        if self.scope.clock is not None:
+            self.scope.clock.append(atom)
+
     # -- events ---------------------------------------------------------------------------
     def events_where(self, call: ast.Call) -> ColumnElement[bool]:
         name, within = self.events_args(call)
+        self.record(EventWindow(name, within))
         ev, now = self.scope.events, self.now
         parts = [ev.c.customer_id == self.scope.table.c.id, ev.c.name == name, ev.c.occurred_at <= now]
         if within is not None:
@@ -400,6 +434,7 @@ class _Compiler:
         """The distinct customers with matching events, as a subquery to LEFT JOIN on customer.id."""
         assert self.scope.hoist is not None
         name, within = self.events_args(call)
+        self.record(EventWindow(name, within))
         ev, now = self.scope.events, self.now
         parts = [ev.c.name == name, ev.c.occurred_at <= now]
         if within is not None:
@@ -434,6 +469,13 @@ class _Compiler:
         """floor(days) <= ``days`` (upper) or >= ``days`` as a range on the column itself."""
         try:
             if kind == "date":
+                offset = timedelta(days=-days if since else days)
+            elif since:
+                offset = timedelta(days=-(days + 1) if upper else -days)
+            else:
+                offset = timedelta(days=days + 1 if upper else days)
+            self.record(DaysBoundary(col, kind, offset))
+            if kind == "date":
                 today = self.now.astimezone(UTC).date()
                 if since:  # (today - d).days
                     return (
@@ -457,6 +499,7 @@ class _Compiler:
 
     # -- anniversary ------------------------------------------------------------------------
     def anniversary(self, col: ColumnElement[Any], kind: str) -> ColumnElement[bool]:
+        self.record(Anniversary(col, kind))
         groups = _local_dates(self.now.astimezone(UTC).replace(second=0, microsecond=0))
         fallback = self.now.astimezone(_zone(self.scope.fallback_timezone)).date()
 
