@@ -22,24 +22,36 @@ from automation.validation import validate_paths
 @click.option(
     "--at", "at_text", metavar="TIMESTAMP", help="Evaluate as of this ISO 8601 time (default: now)."
 )
+@click.option(
+    "--full", is_flag=True, help="Evaluate every customer, not only those changed since the last tick."
+)
 @pass_app
 @handle_errors
-def tick_cmd(app: App, playbooks: tuple[Path, ...], at_text: str | None) -> None:
+def tick_cmd(app: App, playbooks: tuple[Path, ...], at_text: str | None, full: bool) -> None:
     """Run one tick of each playbook (default: all in playbooks/): record state changes and queue messages.
 
-    Safe to repeat: a second tick at the same moment queues nothing new.
+    Safe to repeat: a second tick at the same moment queues nothing new. A tick evaluates the
+    customers whose data changed or whose time-based rules may have flipped since the last tick;
+    everyone on the first tick, after a rule change, once a day, and with --full.
     """
     now = parse_at(at_text)
     templates = TemplateStore(app.settings.templates_dir)
     compiled = validate_paths(list(playbooks) or [app.settings.playbooks_dir], templates)
     engine = app.migrated_engine()
     for item in compiled:
-        result = run_tick(engine, compile_playbook(item.loaded, now), app.settings.global_cap)
+        result = run_tick(
+            engine,
+            compile_playbook(item.loaded, now),
+            app.settings.global_cap,
+            full=full,
+            full_every=app.settings.full_tick_every,
+        )
         s = result.stats
+        evaluated = "everyone" if s["full"] else f"{s['candidates']:,} customers"
         click.echo(
-            f"{result.playbook}: {s['transitions']:,} changed segment or stage, {s['enrolled']:,} enrolled, "
-            f"{s['exited']:,} left a program, {s['actions']:,} actions queued ({s['deferred']:,} deferred) "
-            f"in {result.seconds:.2f}s"
+            f"{result.playbook}: evaluated {evaluated}: {s['transitions']:,} changed segment or stage, "
+            f"{s['enrolled']:,} enrolled, {s['exited']:,} left a program, {s['actions']:,} actions queued "
+            f"({s['deferred']:,} deferred) in {result.seconds:.2f}s"
         )
 
 

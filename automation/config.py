@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     secret_key: str = "change-me"
     global_cap: FrequencyCap | None = None  # AUTOMATION_FREQUENCY_CAP, across playbooks
+    full_tick_every: timedelta = timedelta(days=1)  # AUTOMATION_FULL_TICK_EVERY: evaluate everyone
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
 
     @classmethod
@@ -46,6 +48,7 @@ class Settings:
             public_url=env.get("AUTOMATION_PUBLIC_URL", "http://127.0.0.1:8080"),
             secret_key=env.get("AUTOMATION_SECRET_KEY", "change-me"),
             global_cap=_cap(env.get("AUTOMATION_FREQUENCY_CAP")),
+            full_tick_every=_every(env.get("AUTOMATION_FULL_TICK_EVERY")),
             environ=dict(env),
         )
 
@@ -67,3 +70,14 @@ def _cap(text: str | None) -> FrequencyCap | None:
         return parse_frequency_cap(text)
     except PydanticCustomError:
         raise ConfigError(f'AUTOMATION_FREQUENCY_CAP={text!r} is not a cap; use e.g. "5 per 7d"') from None
+
+
+def _every(text: str | None) -> timedelta:
+    if not text:
+        return timedelta(days=1)
+    from automation.rules.ast import parse_duration
+
+    period = parse_duration(text.strip())
+    if period is None or period <= timedelta(0):
+        raise ConfigError(f"AUTOMATION_FULL_TICK_EVERY={text!r} is not a duration; use e.g. 1d, 12h or 7d")
+    return period

@@ -80,12 +80,19 @@ class Daemon:
                     log.info("%s: another worker is ticking it; skipped", name)
                     return None
                 try:
-                    result = run_tick(self.engine, compiled, self.settings.global_cap)
+                    result = run_tick(
+                        self.engine,
+                        compiled,
+                        self.settings.global_cap,
+                        full_every=self.settings.full_tick_every,
+                    )
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                     conn.commit()
         else:
-            result = run_tick(self.engine, compiled, self.settings.global_cap)
+            result = run_tick(
+                self.engine, compiled, self.settings.global_cap, full_every=self.settings.full_tick_every
+            )
         self.last_ticks[name] = result
         s = result.stats
         log.info(

@@ -32,6 +32,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    and_,
     delete,
     func,
     insert,
@@ -59,6 +60,8 @@ FULL_EVERY = timedelta(days=1)
 #: A cursor this much older than a tick no longer holds the change log back (its playbook was
 #: probably removed); should that playbook tick again, it evaluates everyone.
 STALE = timedelta(days=7)
+#: The earliest year an anniversary date is looked up in (birthdays; timestamps start in 1970).
+FIRST_YEAR = 1900
 #: How long a PostgreSQL tick waits for writers to commit before it reads the log without a horizon.
 LOCK_TIMEOUT = "5s"
 
@@ -222,7 +225,7 @@ def crossings(compiled: CompiledPlaybook, since: datetime, now: datetime) -> lis
             if key in seen or not days:
                 continue
             seen.add(key)
-            on_customer.append(month_day(atom.column).in_(days))
+            on_customer.append(_on_days(atom, days, now.year))
     zones = _recurring_zones(compiled, since, now)
     if zones is not None:
         on_customer.append(zones)
@@ -244,8 +247,34 @@ def _boundaries(atom: DaysBoundary, since: datetime, now: datetime) -> tuple[Any
         return None
 
 
-def _turned_days(since: datetime, now: datetime, fallback: str) -> list[str]:
-    """Month-days (MM-DD) that some time zone left or reached between ``since`` and ``now``."""
+def _on_days(atom: Anniversary, days: list[tuple[int, int]], until: int) -> ColumnElement[bool]:
+    """The column falls on one of ``days`` (month, day) in any year: lookups in the column's index."""
+    first = FIRST_YEAR if atom.kind == "date" else 1970
+    earlier = and_(  # before the first year: a range on the index, then the month-day test
+        atom.column < date(first, 1, 1), month_day(atom.column).in_([f"{m:02d}-{d:02d}" for m, d in days])
+    )
+    if atom.kind == "date":
+        dates = [_date(year, m, d) for year in range(first, until + 1) for m, d in days]
+        return or_(atom.column.in_([d for d in dates if d is not None]), earlier)
+    ranges = [earlier]
+    for year in range(first, until + 1):
+        for m, d in days:
+            start = _date(year, m, d)
+            if start is not None:
+                midnight = datetime(start.year, start.month, start.day, tzinfo=UTC)
+                ranges.append(and_(atom.column >= midnight, atom.column < midnight + timedelta(days=1)))
+    return or_(*ranges)
+
+
+def _date(year: int, month: int, day: int) -> date | None:
+    try:
+        return date(year, month, day)
+    except ValueError:  # 29 February in a common year
+        return None
+
+
+def _turned_days(since: datetime, now: datetime, fallback: str) -> list[tuple[int, int]]:
+    """(month, day) pairs that some time zone left or reached between ``since`` and ``now``."""
     turned: set[date] = set()
     for zone in (*_zones(), _zone(fallback)):
         first, last = since.astimezone(zone).date(), now.astimezone(zone).date()
@@ -253,9 +282,9 @@ def _turned_days(since: datetime, now: datetime, fallback: str) -> list[str]:
             turned.update((first, last))
     days = set()
     for day in turned:
-        days.add(day.strftime("%m-%d"))
-        if day.month == 2 and day.day == 28:
-            days.add("02-29")
+        days.add((day.month, day.day))
+        if day.month == 2 and day.day == 28:  # 29 February counts on the 28th in common years
+            days.add((2, 29))
     return sorted(days)
 
 

@@ -380,9 +380,13 @@ def explain_slowest(engine: Any, backend: str, slowest: list[tuple[float, str, A
 
 # -- one backend ------------------------------------------------------------------------------------
 def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
-    from automation.db.engine import make_engine
+    from automation.db.engine import make_engine, upgrade
 
     engine = make_engine(b.url)
+    if reused:  # a database kept by an earlier version: bring its schema up to date
+        started = time.perf_counter()
+        upgrade(engine)
+        log(f"{b.name}: schema upgraded in {time.perf_counter() - started:.1f} s")
     out: dict[str, Any] = {}
     last = last_tick(engine) if reused and args.keep_state else None
     if last is not None:

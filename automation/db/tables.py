@@ -35,10 +35,11 @@ class Customer(SQLModel, table=True):
     plan: str | None = Field(default=None, max_length=100)
     clv: float | None = None
     orders_count: int = 0
-    signed_up_at: datetime | None = _ts()
-    last_order_at: datetime | None = _ts()
-    last_seen_at: datetime | None = _ts()
-    birthday: date | None = None
+    # indexed: a tick finds the customers whose days_since/days_until/anniversary rules turned
+    signed_up_at: datetime | None = _ts(index=True)
+    last_order_at: datetime | None = _ts(index=True)
+    last_seen_at: datetime | None = _ts(index=True)
+    birthday: date | None = Field(default=None, index=True)
     nps: int | None = None
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
     updated_at: datetime | None = _ts()
