@@ -19,19 +19,19 @@ import re
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import Engine, Table, bindparam, select, update
 
 from automation.channels.base import Channel, Delivery
 from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
-from automation.outbox import claim, mark_failed, mark_sent
+from automation.outbox import CLAIMED_COLUMNS, claim, mark_failed, mark_sent
 from automation.playbooks import parse_quiet_hours
 from automation.ratelimit import Rate, TokenBucket
 from automation.rendering import RenderError, TemplateStore, build_context
@@ -45,6 +45,14 @@ SUPPRESSION: Table = metadata.tables["suppression"]
 TASK: Table = metadata.tables["task"]
 TASK_HOLD_RECHECK = timedelta(hours=6)
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+# what sending a batch needs to know about its customers (statements built once; the ids expand)
+_CUSTOMERS = select(CUSTOMER).where(CUSTOMER.c.id.in_(bindparam("ids", expanding=True)))
+_SUPPRESSIONS = select(SUPPRESSION.c.customer_id, SUPPRESSION.c.channel, SUPPRESSION.c.reason).where(
+    SUPPRESSION.c.customer_id.in_(bindparam("ids", expanding=True))
+)
+_OPEN_TASKS = select(TASK.c.customer_id).where(
+    TASK.c.customer_id.in_(bindparam("ids", expanding=True)), TASK.c.status == "open"
+)
 
 
 def default_worker_id() -> str:
@@ -87,6 +95,41 @@ class DispatchStats:
         for (channel, status), n in sorted(self.outcomes.items()):
             by_channel.setdefault(channel, {})[status] = n
         return {"claimed": self.claimed, "by_channel": by_channel}
+
+
+class _Message(NamedTuple):
+    """A claimed outbox row (``CLAIMED_COLUMNS``, in that order), as a plain tuple: the dispatcher reads
+    its fields a few dozen times per message."""
+
+    id: int
+    idempotency_key: str
+    playbook: str
+    customer_id: str
+    channel: str
+    template: str
+    stage: str | None
+    segment: str | None
+    touch: str | None
+    step: str | None
+    priority: int
+    payload: dict[str, Any]
+    due_at: datetime
+    expires_at: datetime | None
+    attempts: int
+
+
+if _Message._fields != CLAIMED_COLUMNS:  # pragma: no cover - a guard for whoever changes one of them
+    raise RuntimeError("_Message and outbox.CLAIMED_COLUMNS disagree")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What the messages of one claimed batch share."""
+
+    customers: dict[str, dict[str, Any]]  # id -> every customer column
+    suppressed: dict[tuple[str, str], str]
+    now: datetime
+    urls: dict[str, str] = field(default_factory=dict)  # webhook URL as written -> resolved
 
 
 @dataclass(frozen=True)
@@ -143,54 +186,74 @@ class Dispatcher:
         now = self.clock()
         channels = list(self.channels)
         with self.engine.begin() as conn:
-            rows = claim(
+            claimed = claim(
                 conn, self.config.worker_id, now, self.config.lease, self.config.batch_size, channels
             )
-        if not rows:
+        if not claimed:
             return 0
+        rows = [_Message._make(row) for row in claimed]
         stats.claimed += len(rows)
         customers, suppressed = self._facts(rows)
-        tasks = [asyncio.ensure_future(self._process(row, customers, suppressed, now)) for row in rows]
+        batch = _Batch(customers, suppressed, now)
+        # Per channel, as many workers as the channel may have sends in flight, each taking the next
+        # message of the batch: a few tasks per batch instead of one per message.
+        by_channel: dict[str, list[_Message]] = {}
+        for row in rows:
+            by_channel.setdefault(row.channel, []).append(row)
+        outcomes: list[_Outcome] = []
+        tasks = []
+        for channel, queued in by_channel.items():
+            pending = iter(queued)
+            width = min(len(queued), self.config.concurrency.get(channel, 20))
+            tasks += [
+                asyncio.ensure_future(self._work(channel, pending, batch, outcomes)) for _ in range(width)
+            ]
         try:
-            outcomes = await asyncio.gather(*tasks)
+            await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             # a bounded shutdown: record what already finished (a message the provider accepted must not
             # be sent again); the unfinished rest stays claimed for the caller to release
-            finished = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
-            if finished:
-                self._mark(finished, stats)
+            if outcomes:
+                self._mark(outcomes, stats)
             raise
         self._mark(outcomes, stats)
         return len(rows)
 
-    def _facts(self, rows: list[Any]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
-        ids = sorted({row.customer_id for row in rows})
+    async def _work(
+        self, channel: str, rows: Iterator[_Message], batch: _Batch, outcomes: list[_Outcome]
+    ) -> None:
+        """Process messages of one channel until the batch has none left. The worker holds one of the
+        channel's concurrency slots meanwhile (workers of the other lane wait for a free one), so at most
+        ``concurrency`` messages of a channel are in flight."""
+        limit = self._limits.get(channel)
+        if limit is None:  # not configured: each message is answered without sending
+            for row in rows:
+                outcomes.append(await self._process(row, batch))
+            return
+        async with limit:
+            for row in rows:
+                outcomes.append(await self._process(row, batch))
+
+    def _facts(self, rows: list[_Message]) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
+        ids = {"ids": sorted({row.customer_id for row in rows})}
         with self.engine.connect() as conn:
-            customers = {r.id: r for r in conn.execute(select(CUSTOMER).where(CUSTOMER.c.id.in_(ids)))}
-            suppressed = {
-                (r.customer_id, r.channel): r.reason
-                for r in conn.execute(select(SUPPRESSION).where(SUPPRESSION.c.customer_id.in_(ids)))
-            }
-            held = {
-                r[0]
-                for r in conn.execute(
-                    select(TASK.c.customer_id).where(TASK.c.customer_id.in_(ids), TASK.c.status == "open")
-                )
-            }
+            result = conn.execute(_CUSTOMERS, ids)
+            columns = tuple(result.keys())
+            customers = {r.id: dict(zip(columns, r, strict=True)) for r in result}
+            suppressed = {(r.customer_id, r.channel): r.reason for r in conn.execute(_SUPPRESSIONS, ids)}
+            held = {r[0] for r in conn.execute(_OPEN_TASKS, ids)}
         for customer_id in held:  # an open high-touch task holds automated email and SMS
             suppressed[(customer_id, "open-task")] = "held"
         return customers, suppressed
 
-    async def _process(
-        self, row: Any, customers: dict[str, Any], suppressed: dict[tuple[str, str], str], now: datetime
-    ) -> _Outcome:
-        channel = row.channel
-        outcome = self._check(row, customers, suppressed, now)
+    async def _process(self, row: _Message, batch: _Batch) -> _Outcome:
+        channel, now = row.channel, batch.now
+        outcome = self._check(row, batch.customers, batch.suppressed, now)
         if outcome is not None:
             return outcome
-        customer = customers[row.customer_id]
+        customer = batch.customers[row.customer_id]
         try:
-            delivery = self._delivery(row, customer, now)
+            delivery = self._delivery(row, customer, batch)
         except RenderError as exc:
             return _Outcome(row.id, channel, "dead", error=f"template: {exc}")
         except PermanentDeliveryError as exc:
@@ -198,11 +261,10 @@ class Dispatcher:
         if isinstance(delivery, _Outcome):
             return delivery
         sender = self.channels[channel]
-        try:
-            async with self._limits[channel]:
-                if channel in self._buckets:
-                    await self._buckets[channel].acquire()
-                result = await sender.send(delivery)
+        try:  # inside one of the channel's concurrency slots (see _work)
+            if channel in self._buckets:
+                await self._buckets[channel].acquire()
+            result = await sender.send(delivery)
         except PermanentDeliveryError as exc:
             return _Outcome(row.id, channel, "dead", error=mask_text(str(exc)))
         except TransientDeliveryError as exc:
@@ -213,7 +275,11 @@ class Dispatcher:
         return _Outcome(row.id, channel, "sent", provider_id=result.provider_id)
 
     def _check(
-        self, row: Any, customers: dict[str, Any], suppressed: dict[tuple[str, str], str], now: datetime
+        self,
+        row: _Message,
+        customers: dict[str, dict[str, Any]],
+        suppressed: dict[tuple[str, str], str],
+        now: datetime,
     ) -> _Outcome | None:
         channel = row.channel
         if channel not in self.channels:
@@ -235,9 +301,9 @@ class Dispatcher:
                 "suppressed",
                 error=f"consent: {channel} suppressed ({suppressed[(row.customer_id, channel)]})",
             )
-        if channel == "email" and not customer.email:
+        if channel == "email" and not customer["email"]:
             return _Outcome(row.id, channel, "suppressed", error="no email address")
-        if channel == "sms" and not customer.phone:
+        if channel == "sms" and not customer["phone"]:
             return _Outcome(row.id, channel, "suppressed", error="no phone number")
         if row.payload.get("hold_during_tasks") and (row.customer_id, "open-task") in suppressed:
             return _Outcome(
@@ -249,25 +315,33 @@ class Dispatcher:
             )
         window = row.payload.get("quiet_hours") if channel in ("email", "sms") else None
         if window:
-            until = _quiet_until(window, customer.timezone, row.payload.get("timezone", "UTC"), now)
+            until = _quiet_until(window, customer["timezone"], row.payload.get("timezone", "UTC"), now)
             if until is not None:
                 return _Outcome(
                     row.id, channel, "pending", error=f"quiet hours until {until:%H:%M} UTC", due_at=until
                 )
         return None
 
-    def _delivery(self, row: Any, customer: Any, now: datetime) -> Delivery | _Outcome:
+    def _delivery(self, row: _Message, customer: dict[str, Any], batch: _Batch) -> Delivery | _Outcome:
         payload = row.payload or {}
-        url = None
-        if row.channel == "webhook":
-            lenient = getattr(self.channels[row.channel], "writes_files", False)
-            url = self._resolve(str(payload.get("url", "")), lenient)
-        to = {"email": customer.email, "sms": customer.phone, "task": payload.get("assignee")}.get(
-            row.channel
-        )
-        link = unsubscribe_url(self.config.public_url, self.config.secret_key, row.customer_id, row.channel)
+        channel, now = row.channel, batch.now
+        url = to = None
+        if channel == "webhook":
+            written = str(payload.get("url", ""))
+            url = batch.urls.get(written)
+            if url is None:  # the environment is read once per batch
+                url = batch.urls[written] = self._resolve(
+                    written, getattr(self.channels[channel], "writes_files", False)
+                )
+        elif channel == "email":
+            to = customer["email"]
+        elif channel == "sms":
+            to = customer["phone"]
+        elif channel == "task":
+            to = payload.get("assignee")
+        link = unsubscribe_url(self.config.public_url, self.config.secret_key, row.customer_id, channel)
         context = build_context(
-            dict(customer._mapping),
+            customer,
             playbook=row.playbook,
             segment=row.segment,
             touch=row.touch,
@@ -311,7 +385,7 @@ class Dispatcher:
 
         return _ENV_REF.sub(value, url)
 
-    def _retry(self, row: Any, error: str, retry_after: float | None, now: datetime) -> _Outcome:
+    def _retry(self, row: _Message, error: str, retry_after: float | None, now: datetime) -> _Outcome:
         if row.attempts >= self.config.max_attempts:
             return _Outcome(
                 row.id, row.channel, "dead", error=f"gave up after {row.attempts} attempts: {error}"

@@ -285,6 +285,26 @@ class OutboxSink:
 
 
 # -- claiming and marking -----------------------------------------------------------------------
+#: The columns :func:`claim` returns: what sending a message needs.
+CLAIMED_COLUMNS = (
+    "id",
+    "idempotency_key",
+    "playbook",
+    "customer_id",
+    "channel",
+    "template",
+    "stage",
+    "segment",
+    "touch",
+    "step",
+    "priority",
+    "payload",
+    "due_at",
+    "expires_at",
+    "attempts",
+)
+
+
 def claim(
     conn: Connection,
     worker: str,
@@ -293,7 +313,8 @@ def claim(
     limit: int,
     channels: Sequence[str] | None = None,
 ) -> list[Any]:
-    """Take up to ``limit`` due messages for ``worker`` until ``now + lease``; returns the claimed rows.
+    """Take up to ``limit`` due messages for ``worker`` until ``now + lease``; returns the claimed rows
+    (the columns in ``CLAIMED_COLUMNS``, ``attempts`` already counting this attempt).
 
     PostgreSQL skips rows other workers hold (``FOR UPDATE SKIP LOCKED``); SQLite has one writer at a
     time. A claimed row whose lease has expired is claimable again (its worker died).
@@ -312,33 +333,40 @@ def claim(
         update(OUTBOX)
         .where(OUTBOX.c.id.in_(pick.scalar_subquery()))
         .values(status="claimed", lease_owner=worker, lease_until=now + lease, attempts=OUTBOX.c.attempts + 1)
-        .returning(*OUTBOX.c)
+        .returning(*(OUTBOX.c[name] for name in CLAIMED_COLUMNS))
     )
     return list(conn.execute(stmt))
+
+
+def _marker(conn: Connection) -> str:
+    """The driver's positional parameter marker (SQLite: ``?``; psycopg: ``%s``)."""
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        return "?"
+    if style in ("format", "pyformat"):
+        return "%s"
+    raise NotImplementedError(f"parameter style {style!r}")
+
+
+def _stored(conn: Connection, column: str, value: datetime) -> Any:
+    """``value`` as the column's type writes it (the driver-level form of a timestamp)."""
+    process = OUTBOX.c[column].type.bind_processor(conn.dialect)
+    return process(value) if process is not None else value
 
 
 def mark_sent(conn: Connection, worker: str, results: Sequence[tuple[int, str | None]], now: datetime) -> int:
     """Mark claimed messages sent (one batched statement); only rows this worker still holds change."""
     if not results:
         return 0
-    stmt = (
-        update(OUTBOX)
-        .where(
-            OUTBOX.c.id == bindparam("message_id"),
-            OUTBOX.c.status == "claimed",
-            OUTBOX.c.lease_owner == worker,
-        )
-        .values(
-            status="sent",
-            provider_id=bindparam("provider"),
-            sent_at=now,
-            lease_owner=None,
-            lease_until=None,
-            last_error=None,
-        )
+    # driver-level executemany: one parameter tuple per row, none of the per-row statement work
+    q = _marker(conn)
+    sql = (
+        f"UPDATE outbox SET status = 'sent', provider_id = {q}, sent_at = {q}, lease_owner = NULL, "
+        f"lease_until = NULL, last_error = NULL WHERE id = {q} AND status = 'claimed' AND lease_owner = {q}"
     )
-    params = [{"message_id": message_id, "provider": provider} for message_id, provider in results]
-    return conn.execute(stmt, params).rowcount
+    sent_at = _stored(conn, "sent_at", now)
+    params = [(provider, sent_at, message_id, worker) for message_id, provider in results]
+    return conn.exec_driver_sql(sql, params).rowcount
 
 
 def mark_failed(

@@ -13,12 +13,13 @@ body excerpts go through :func:`automation.masking.mask_text`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 import httpx
+import yarl
+from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from automation.channels.base import parse_retry_after, transient_status
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
@@ -50,15 +51,92 @@ class _DeliveryClient(httpx.AsyncClient):
         return None
 
     async def send_direct(self, request: httpx.Request) -> httpx.Response:
-        """Send a complete request straight through the transport: delivery needs none of the client's
-        redirect, auth, cookie or event-hook layers, and skipping them is a large share of the cost.
-        Timeouts come from the request's ``timeout`` extension."""
-        response = await self._transport.handle_async_request(request)
+        """Send a complete request straight through the transport and return the read response: delivery
+        needs none of the client's redirect, auth, cookie or event-hook layers, and skipping them is a
+        large share of the cost. Timeouts come from the request's ``timeout`` extension."""
+        transport = self._transport
+        if isinstance(transport, _DeliveryTransport) and transport.proxy is None:
+            return await transport.send_read(request)
+        response = await transport.handle_async_request(request)
         response.request = request
         try:
             await response.aread()
         finally:
             await response.aclose()
+        return response
+
+
+_CACHE_LIMIT = 256  # distinct URLs and timeouts remembered (webhook targets are few)
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+class _DeliveryTransport(AiohttpTransport):
+    """httpx-aiohttp's transport with a shorter path for delivery (:meth:`send_read`): the request goes to
+    aiohttp with its headers as they are, the target URL and the timeout object are reused between
+    requests to the same place, and the body is read before the response is handed back (every delivery
+    reads it), so no stream adapter sits between aiohttp and httpx. ``handle_async_request`` (what
+    ``client.send()`` uses) is the unchanged httpx-aiohttp path."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._urls: dict[str, yarl.URL] = {}
+        self._timeouts: dict[tuple[Any, Any, Any], aiohttp.ClientTimeout] = {}
+
+    async def send_read(self, request: httpx.Request) -> httpx.Response:
+        session = self.client
+        if not isinstance(session, aiohttp.ClientSession):
+            session = self.client = self.get_client()
+        extensions = request.extensions
+        limits = extensions.get("timeout") or {}
+        key = (limits.get("connect"), limits.get("read"), limits.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+            _remember(self._timeouts, key, timeout)
+        text = str(request.url)
+        url: yarl.URL | str | None = self._urls.get(text)
+        if url is None:
+            try:
+                url = yarl.URL(text)
+            except ValueError:
+                url = text  # aiohttp raises its own error for it, mapped below
+            else:
+                _remember(self._urls, text, url)
+        encoding = request.headers.encoding
+        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw]
+        try:
+            content: bytes | None = request.content or None
+        except httpx.RequestNotRead:
+            content = await request.aread() or None
+        with map_aiohttp_exceptions():
+            async with session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=content,
+                allow_redirects=False,
+                auto_decompress=False,  # httpx decodes, as on the regular path
+                compress=False,
+                timeout=timeout,
+                server_hostname=extensions.get("sni_hostname"),
+            ) as answer:
+                body = await answer.read()
+        response_extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if answer.reason:
+            response_extensions["reason_phrase"] = answer.reason.encode()
+        response = httpx.Response(
+            answer.status,
+            headers=answer.raw_headers,
+            stream=httpx.ByteStream(body),
+            request=request,
+            extensions=response_extensions,
+        )
+        response.read()  # decodes a Content-Encoding, as aread() does
         return response
 
 
@@ -71,15 +149,8 @@ def make_client(timeout: float = 10.0, max_connections: int = 20) -> httpx.Async
     if max_connections < 1:
         raise ValueError("max_connections must be at least 1")
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    transport: httpx.AsyncBaseTransport
-    try:
-        from httpx_aiohttp import AiohttpTransport
-    except ImportError:  # pragma: no cover - the dependency is declared; this keeps a broken install usable
-        transport = httpx.AsyncHTTPTransport(limits=limits)
-    else:
-        transport = AiohttpTransport(limits=limits)
     return _DeliveryClient(
-        transport=transport,
+        transport=_DeliveryTransport(limits=limits),
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         headers={"User-Agent": "automation/0.1"},
@@ -129,8 +200,7 @@ def raise_for_delivery(response: httpx.Response) -> None:
     raise PermanentDeliveryError(message)
 
 
-@contextmanager
-def send_errors(what: str = "request") -> Iterator[None]:
+class send_errors:  # used like a function: ``with send_errors("webhook"):``
     """Wrap a request: network failures become ``TransientDeliveryError``.
 
     Timeouts, refused and dropped connections, protocol errors (httpx's ``TransportError`` family, the
@@ -138,16 +208,29 @@ def send_errors(what: str = "request") -> Iterator[None]:
     never work (unsupported scheme, malformed) is permanent. Delivery errors raised inside pass through.
     Messages never quote the URL (it may carry a token).
     """
-    try:
-        yield
-    except httpx.UnsupportedProtocol as exc:
-        raise PermanentDeliveryError(f"{what} failed: unsupported URL scheme (use http or https)") from exc
-    except httpx.InvalidURL as exc:
-        raise PermanentDeliveryError(f"{what} failed: invalid URL") from exc
-    except (httpx.TransportError, aiohttp.ClientError) as exc:
-        raise TransientDeliveryError(f"{what} failed: {_describe(exc)}") from exc
-    except TimeoutError as exc:  # asyncio.timeout() / wait_for() around the request (3.11+: same class)
-        raise TransientDeliveryError(f"{what} failed: timed out") from exc
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str = "request") -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            return
+        what = self.what
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            raise PermanentDeliveryError(
+                f"{what} failed: unsupported URL scheme (use http or https)"
+            ) from exc
+        if isinstance(exc, httpx.InvalidURL):
+            raise PermanentDeliveryError(f"{what} failed: invalid URL") from exc
+        if isinstance(exc, httpx.TransportError | aiohttp.ClientError):
+            raise TransientDeliveryError(f"{what} failed: {_describe(exc)}") from exc
+        if isinstance(exc, TimeoutError):  # asyncio.timeout() / wait_for() around the request
+            raise TransientDeliveryError(f"{what} failed: timed out") from exc
 
 
 def _describe(exc: BaseException) -> str:
