@@ -132,8 +132,7 @@ class _Batch:
     urls: dict[str, str] = field(default_factory=dict)  # webhook URL as written -> resolved
 
 
-@dataclass(frozen=True)
-class _Outcome:
+class _Outcome(NamedTuple):
     message_id: int
     channel: str
     status: str  # sent | retry | dead | suppressed | pending (deferred)
@@ -339,7 +338,9 @@ class Dispatcher:
             to = customer["phone"]
         elif channel == "task":
             to = payload.get("assignee")
-        link = unsubscribe_url(self.config.public_url, self.config.secret_key, row.customer_id, channel)
+        link = ""  # signed only for email (List-Unsubscribe) and templates that print it
+        if channel == "email" or self.templates.reads(row.template, channel, "unsubscribe_url"):
+            link = unsubscribe_url(self.config.public_url, self.config.secret_key, row.customer_id, channel)
         context = build_context(
             customer,
             playbook=row.playbook,

@@ -51,7 +51,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import FileSystemLoader, StrictUndefined, Undefined, nodes, pass_context, pass_environment
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Undefined,
+    meta,
+    nodes,
+    pass_context,
+    pass_environment,
+    pass_eval_context,
+)
 from jinja2.environment import Environment
 from jinja2.exceptions import (
     SecurityError,
@@ -59,9 +68,11 @@ from jinja2.exceptions import (
     TemplateSyntaxError,
     UndefinedError,
 )
-from jinja2.filters import do_max, do_min
+from jinja2.filters import do_max, do_min, do_tojson
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 from automation.db.tables import Customer
 from automation.errors import InputError, Problem
@@ -409,6 +420,11 @@ def _dumps(value: Any, **kwargs: Any) -> str:
     same text)."""
     if kwargs != _JSON_KWARGS:
         return jsonlib.dumps(value, **kwargs)
+    return _encode(value)
+
+
+def _encode(value: Any) -> str:
+    """``json.dumps(value, **_JSON_KWARGS)``."""
     kind = type(value)
     if kind is str:
         return _encode_json_string(value)
@@ -423,6 +439,31 @@ def _dumps(value: Any, **kwargs: Any) -> str:
     if kind is datetime or kind is date:
         return _encode_json_string(value.isoformat())
     return _JSON_ENCODER.encode(value)
+
+
+_HTML_UNSAFE = frozenset("<>&'")
+
+
+@pass_eval_context
+def _tojson_filter(eval_ctx: EvalContext, value: Any, indent: int | None = None) -> Markup:
+    """Jinja's ``tojson`` (the same text: JSON with ``<``, ``>``, ``&`` and ``'`` escaped), without its
+    per-call lookups when the store's JSON settings are in force."""
+    policies = eval_ctx.environment.policies
+    if (
+        indent is not None
+        or policies["json.dumps_function"] is not _dumps
+        or policies["json.dumps_kwargs"] != _JSON_KWARGS
+    ):
+        return do_tojson(eval_ctx, value, indent)
+    text = _encode(value)
+    if not _HTML_UNSAFE.isdisjoint(text):
+        text = (
+            text.replace("<", "\\u003c")
+            .replace(">", "\\u003e")
+            .replace("&", "\\u0026")
+            .replace("'", "\\u0027")
+        )
+    return Markup(text)
 
 
 def _plain_numbers(value: Any) -> bool:
@@ -546,10 +587,12 @@ class TemplateStore:
             number=_number_filter,
             min=_min_filter,
             max=_max_filter,
+            tojson=_tojson_filter,
         )
         self._env.policies["json.dumps_function"] = _dumps
         self._env.policies["json.dumps_kwargs"] = dict(_JSON_KWARGS)
         self._files: dict[tuple[str, str], tuple[Path, str]] = {}  # (name, channel) -> (path, loader name)
+        self._reads: dict[tuple[str, str], frozenset[str] | None] = {}  # (name, channel) -> context names
 
     # -- names and files
 
@@ -747,6 +790,38 @@ class TemplateStore:
                 raise RenderError(path, 0, problem.message, "create the file or fix the template name")
             found = self._files[(name, channel)] = (path, path.relative_to(self.templates_dir).as_posix())
         return found
+
+    def reads(self, name: str, channel: str, variable: str) -> bool:
+        """Whether rendering the template may read ``variable`` from the context: False only when neither
+        the file nor any file it extends, includes or imports names it. A computed template name, or a
+        file that cannot be parsed, counts as reading everything."""
+        key = (name, channel)
+        if key not in self._reads:
+            self._reads[key] = self._free_names(name, channel)
+        names = self._reads[key]
+        return names is None or variable in names
+
+    def _free_names(self, name: str, channel: str) -> frozenset[str] | None:
+        loader = self._env.loader
+        assert loader is not None
+        try:
+            todo = [self._file(name, channel)[1]]
+            seen: set[str] = set()
+            names: set[str] = set()
+            while todo:
+                fname = todo.pop()
+                if fname in seen:
+                    continue
+                seen.add(fname)
+                tree = self._env.parse(loader.get_source(self._env, fname)[0])
+                names |= meta.find_undeclared_variables(tree)
+                for ref in meta.find_referenced_templates(tree):
+                    if ref is None:
+                        return None
+                    todo.append(ref)
+        except Exception:  # missing or broken: render() reports it; assume everything is read
+            return None
+        return frozenset(names)
 
     def render(self, name: str, channel: str, context: Mapping[str, Any]) -> RenderedMessage:
         """Render one message; RenderError names the file and line of any problem."""

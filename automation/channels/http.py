@@ -20,6 +20,7 @@ import httpx
 import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
+from multidict import CIMultiDict
 
 from automation.channels.base import parse_retry_after, transient_status
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
@@ -108,7 +109,7 @@ class _DeliveryTransport(AiohttpTransport):
             else:
                 _remember(self._urls, text, url)
         encoding = request.headers.encoding
-        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw]
+        headers = CIMultiDict([(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw])
         try:
             content: bytes | None = request.content or None
         except httpx.RequestNotRead:

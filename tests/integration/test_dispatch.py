@@ -260,3 +260,97 @@ def test_two_dispatchers_at_once_deliver_every_key_once(pg_engine: Engine) -> No
     with pg_engine.connect() as conn:
         owners = dict(conn.execute(select(OUTBOX.c.status, func.count()).group_by(OUTBOX.c.status)).all())
     assert owners == {"sent": 600}
+
+
+def queue_webhooks(engine: Engine, count: int, template: str = "loyalty_points") -> None:
+    from sqlalchemy import insert
+
+    with engine.begin() as conn:
+        conn.execute(
+            insert(metadata.tables["customer"]),
+            [
+                {"id": f"q{i}", "email": f"q{i}@example.com", "timezone": "UTC", "attributes": {}}
+                for i in range(count)
+            ],
+        )
+        conn.execute(
+            insert(OUTBOX),
+            [
+                {
+                    "idempotency_key": f"q:{i}",
+                    "playbook": "p",
+                    "customer_id": f"q{i}",
+                    "channel": "webhook",
+                    "template": template,
+                    "stage": "loyalty",
+                    "segment": "self_serve",
+                    "touch": "none",
+                    "payload": {"url": "${LOYALTY_WEBHOOK_URL}"},
+                    "status": "pending",
+                    "due_at": NOW,
+                    "created_at": NOW,
+                    "priority": 0,
+                    "attempts": 0,
+                }
+                for i in range(count)
+            ],
+        )
+
+
+class Gauge(Recorder):
+    """Counts the sends in flight at once."""
+
+    def __init__(self, name: str, delay: float) -> None:
+        super().__init__(name, delay=delay)
+        self.in_flight = 0
+        self.most = 0
+
+    async def send(self, delivery: Delivery) -> DeliveryResult:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            return await super().send(delivery)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize(("concurrency", "lanes"), [(3, 2), (1, 2), (5, 1)])
+def test_a_channel_never_has_more_sends_in_flight_than_its_concurrency(
+    engine: Engine, concurrency: int, lanes: int
+) -> None:
+    queue_webhooks(engine, 60)
+    gauge = Gauge("webhook", delay=0.002)
+    d = dispatcher(
+        engine, {"webhook": gauge}, NOW, batch_size=7, lanes=lanes, concurrency={"webhook": concurrency}
+    )
+    stats = asyncio.run(d.drain())
+    assert stats.count("sent") == 60
+    assert sorted(x.idempotency_key for x in gauge.sent) == sorted(f"q:{i}" for i in range(60))
+    assert gauge.most == concurrency  # the limit, and all of it used
+    assert statuses(engine) == Counter({"sent": 60})
+
+
+def test_a_webhook_template_that_prints_the_unsubscribe_link_gets_a_signed_one(
+    engine: Engine, tmp_path: Any
+) -> None:
+    from automation.rendering import TemplateStore
+    from automation.unsubscribe import verify
+
+    (tmp_path / "with_link.webhook.j2").write_text(
+        '{"id": {{ customer.id|tojson }}, "u": {{ unsubscribe_url|tojson }}}'
+    )
+    (tmp_path / "without_link.webhook.j2").write_text('{"id": {{ customer.id|tojson }}}')
+    queue_webhooks(engine, 4, template="with_link")
+    recorder = Recorder("webhook")
+    config = DispatchConfig(worker_id="w", public_url="https://crm.example", secret_key="s3cret")
+    store = TemplateStore(tmp_path)
+    asyncio.run(
+        Dispatcher(engine, {"webhook": recorder}, store, config, clock=lambda: NOW, environ=ENV).drain()
+    )
+    assert len(recorder.sent) == 4
+    for delivery in recorder.sent:
+        link = delivery.rendered.json["u"]
+        assert link.startswith("https://crm.example/unsubscribe/")
+        assert verify("s3cret", link.rsplit("/", 1)[1]) == (delivery.customer_id, "webhook")
+    assert store.reads("with_link", "webhook", "unsubscribe_url")
+    assert not store.reads("without_link", "webhook", "unsubscribe_url")

@@ -529,3 +529,120 @@ def test_top_level_variables_of_a_child_reach_the_layout(make_store: Callable[..
     )
     message = store.render("m", "email", context())
     assert (message.subject, message.text, message.html) == ("S", "[<warm>] t", "<i>&lt;warm&gt;</i>h")
+
+
+# ------------------------------------------------------------------ filters kept identical to Jinja's
+
+TOJSON_VALUES: list[Any] = [
+    "plain",
+    'quotes " and \\ backslash',
+    "<script>alert('x') & more</script>",
+    "ünïcödé ✓ and emoji 🎉",
+    "control \n\t\x01",
+    0,
+    -42,
+    2**70,
+    1.5,
+    420.0,
+    1e-7,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    True,
+    False,
+    None,
+    date(2026, 3, 29),
+    datetime(2026, 3, 29, 1, 30, tzinfo=UTC),
+    datetime(2026, 3, 29, 1, 30, 5, 123456),
+    {"nested": [1, "<b>", None, date(2026, 1, 2)], "k'ey": {"x": 1.25}},
+    [],
+    ("a", 1),
+]
+
+
+@pytest.mark.parametrize("value", TOJSON_VALUES, ids=lambda v: type(v).__name__)
+def test_tojson_writes_exactly_what_jinjas_filter_writes(
+    make_store: Callable[..., TemplateStore], value: Any
+) -> None:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from automation.rendering import _json_default
+
+    reference = ImmutableSandboxedEnvironment()
+    reference.policies["json.dumps_kwargs"] = {"default": _json_default, "ensure_ascii": False}
+    expected = reference.from_string("{{ value|tojson }}|{{ value|tojson(2) }}").render(value=value)
+    store = make_store({"t.webhook.j2": '{"a": {{ value|tojson }}, "b": {{ value|tojson(2) }}}'})
+    got = store._env.from_string("{{ value|tojson }}|{{ value|tojson(2) }}").render(value=value)
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[3, 1, 2], (1.5, 2, -1), [0, 0.0], [True, 0], ["b", "A", "c"], [1, "a"], [], [[1], [2]], [-0.0, 0]],
+    ids=repr,
+)
+@pytest.mark.parametrize("name", ["min", "max"])
+def test_min_and_max_agree_with_jinja(
+    make_store: Callable[..., TemplateStore], value: Any, name: str
+) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    reference = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+    source = f"{{{{ (value|{name}) is defined }}}} {{{{ value|{name}|default('none') }}}}"
+    source += f" {{{{ value|{name}(case_sensitive=true)|default('none') }}}}"
+    store = make_store({})
+    try:
+        expected: str | type[Exception] = reference.from_string(source).render(value=value)
+    except Exception as exc:
+        expected = type(exc)
+    try:
+        got: str | type[Exception] = store._env.from_string(source).render(value=value)
+    except Exception as exc:
+        got = type(exc)
+    assert got == expected
+
+
+def test_a_found_template_renders_from_memory_after_its_file_is_gone(
+    make_store: Callable[..., TemplateStore], tmp_path: Path
+) -> None:
+    store = make_store({"ping.webhook.j2": '{"id": {{ customer.id|tojson }}}'})
+    assert store.render("ping", "webhook", context()).json == {"id": "cus_001"}
+    (tmp_path / "ping.webhook.j2").unlink()
+    assert store.render("ping", "webhook", context()).json == {"id": "cus_001"}
+    with pytest.raises(RenderError, match="template file not found"):
+        make_store({}).render("ping", "webhook", context())
+
+
+def test_reads_follows_extends_and_includes(make_store: Callable[..., TemplateStore]) -> None:
+    store = make_store(
+        {
+            "plain.webhook.j2": '{"id": {{ customer.id|tojson }}}',
+            "local.webhook.j2": '{% set unsubscribe_url = "x" %}{"u": {{ unsubscribe_url|tojson }}}',
+            "direct.webhook.j2": '{"u": {{ unsubscribe_url|tojson }}}',
+            "_part.j2": "{{ unsubscribe_url }}",
+            "included.sms.j2": "Hi {% include '_part.j2' %}",
+            "base.task.j2": (
+                "{% block title %}t{% endblock %}{% block body %}{{ unsubscribe_url }}{% endblock %}"
+            ),
+            "child.task.j2": '{% extends "base.task.j2" %}{% block title %}child{% endblock %}',
+            "dynamic.sms.j2": "{% include customer.plan %}",
+            "broken.sms.j2": "{% if %}",
+        }
+    )
+    assert not store.reads("plain", "webhook", "unsubscribe_url")
+    assert store.reads("plain", "webhook", "customer")
+    assert not store.reads("local", "webhook", "unsubscribe_url")
+    assert store.reads("direct", "webhook", "unsubscribe_url")
+    assert store.reads("included", "sms", "unsubscribe_url")
+    assert store.reads("child", "task", "unsubscribe_url")
+    assert store.reads("dynamic", "sms", "unsubscribe_url")  # computed name: anything may be read
+    assert store.reads("broken", "sms", "unsubscribe_url")
+    assert store.reads("missing", "sms", "unsubscribe_url")
+
+
+def test_the_shipped_webhook_does_not_print_the_unsubscribe_link_and_the_emails_do(
+    store: TemplateStore,
+) -> None:
+    assert not store.reads("loyalty_points", "webhook", "unsubscribe_url")
+    assert all(store.reads(name, "email", "unsubscribe_url") for name in SHIPPED["email"])
