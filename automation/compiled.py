@@ -56,6 +56,7 @@ class CompiledPlaybook:
     #: (see ``automation.incremental``), and a fingerprint of those rules.
     clock: tuple[Any, ...] = ()
     fingerprint: str = ""
+    recurring_clock: tuple[Any, ...] = ()  # the same for the recurring rules' own conditions
 
     def scan_from(self) -> Any:
         """``customer`` LEFT JOIN each hoisted event subquery."""
@@ -131,7 +132,8 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
         for touch_name, steps in by_touch.items():
             add_guards((stage_name, touch_name), list(steps))
     recurring: dict[str, ColumnElement[bool]] = {}
-    recurring_scope = Scope(now=now, fallback_timezone=pb.timezone, names=full.names, clock=clock)
+    recurring_clock: list[Any] = []
+    recurring_scope = Scope(now=now, fallback_timezone=pb.timezone, names=full.names, clock=recurring_clock)
     for rule in pb.recurring:
         recurring[rule.name] = compile_one(rule.when, recurring_scope)
         add_guards((f"recurring:{rule.name}", ""), list(rule.steps))
@@ -153,6 +155,7 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
         tuple(joins),
         tuple(clock),
         rules_fingerprint(loaded),
+        tuple(recurring_clock),
     )
 
 

@@ -282,12 +282,14 @@ def plan(
     global_cap: FrequencyCap | None = None,
     materialize: bool = False,
     only: Any = None,
+    only_recurring: Any = None,
 ) -> None:
     """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink``.
 
     Nothing is written here; a sink that writes passes ``materialize=True`` (see ``transitions``).
-    ``only`` (a SELECT of customer ids) limits the stage and recurring rules to those customers: an
-    incremental tick's candidates (``automation.incremental``). Due program steps run for everyone.
+    ``only`` and ``only_recurring`` (SELECTs of customer ids) limit the stage rules and the recurring
+    rules to those customers: an incremental tick's candidates (``automation.incremental``). Due
+    program steps run for everyone.
     """
     planner = _Planner(conn, compiled, sink, global_cap)
     exited: set[str] = set()
@@ -301,7 +303,7 @@ def plan(
     if batch:
         exited.update(planner.leave_and_enter(batch))
     planner.advance_due(exited, customer_ids)
-    planner.recurring(customer_ids, only)
+    planner.recurring(customer_ids, only_recurring)
 
 
 class _Planner:
@@ -363,13 +365,15 @@ class _Planner:
         ids = sorted(exited)
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
+            # active ones filtered here, not in SQL, so the database looks rows up by customer
             query = select(ENROLLMENT).where(
                 ENROLLMENT.c.playbook == self.pb.name,
-                ENROLLMENT.c.status == "active",
                 ENROLLMENT.c.customer_id.in_(chunk),
                 ENROLLMENT.c.started_at < self.now,
             )
             for row in self.conn.execute(query).all():
+                if row.status != "active":
+                    continue
                 self.sink.enrollment(
                     EnrollmentChange(
                         row.customer_id,

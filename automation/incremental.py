@@ -169,15 +169,22 @@ def finish(conn: Connection, compiled: CompiledPlaybook, scope: TickScope) -> No
     conn.execute(delete(CHANGE).where(CHANGE.c.seq <= point))
 
 
-def candidates(conn: Connection, compiled: CompiledPlaybook, window: Window) -> Any:
-    """Fill the connection's candidate table for ``window``; returns a SELECT of the candidate ids."""
+def candidates(conn: Connection, compiled: CompiledPlaybook, window: Window) -> tuple[Any, Any]:
+    """Fill the connection's candidate table for ``window``.
+
+    Returns two SELECTs of customer ids: whom the segment and stage rules evaluate (logged writes and
+    crossings of those rules' time boundaries), and whom the recurring rules look at (the same, plus
+    crossings of their own time boundaries and the time zones where their period turned).
+    """
     CANDIDATES.drop(conn, checkfirst=True)
     CANDIDATES.create(conn)
     parts = [select(CHANGE.c.customer_id).where(*_logged(window))]
-    parts += crossings(compiled, window.since, compiled.now)
+    parts += crossings(compiled.clock, compiled, window.since, compiled.now)
     query = parts[0] if len(parts) == 1 else union(*parts)
     conn.execute(insert(CANDIDATES).from_select(["customer_id"], query))
-    return select(CANDIDATES.c.customer_id)
+    staged = select(CANDIDATES.c.customer_id)
+    extra = crossings(compiled.recurring_clock, compiled, window.since, compiled.now, recurring=True)
+    return staged, (union(staged, *extra) if extra else staged)
 
 
 def count_candidates(conn: Connection) -> int:
@@ -191,14 +198,23 @@ def _logged(window: Window) -> list[ColumnElement[bool]]:
     return where
 
 
-def crossings(compiled: CompiledPlaybook, since: datetime, now: datetime) -> list[Any]:
-    """SELECTs of the customers for whom some time-dependent rule part may differ at ``since`` and ``now``."""
+def crossings(
+    clock: tuple[Any, ...],
+    compiled: CompiledPlaybook,
+    since: datetime,
+    now: datetime,
+    recurring: bool = False,
+) -> list[Any]:
+    """SELECTs of the customers for whom a rule part in ``clock`` may differ at ``since`` and ``now``.
+
+    With ``recurring``, also the customers in time zones where a recurring rule's period turned.
+    """
     if now <= since:
         return []
     on_customer: list[ColumnElement[bool]] = []
     selects: list[Any] = []
     seen: set[tuple[Any, ...]] = set()
-    for atom in compiled.clock:
+    for atom in clock:
         if isinstance(atom, DaysBoundary):
             key: tuple[Any, ...] = ("days", str(atom.column), atom.kind, atom.offset)
             bounds = _boundaries(atom, since, now)
@@ -226,7 +242,7 @@ def crossings(compiled: CompiledPlaybook, since: datetime, now: datetime) -> lis
                 continue
             seen.add(key)
             on_customer.append(_on_days(atom, days, now.year))
-    zones = _recurring_zones(compiled, since, now)
+    zones = _recurring_zones(compiled, since, now) if recurring else None
     if zones is not None:
         on_customer.append(zones)
     if on_customer:

@@ -44,9 +44,9 @@ def run_tick(
     horizon = incremental.change_horizon(engine)
     with engine.begin() as conn:
         scope = incremental.begin(conn, compiled, horizon, full, full_every)
-        only = None
+        only = only_recurring = None
         if scope.window is not None:
-            only = incremental.candidates(conn, compiled, scope.window)
+            only, only_recurring = incremental.candidates(conn, compiled, scope.window)
         pb = compiled.loaded.playbook
         sink = OutboxSink(
             conn,
@@ -56,7 +56,15 @@ def run_tick(
             fallback_timezone=pb.timezone,
             hold_during_tasks=pb.hold_during_tasks,
         )
-        plan(conn, compiled, sink, global_cap=global_cap, materialize=True, only=only)
+        plan(
+            conn,
+            compiled,
+            sink,
+            global_cap=global_cap,
+            materialize=True,
+            only=only,
+            only_recurring=only_recurring,
+        )
         sink.flush()
         sink.write_states({s.name: s.touch for s in pb.segments})
         incremental.finish(conn, compiled, scope)

@@ -132,7 +132,7 @@ class Enrollment(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("playbook", "customer_id", "stage", "started_at", name="uq_enrollment_entry"),
         Index("ix_enrollment_due", "status", "next_step_at"),
-        Index("ix_enrollment_customer", "playbook", "customer_id", "status"),
+        # lookups by (playbook, customer) use uq_enrollment_entry's leading columns
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -214,11 +214,15 @@ def _sql(selects: list[object]) -> str:
 
 def test_birthday_today_is_a_candidate_only_when_the_date_turns() -> None:
     compiled = compiled_at(datetime(2026, 6, 1, 10, 20, tzinfo=UTC))
-    sql = _sql(incremental.crossings(compiled, compiled.now - timedelta(minutes=15), compiled.now))
+    since = compiled.now - timedelta(minutes=15)
+    sql = _sql(incremental.crossings(compiled.recurring_clock, compiled, since, compiled.now, recurring=True))
     assert "-05-31'" not in sql and "-06-01'" not in sql  # 10:05-10:20 UTC: no zone's date turned
     midnight = compiled_at(datetime(2026, 6, 1, 0, 5, tzinfo=UTC))
-    sql = _sql(incremental.crossings(midnight, midnight.now - timedelta(minutes=15), midnight.now))
+    since = midnight.now - timedelta(minutes=15)
+    sql = _sql(incremental.crossings(midnight.recurring_clock, midnight, since, midnight.now, recurring=True))
     assert "'1990-05-31'" in sql and "'1990-06-01'" in sql and "IN ('05-31', '06-01')" in sql
+    # the birthday rule is a recurring rule: the stage rules do not look at birthdays
+    assert "birthday" not in _sql(incremental.crossings(midnight.clock, midnight, since, midnight.now))
 
 
 DAILY = """\
