@@ -238,7 +238,8 @@ class Dispatcher:
         with self.engine.connect() as conn:
             result = conn.execute(_CUSTOMERS, ids)
             columns = tuple(result.keys())
-            customers = {r.id: dict(zip(columns, r, strict=True)) for r in result}
+            key = columns.index("id")
+            customers = {r[key]: dict(zip(columns, r, strict=False)) for r in result}
             suppressed = {(r.customer_id, r.channel): r.reason for r in conn.execute(_SUPPRESSIONS, ids)}
             held = {r[0] for r in conn.execute(_OPEN_TASKS, ids)}
         for customer_id in held:  # an open high-touch task holds automated email and SMS

@@ -108,8 +108,12 @@ class _DeliveryTransport(AiohttpTransport):
                 url = text  # aiohttp raises its own error for it, mapped below
             else:
                 _remember(self._urls, text, url)
-        encoding = request.headers.encoding
-        headers = CIMultiDict([(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw])
+        raw = request.headers.raw
+        try:  # ASCII, as nearly always; else the encoding httpx settles on
+            headers = CIMultiDict([(k.decode("ascii"), v.decode("ascii")) for k, v in raw])
+        except UnicodeDecodeError:
+            encoding = request.headers.encoding
+            headers = CIMultiDict([(k.decode(encoding), v.decode(encoding)) for k, v in raw])
         try:
             content: bytes | None = request.content or None
         except httpx.RequestNotRead:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from automation.channels.base import Delivery, DeliveryResult
-from automation.channels.http import make_client, raise_for_delivery
+from automation.channels.http import _DeliveryClient, make_client, raise_for_delivery
 from automation.channels.webhook import WebhookChannel, message_id, secret_key, sign, verify
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from automation.rendering import RenderedMessage
@@ -337,3 +338,56 @@ def test_retry_after_as_an_http_date() -> None:
     with pytest.raises(TransientDeliveryError) as info:
         raise_for_delivery(response(503, {"Retry-After": "soon"}))
     assert info.value.retry_after is None
+
+
+# ----------------------------------------------------------------- the direct path of the transport
+
+
+def test_the_direct_path_answers_as_the_regular_client_path(server: LocalServer) -> None:
+    server.route("/same", Reply(201, json={"id": "evt_9", "note": "Zoë"}, headers={"X-Extra": "a"}))
+
+    async def both() -> tuple[httpx.Response, httpx.Response]:
+        async with make_client(timeout=5) as client:
+            assert isinstance(client, _DeliveryClient)
+            request = httpx.Request("POST", server.url + "/same?x=1", content=b"{}")
+            direct = await client.send_direct(request)
+            regular = await client.post(server.url + "/same?x=1", content=b"{}")
+            return direct, regular
+
+    direct, regular = asyncio.run(both())
+    assert direct.status_code == regular.status_code == 201
+    assert direct.json() == regular.json() == {"id": "evt_9", "note": "Zoë"}
+    assert direct.headers["x-extra"] == regular.headers["x-extra"] == "a"
+    assert direct.request.url.path == "/same" and direct.is_closed
+    assert [r.path for r in server.requests] == ["/same", "/same"]
+    assert [r.query for r in server.requests] == ["x=1", "x=1"]
+
+
+def test_the_direct_path_decodes_a_compressed_answer(server: LocalServer) -> None:
+    packed = gzip.compress(json.dumps({"id": "evt_gz"}).encode())
+    server.route(
+        "/gz",
+        Reply(200, body=packed, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+    )
+    result = asyncio.run(send(hook(server.url + "/gz")))
+    assert result[0].provider_id == "evt_gz"
+
+
+def test_the_direct_path_sends_non_ascii_header_values_as_utf8(server: LocalServer) -> None:
+    async def go() -> httpx.Response:
+        async with make_client(timeout=5) as client:
+            assert isinstance(client, _DeliveryClient)
+            request = httpx.Request(
+                "POST", server.url + "/h", content=b"x", headers=[(b"X-Name", "Zoë".encode())]
+            )
+            return await client.send_direct(request)
+
+    assert asyncio.run(go()).status_code == 200
+    raw = server.requests[-1].header("x-name")
+    assert raw is not None and raw.encode("latin-1").decode("utf-8") == "Zoë"
+
+
+def test_a_malformed_url_is_permanent_on_the_direct_path() -> None:
+    error = send_error(hook("http://[::1/hooks"))
+    assert isinstance(error, PermanentDeliveryError)
+    assert "invalid URL" in str(error) or "unsupported URL" in str(error)
