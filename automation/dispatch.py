@@ -241,7 +241,9 @@ class Dispatcher:
             key = columns.index("id")
             customers = {r[key]: dict(zip(columns, r, strict=False)) for r in result}
             suppressed = {(r.customer_id, r.channel): r.reason for r in conn.execute(_SUPPRESSIONS, ids)}
-            held = {r[0] for r in conn.execute(_OPEN_TASKS, ids)}
+            # open tasks matter only to messages held during them (email and SMS of playbooks that say so)
+            holdable = sorted({row.customer_id for row in rows if row.payload.get("hold_during_tasks")})
+            held = {r[0] for r in conn.execute(_OPEN_TASKS, {"ids": holdable})} if holdable else set()
         for customer_id in held:  # an open high-touch task holds automated email and SMS
             suppressed[(customer_id, "open-task")] = "held"
         return customers, suppressed

@@ -354,3 +354,62 @@ def test_a_webhook_template_that_prints_the_unsubscribe_link_gets_a_signed_one(
         assert verify("s3cret", link.rsplit("/", 1)[1]) == (delivery.customer_id, "webhook")
     assert store.reads("with_link", "webhook", "unsubscribe_url")
     assert not store.reads("without_link", "webhook", "unsubscribe_url")
+
+
+def test_an_open_task_holds_only_the_messages_that_ask_for_it(engine: Engine) -> None:
+    from sqlalchemy import insert
+
+    queue_webhooks(engine, 3)  # customers q0..q2, webhooks without hold_during_tasks
+    with engine.begin() as conn:
+        conn.execute(
+            insert(OUTBOX),
+            [
+                {
+                    "idempotency_key": f"mail:{i}",
+                    "playbook": "p",
+                    "customer_id": f"q{i}",
+                    "channel": "email",
+                    "template": "welcome",
+                    "stage": "loyalty",
+                    "segment": "self_serve",
+                    "touch": "none",
+                    "payload": {"timezone": "UTC", "hold_during_tasks": True},
+                    "status": "pending",
+                    "due_at": NOW,
+                    "created_at": NOW,
+                    "priority": 0,
+                    "attempts": 0,
+                }
+                for i in range(3)
+            ],
+        )
+        conn.execute(
+            insert(metadata.tables["task"]),
+            [
+                {
+                    "idempotency_key": "t:open",
+                    "playbook": "p",
+                    "customer_id": "q1",
+                    "title": "Call",
+                    "status": "open",
+                    "created_at": NOW,
+                },
+                {
+                    "idempotency_key": "t:done",
+                    "playbook": "p",
+                    "customer_id": "q2",
+                    "title": "Call",
+                    "status": "done",
+                    "created_at": NOW,
+                },
+            ],
+        )
+    chans = channels()
+    stats = asyncio.run(dispatcher(engine, chans, NOW).drain())
+    assert sorted(d.idempotency_key for d in chans["webhook"].sent) == ["q:0", "q:1", "q:2"]
+    assert sorted(d.idempotency_key for d in chans["email"].sent) == ["mail:0", "mail:2"]
+    assert stats.count("pending") == 1
+    with engine.connect() as conn:
+        held = conn.execute(select(OUTBOX).where(OUTBOX.c.idempotency_key == "mail:1")).one()
+    assert held.status == "pending"
+    assert held.last_error == "held: a high-touch task is open for this customer"
