@@ -320,11 +320,11 @@ class _Planner:
         self._outbox_cache: tuple[list[str], list[Any]] | None = None
 
     # entering a stage starts its program for the customer's touch model
-    def enter(self, batch: list[Transition]) -> None:
+    def enter(self, batch: list[Transition], history: list[Any] | None = None) -> None:
         entering = [t for t in batch if t.stage_changed and t.stage is not None and t.touch is not None]
         if not entering:
             return
-        blocked = self.reentry_blocked(entering)
+        blocked = self.reentry_blocked(entering, history)
         due = [
             _Due(t.customer_id, t.stage, t.touch, t.segment, self.now, 0, None)  # type: ignore[arg-type]
             for t in entering
@@ -332,62 +332,75 @@ class _Planner:
         ]
         self.run(due)
 
-    def reentry_blocked(self, entering: list[Transition]) -> set[tuple[str, str]]:
-        """(customer, stage) pairs whose earlier run of the stage's program forbids starting again."""
+    def reentry_blocked(
+        self, entering: list[Transition], history: list[Any] | None = None
+    ) -> set[tuple[str, str]]:
+        """(customer, stage) pairs whose earlier run of the stage's program forbids starting again.
+
+        ``history``: the enrollments of (at least) the entering customers, when already read.
+        """
         policy = self.pb.reentry
         if policy.mode == "always":
             return set()
-        ids = [t.customer_id for t in entering if t.known]
+        ids = {t.customer_id for t in entering if t.known}
         if not ids:
             return set()
-        query = (
-            select(ENROLLMENT.c.customer_id, ENROLLMENT.c.stage, func.max(ENROLLMENT.c.started_at))
-            .where(ENROLLMENT.c.playbook == self.pb.name, ENROLLMENT.c.customer_id.in_(ids))
-            .group_by(ENROLLMENT.c.customer_id, ENROLLMENT.c.stage)
+        rows = history if history is not None else self.enrollments(sorted(ids))
+        last_start: dict[tuple[str, str], datetime] = {}
+        for row in rows:
+            key = (row.customer_id, row.stage)
+            if row.customer_id in ids and (key not in last_start or row.started_at > last_start[key]):
+                last_start[key] = row.started_at
+        return {
+            key
+            for key, started in last_start.items()
+            if policy.mode == "never" or (policy.cooldown and self.now - _aware(started) < policy.cooldown)
+        }
+
+    def enrollments(self, ids: list[str]) -> list[Any]:
+        """Every enrollment of these customers in this playbook (looked up by customer, one query)."""
+        if not ids:
+            return []
+        query = select(ENROLLMENT).where(
+            ENROLLMENT.c.playbook == self.pb.name, ENROLLMENT.c.customer_id.in_(ids)
         )
-        blocked = set()
-        for customer_id, stage, last_start in self.conn.execute(query):
-            if policy.mode == "never" or (
-                policy.cooldown and self.now - _aware(last_start) < policy.cooldown
-            ):
-                blocked.add((customer_id, stage))
-        return blocked
+        return list(self.conn.execute(query))
 
     def leave_and_enter(self, batch: list[Transition]) -> set[str]:
-        """Customers who left a stage exit its program, then entrants start theirs; returns who left."""
+        """Customers who left a stage exit its program, then entrants start theirs; returns who left.
+
+        One read of the batch's enrollments serves both: the programs to exit and re-entry.
+        """
         left = {t.customer_id for t in batch if t.stage_changed and t.previous_stage is not None}
-        self.exit_enrollments(left)
-        self.enter(batch)
+        entering = {t.customer_id for t in batch if t.stage_changed and t.stage is not None and t.known}
+        history = self.enrollments(sorted(left | entering))
+        self.exit_enrollments(left, history)
+        self.enter(batch, history)
         return left
 
-    def exit_enrollments(self, exited: set[str]) -> None:
-        """Customers who left a stage leave its program; pending steps are cancelled."""
-        ids = sorted(exited)
-        for start in range(0, len(ids), BATCH):
-            chunk = ids[start : start + BATCH]
-            # active ones filtered here, not in SQL, so the database looks rows up by customer
-            query = select(ENROLLMENT).where(
-                ENROLLMENT.c.playbook == self.pb.name,
-                ENROLLMENT.c.customer_id.in_(chunk),
-                ENROLLMENT.c.started_at < self.now,
-            )
-            for row in self.conn.execute(query).all():
-                if row.status != "active":
-                    continue
-                self.sink.enrollment(
-                    EnrollmentChange(
-                        row.customer_id,
-                        row.stage,
-                        row.touch,
-                        row.segment,
-                        _aware(row.started_at),
-                        row.step_index,
-                        None,
-                        "exited",
-                        row.id,
-                        f"left stage {row.stage}",
-                    )
+    def exit_enrollments(self, exited: set[str], history: list[Any]) -> None:
+        """Customers who left a stage leave its program; pending steps are cancelled.
+
+        ``history``: the enrollments of (at least) these customers. Active ones are picked here, not
+        in SQL, so the database looks rows up by customer.
+        """
+        for row in history:
+            if row.customer_id not in exited or row.status != "active" or _aware(row.started_at) >= self.now:
+                continue
+            self.sink.enrollment(
+                EnrollmentChange(
+                    row.customer_id,
+                    row.stage,
+                    row.touch,
+                    row.segment,
+                    _aware(row.started_at),
+                    row.step_index,
+                    None,
+                    "exited",
+                    row.id,
+                    f"left stage {row.stage}",
                 )
+            )
 
     def advance_due(self, exited: set[str], customer_ids: Sequence[str] | None) -> None:
         """Enrollments whose wait is over run their next steps (read a page at a time, then written)."""

@@ -32,7 +32,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    and_,
     delete,
     func,
     insert,
@@ -47,8 +46,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
-from automation.rules.compiler import Anniversary, DaysBoundary, EventWindow
-from automation.rules.sqlfuncs import month_day
+from automation.rules.compiler import Anniversary, DaysBoundary, EventWindow, on_month_days
 
 CUSTOMER = metadata.tables["customer"]
 EVENT = metadata.tables["event"]
@@ -60,8 +58,6 @@ FULL_EVERY = timedelta(days=1)
 #: A cursor this much older than a tick no longer holds the change log back (its playbook was
 #: probably removed); should that playbook tick again, it evaluates everyone.
 STALE = timedelta(days=7)
-#: The earliest year an anniversary date is looked up in (birthdays; timestamps start in 1970).
-FIRST_YEAR = 1900
 #: How long a PostgreSQL tick waits for writers to commit before it reads the log without a horizon.
 LOCK_TIMEOUT = "5s"
 
@@ -241,7 +237,7 @@ def crossings(
             if key in seen or not days:
                 continue
             seen.add(key)
-            on_customer.append(_on_days(atom, days, now.year))
+            on_customer.append(on_month_days(atom.column, atom.kind, days, now.year))
     zones = _recurring_zones(compiled, since, now) if recurring else None
     if zones is not None:
         on_customer.append(zones)
@@ -260,32 +256,6 @@ def _boundaries(atom: DaysBoundary, since: datetime, now: datetime) -> tuple[Any
             return first + atom.offset, last + atom.offset
         return since + atom.offset, now + atom.offset
     except OverflowError:  # beyond any date: the comparison is a constant
-        return None
-
-
-def _on_days(atom: Anniversary, days: list[tuple[int, int]], until: int) -> ColumnElement[bool]:
-    """The column falls on one of ``days`` (month, day) in any year: lookups in the column's index."""
-    first = FIRST_YEAR if atom.kind == "date" else 1970
-    earlier = and_(  # before the first year: a range on the index, then the month-day test
-        atom.column < date(first, 1, 1), month_day(atom.column).in_([f"{m:02d}-{d:02d}" for m, d in days])
-    )
-    if atom.kind == "date":
-        dates = [_date(year, m, d) for year in range(first, until + 1) for m, d in days]
-        return or_(atom.column.in_([d for d in dates if d is not None]), earlier)
-    ranges = [earlier]
-    for year in range(first, until + 1):
-        for m, d in days:
-            start = _date(year, m, d)
-            if start is not None:
-                midnight = datetime(start.year, start.month, start.day, tzinfo=UTC)
-                ranges.append(and_(atom.column >= midnight, atom.column < midnight + timedelta(days=1)))
-    return or_(*ranges)
-
-
-def _date(year: int, month: int, day: int) -> date | None:
-    try:
-        return date(year, month, day)
-    except ValueError:  # 29 February in a common year
         return None
 
 

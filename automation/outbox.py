@@ -52,6 +52,9 @@ ENROLLMENT: Table = metadata.tables["enrollment"]
 CLAIMABLE = ("pending", "retry")
 FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled")
 FLUSH_EVERY = 1000
+#: PostgreSQL: refresh the planner's statistics of outbox and enrollment once a tick has written this
+#: many rows, and again each time it has doubled them (see ``OutboxSink.flush``).
+ANALYZE_FROM = 10_000
 #: How long a marketing message (email, SMS) stays worth sending after it was due.
 DEFAULT_TTL = timedelta(days=2)
 
@@ -82,6 +85,8 @@ class OutboxSink:
     _new_enrollments: list[dict[str, Any]] = field(default_factory=list)
     _enrollment_updates: list[dict[str, Any]] = field(default_factory=list)
     _cancels: list[dict[str, Any]] = field(default_factory=list)
+    _written: int = 0
+    _analyzed_at: int = 0
 
     # -- Sink protocol --------------------------------------------------------------------------
     def transition(self, item: Transition) -> None:
@@ -268,11 +273,19 @@ class OutboxSink:
             )
             self._new_enrollments = []
         if self._actions:
+            self._written += len(self._actions)
             self.conn.execute(
                 _insert(self.conn, OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]),
                 self._actions,
             )
             self._actions = []
+        if self.conn.dialect.name == "postgresql" and self._written >= max(
+            2 * self._analyzed_at, ANALYZE_FROM
+        ):
+            # a first tick writes hundreds of thousands of rows in one transaction; until the planner
+            # sees them it plans the per-batch lookups by customer as scans of the growing tables
+            self.conn.exec_driver_sql("ANALYZE outbox, enrollment")
+            self._analyzed_at = self._written
 
     def stats(self) -> dict[str, int]:
         return {

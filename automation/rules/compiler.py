@@ -514,12 +514,48 @@ class _Compiler:
             return and_(month_day(col).in_(days_of(local)), col < start)
 
         whens = [(self.scope.table.c.timezone.in_(zones), on(local)) for local, zones in groups]
-        # every branch needs one of today's few month-days: test that first, so the time-zone lookups
-        # run only for the customers whose anniversary it may be
+        # every branch needs one of today's few month-days: test that first, as dates the column's
+        # index can look up, so the time-zone lookups run only for the customers it may be
         candidates = sorted(
-            {day for local in [fallback, *(local for local, _ in groups)] for day in days_of(local)}
+            {
+                (int(day[:2]), int(day[3:]))
+                for local in [fallback, *(local for local, _ in groups)]
+                for day in days_of(local)
+            }
         )
-        return and_(month_day(col).in_(candidates), case(*whens, else_=on(fallback)) == True)  # noqa: E712
+        today = on_month_days(col, kind, candidates, self.now.year)
+        return and_(today, case(*whens, else_=on(fallback)) == True)  # noqa: E712
+
+
+#: The earliest year whose dates ``on_month_days`` lists (earlier values are tested by month-day).
+FIRST_YEAR = {"date": 1900, "timestamp": 1970}
+
+
+def on_month_days(
+    col: ColumnElement[Any], kind: str, days: Sequence[tuple[int, int]], until_year: int
+) -> ColumnElement[bool]:
+    """``col`` falls on one of ``days`` (month, day) in some year up to ``until_year``.
+
+    Written as dates (timestamps: day ranges, in UTC) so an index on the column answers it, with a
+    month-day test only for values before the first listed year.
+    """
+    first = FIRST_YEAR[kind]
+    start: date | datetime = date(first, 1, 1) if kind == "date" else datetime(first, 1, 1, tzinfo=UTC)
+    labels = [f"{m:02d}-{d:02d}" for m, d in days]
+    earlier = and_(col < start, month_day(col).in_(labels))
+    on_days = [_date(year, m, d) for year in range(first, until_year + 1) for m, d in days]
+    dates = [d for d in on_days if d is not None]
+    if kind == "date":
+        return or_(col.in_(dates), earlier)
+    midnights = [datetime(d.year, d.month, d.day, tzinfo=UTC) for d in dates]
+    return or_(*(and_(col >= m, col < m + timedelta(days=1)) for m in midnights), earlier)
+
+
+def _date(year: int, month: int, day: int) -> date | None:
+    try:
+        return date(year, month, day)
+    except ValueError:  # 29 February in a common year
+        return None
 
 
 @lru_cache(maxsize=8)

@@ -263,3 +263,23 @@ def test_a_daily_recurring_rule_fires_in_each_zone_as_its_day_turns(engine: Engi
     with engine.connect() as conn:
         digests = conn.execute(select(func.count()).select_from(T["outbox"])).scalar_one()
     assert digests >= 2 * regulars  # a day later everyone has had a second digest
+
+
+@pytest.mark.postgres
+def test_a_large_tick_on_postgresql_refreshes_the_planner_statistics(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from automation import outbox
+
+    monkeypatch.setattr(outbox, "ANALYZE_FROM", 10)  # as if 10 rows were many
+    with pg_engine.begin() as conn:
+        conn.execute(insert(T["customer"]), people(random.Random(9), 120))
+    result = run_tick(pg_engine, compiled_at(QUIET))
+    assert result.stats["actions"] >= 20
+    with pg_engine.connect() as conn:  # TRUNCATE left -1 (unknown); ANALYZE counted the rows
+        counted = dict(
+            conn.execute(
+                text("SELECT relname, reltuples FROM pg_class WHERE relname IN ('outbox', 'enrollment')")
+            ).all()
+        )
+    assert counted["outbox"] >= 20 and counted["enrollment"] >= 20

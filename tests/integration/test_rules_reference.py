@@ -113,13 +113,21 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     fallback = draw(st.sampled_from(FALLBACK_ZONES))
 
     offsets = st.one_of(st.sampled_from(DAY_EDGES), st.integers(-400 * 86400, 400 * 86400))
-    timestamps = st.one_of(st.none(), offsets.map(lambda s: now + timedelta(seconds=s)))
     local_days = sorted({now.astimezone(ZoneInfo(z)).date() for z in ZONES[:-1]} | {now.date()})
     month_days = [(d.month, d.day) for d in local_days] + [(2, 28), (2, 29), (3, 1)]
     anniversary_dates = st.builds(
         lambda y, md: _safe_date(y, *md),
-        st.sampled_from([1960, 1992, 2000, now.year - 1, now.year, now.year + 1]),
+        st.sampled_from([1890, 1960, 1992, 2000, now.year - 1, now.year, now.year + 1]),
         st.sampled_from(month_days),
+    )
+    # anniversaries of timestamps, also before 1970 (looked up by month-day rather than by date)
+    anniversary_times = st.builds(
+        lambda d, seconds: datetime.combine(d, datetime.min.time(), UTC) + timedelta(seconds=seconds),
+        anniversary_dates,
+        st.sampled_from([0, 1, 43_200, 86_399]),
+    )
+    timestamps = st.one_of(
+        st.none(), offsets.map(lambda s: now + timedelta(seconds=s)), anniversary_times
     )
     birthdays = st.one_of(st.none(), anniversary_dates, st.dates(date(1950, 1, 1), date(2030, 12, 31)))
 

@@ -25,6 +25,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.create_index("ix_enrollment_customer", "enrollment", ["playbook", "customer_id", "status"], unique=False)
+    op.create_index(
+        "ix_enrollment_customer", "enrollment", ["playbook", "customer_id", "status"], unique=False
+    )
     for column in DATE_COLUMNS:
         op.drop_index(f"ix_customer_{column}", table_name="customer")
