@@ -139,8 +139,9 @@ class _Reader:
 
     def time(self, value: Any, loc: list[int | str], start: datetime | None) -> datetime | None:
         """An ISO time, or (with ``start``) a relative one such as ``-2d`` or ``+3h``."""
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, datetime):  # YAML's own timestamp type: a plain datetime from here on
+            plain = datetime(*value.timetuple()[:6], value.microsecond, tzinfo=value.tzinfo)
+            return plain if plain.tzinfo else plain.replace(tzinfo=UTC)
         if isinstance(value, date):
             return datetime(value.year, value.month, value.day, tzinfo=UTC)
         text = str(value).strip() if value is not None else ""

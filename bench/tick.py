@@ -458,7 +458,8 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
         )
         log(
             f"{b.name}: round {k + 1}/{args.repeat} now={now:%H:%M} changed {changed:,}: "
-            f"tick {tick_s:.3f} s ({stats['transitions']:,} transitions, {stats['enrolled']:,} enrolled, "
+            f"tick {tick_s:.3f} s ({stats.get('candidates', 'all'):,} evaluated, "
+            f"{stats['transitions']:,} transitions, {stats['enrolled']:,} enrolled, "
             f"{stats['exited']:,} exited, {stats['actions']:,} actions), evaluate {eval_s:.3f} s, "
             f"ratio {tick_s / eval_s:.2f}"
         )
