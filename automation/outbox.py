@@ -237,6 +237,69 @@ class OutboxSink:
 
     # -- writing --------------------------------------------------------------------------------
     def flush(self) -> None:
+        self._written += len(self._actions)
+        if self.conn.dialect.name == "sqlite":
+            self._flush_sqlite()
+        else:
+            self._flush_core()
+        if self.conn.dialect.name == "postgresql" and self._written >= max(
+            2 * self._analyzed_at, ANALYZE_FROM
+        ):
+            # a first tick writes hundreds of thousands of rows in one transaction; until the planner
+            # sees them it plans the per-batch lookups by customer as scans of the growing tables
+            self.conn.exec_driver_sql("ANALYZE outbox, enrollment")
+            self._analyzed_at = self._written
+
+    def _flush_sqlite(self) -> None:
+        """SQLite: driver-level executemany with parameters in the form the column types store them.
+
+        The same statements as ``_flush_core`` without SQLAlchemy's per-row parameter handling, which
+        costs more than SQLite's own work for these narrow rows.
+        """
+        if self._cancels:  # a customer who left a stage: its pending messages are not sent
+            claimable = " OR ".join("status = ?" for _ in CLAIMABLE)
+            self.conn.exec_driver_sql(
+                "UPDATE outbox SET status = 'cancelled', last_error = ? "
+                f"WHERE playbook = ? AND customer_id = ? AND stage = ? AND ({claimable})",
+                [
+                    (c["c_reason"], self.playbook, c["c_customer"], c["c_stage"], *CLAIMABLE)
+                    for c in self._cancels
+                ],
+            )
+            self._cancels = []
+        if self._enrollment_updates:
+            rows = _driver_rows(
+                self.conn,
+                ENROLLMENT,
+                self._enrollment_updates,
+                [
+                    ("e_step_index", "step_index"),
+                    ("e_next_step_at", "next_step_at"),
+                    ("e_status", "status"),
+                    ("e_ended_at", "ended_at"),
+                    ("e_end_reason", "end_reason"),
+                    ("e_id", "id"),
+                ],
+            )
+            self.conn.exec_driver_sql(
+                "UPDATE enrollment SET step_index = ?, next_step_at = ?, status = ?, ended_at = ?, "
+                "end_reason = ? WHERE id = ?",
+                rows,
+            )
+            self._enrollment_updates = []
+        if self._new_enrollments:
+            self.conn.exec_driver_sql(
+                *_insert_sql(
+                    self.conn, ENROLLMENT, self._new_enrollments, "playbook, customer_id, stage, started_at"
+                )
+            )
+            self._new_enrollments = []
+        if self._actions:
+            self.conn.exec_driver_sql(*_insert_sql(self.conn, OUTBOX, self._actions, "idempotency_key"))
+            self._actions = []
+
+    def _flush_core(self) -> None:
+        """Through SQLAlchemy Core (PostgreSQL: INSERTs are sent as multi-row VALUES)."""
         if self._cancels:  # a customer who left a stage: its pending messages are not sent
             self.conn.execute(
                 update(OUTBOX)
@@ -273,19 +336,11 @@ class OutboxSink:
             )
             self._new_enrollments = []
         if self._actions:
-            self._written += len(self._actions)
             self.conn.execute(
                 _insert(self.conn, OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]),
                 self._actions,
             )
             self._actions = []
-        if self.conn.dialect.name == "postgresql" and self._written >= max(
-            2 * self._analyzed_at, ANALYZE_FROM
-        ):
-            # a first tick writes hundreds of thousands of rows in one transaction; until the planner
-            # sees them it plans the per-batch lookups by customer as scans of the growing tables
-            self.conn.exec_driver_sql("ANALYZE outbox, enrollment")
-            self._analyzed_at = self._written
 
     def stats(self) -> dict[str, int]:
         return {
@@ -295,6 +350,35 @@ class OutboxSink:
             "actions": self.enqueued,
             "deferred": self.held,
         }
+
+
+def _driver_rows(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]
+) -> list[tuple[Any, ...]]:
+    """Parameter tuples: each (key, column) value converted as the column's type binds it."""
+    processors = [table.c[column].type.bind_processor(conn.dialect) for _, column in columns]
+    keys = [key for key, _ in columns]
+    out = []
+    for row in rows:
+        out.append(
+            tuple(
+                value if process is None or value is None else process(value)
+                for value, process in zip((row[k] for k in keys), processors, strict=True)
+            )
+        )
+    return out
+
+
+def _insert_sql(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], conflict: str
+) -> tuple[str, list[tuple[Any, ...]]]:
+    """INSERT ... ON CONFLICT DO NOTHING of ``rows`` (dicts with the same keys), driver-level."""
+    names = list(rows[0])
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
+        f"ON CONFLICT ({conflict}) DO NOTHING"
+    )
+    return sql, _driver_rows(conn, table, rows, [(name, name) for name in names])
 
 
 # -- claiming and marking -----------------------------------------------------------------------
