@@ -96,9 +96,10 @@ class Daemon:
         self.last_ticks[name] = result
         s = result.stats
         log.info(
-            "%s: tick in %.2fs: %d changed, %d enrolled, %d left, %d actions (%d deferred)",
+            "%s: tick in %.2fs (evaluated %s): %d changed, %d enrolled, %d left, %d actions (%d deferred)",
             name,
             result.seconds,
+            "everyone" if s.get("full", 1) else f"{s.get('candidates', 0):,} customers",
             s["transitions"],
             s["enrolled"],
             s["exited"],
