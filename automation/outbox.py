@@ -18,17 +18,20 @@ Statuses of an outbox row:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Connection,
+    DateTime,
+    Integer,
     String,
     Table,
     and_,
-    bindparam,
     case,
     func,
     literal,
@@ -41,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.db.tables import metadata
-from automation.db.types import UTCDateTime
+from automation.db.types import UTCDateTime, to_utc_naive
 from automation.engine import CHANGES, EnrollmentChange, PlannedAction, Transition
 
 OUTBOX: Table = metadata.tables["outbox"]
@@ -241,7 +244,7 @@ class OutboxSink:
         if self.conn.dialect.name == "sqlite":
             self._flush_sqlite()
         else:
-            self._flush_core()
+            self._flush_postgresql()
         if self.conn.dialect.name == "postgresql" and self._written >= max(
             2 * self._analyzed_at, ANALYZE_FROM
         ):
@@ -253,8 +256,8 @@ class OutboxSink:
     def _flush_sqlite(self) -> None:
         """SQLite: driver-level executemany with parameters in the form the column types store them.
 
-        The same statements as ``_flush_core`` without SQLAlchemy's per-row parameter handling, which
-        costs more than SQLite's own work for these narrow rows.
+        Without SQLAlchemy's per-row parameter handling, which costs more than SQLite's own work for
+        these narrow rows.
         """
         if self._cancels:  # a customer who left a stage: its pending messages are not sent
             claimable = " OR ".join("status = ?" for _ in CLAIMABLE)
@@ -298,48 +301,48 @@ class OutboxSink:
             self.conn.exec_driver_sql(*_insert_sql(self.conn, OUTBOX, self._actions, "idempotency_key"))
             self._actions = []
 
-    def _flush_core(self) -> None:
-        """Through SQLAlchemy Core (PostgreSQL: INSERTs are sent as multi-row VALUES)."""
+    def _flush_postgresql(self) -> None:
+        """PostgreSQL: one statement per kind of write, its rows passed as arrays and unnested.
+
+        A parameter list per row (executemany) costs a round of execution per row, and multi-row
+        VALUES a parse of thousands of parameters; arrays are parsed once.
+        """
         if self._cancels:  # a customer who left a stage: its pending messages are not sent
-            self.conn.execute(
-                update(OUTBOX)
-                .where(
-                    OUTBOX.c.playbook == self.playbook,
-                    OUTBOX.c.customer_id == bindparam("c_customer"),
-                    OUTBOX.c.stage == bindparam("c_stage"),
-                    or_(*(OUTBOX.c.status == status for status in CLAIMABLE)),  # no IN: executemany
-                )
-                .values(status="cancelled", last_error=bindparam("c_reason")),
-                self._cancels,
+            self.conn.exec_driver_sql(
+                "UPDATE outbox SET status = 'cancelled', last_error = u.reason "
+                "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(customer_id, stage, reason) "
+                "WHERE outbox.playbook = %s AND outbox.customer_id = u.customer_id "
+                "AND outbox.stage = u.stage AND outbox.status = ANY(%s)",
+                (
+                    [c["c_customer"] for c in self._cancels],
+                    [c["c_stage"] for c in self._cancels],
+                    [c["c_reason"] for c in self._cancels],
+                    self.playbook,
+                    list(CLAIMABLE),
+                ),
             )
             self._cancels = []
         if self._enrollment_updates:
-            self.conn.execute(
-                update(ENROLLMENT)
-                .where(ENROLLMENT.c.id == bindparam("e_id"))
-                .values(
-                    step_index=bindparam("e_step_index"),
-                    next_step_at=bindparam("e_next_step_at"),
-                    status=bindparam("e_status"),
-                    ended_at=bindparam("e_ended_at"),
-                    end_reason=bindparam("e_end_reason"),
-                ),
-                self._enrollment_updates,
+            latest = {u["e_id"]: u for u in self._enrollment_updates}  # the last update of each wins
+            columns = ["step_index", "next_step_at", "status", "ended_at", "end_reason", "id"]
+            arrays = _pg_arrays(
+                ENROLLMENT, [{k[2:]: v for k, v in u.items()} for u in latest.values()], columns
+            )
+            self.conn.exec_driver_sql(
+                "UPDATE enrollment SET step_index = u.step_index, next_step_at = u.next_step_at, "
+                "status = u.status, ended_at = u.ended_at, end_reason = u.end_reason "
+                f"FROM unnest({_pg_casts(ENROLLMENT, columns)}) AS u({', '.join(columns)}) "
+                "WHERE enrollment.id = u.id",
+                tuple(arrays),
             )
             self._enrollment_updates = []
         if self._new_enrollments:
-            self.conn.execute(
-                _insert(self.conn, ENROLLMENT).on_conflict_do_nothing(
-                    index_elements=["playbook", "customer_id", "stage", "started_at"]
-                ),
-                self._new_enrollments,
+            self.conn.exec_driver_sql(
+                *_pg_insert(ENROLLMENT, self._new_enrollments, "playbook, customer_id, stage, started_at")
             )
             self._new_enrollments = []
         if self._actions:
-            self.conn.execute(
-                _insert(self.conn, OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]),
-                self._actions,
-            )
+            self.conn.exec_driver_sql(*_pg_insert(OUTBOX, self._actions, "idempotency_key"))
             self._actions = []
 
     def stats(self) -> dict[str, int]:
@@ -379,6 +382,49 @@ def _insert_sql(
         f"ON CONFLICT ({conflict}) DO NOTHING"
     )
     return sql, _driver_rows(conn, table, rows, [(name, name) for name in names])
+
+
+def _pg_type(table: Table, column: str) -> str:
+    """The PostgreSQL element type an array of ``column``'s values is sent as."""
+    affinity = table.c[column].type._type_affinity
+    if affinity is not None and issubclass(affinity, DateTime):
+        return "timestamp"  # stored as naive UTC (UTCDateTime)
+    if affinity is not None and issubclass(affinity, Integer):
+        return "bigint"
+    return "text"  # strings, and JSON as its text (cast to jsonb when inserted)
+
+
+def _pg_casts(table: Table, columns: Sequence[str]) -> str:
+    return ", ".join(f"%s::{_pg_type(table, c)}[]" for c in columns)
+
+
+def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[list[Any]]:
+    """One list per column, with values as the column stores them (naive UTC, JSON text)."""
+    arrays = []
+    for column in columns:
+        affinity = table.c[column].type._type_affinity
+        values = [row[column] for row in rows]
+        if affinity is not None and issubclass(affinity, DateTime):
+            values = [None if v is None else to_utc_naive(v) for v in values]
+        elif affinity is not None and issubclass(affinity, JSON):
+            values = [None if v is None else json.dumps(v) for v in values]
+        arrays.append(values)
+    return arrays
+
+
+def _pg_insert(table: Table, rows: Sequence[dict[str, Any]], conflict: str) -> tuple[str, tuple[Any, ...]]:
+    """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING of ``rows`` (same keys)."""
+    names = list(rows[0])
+    selected = ", ".join(
+        f"u.{n}::jsonb" if issubclass(table.c[n].type._type_affinity or type(None), JSON) else f"u.{n}"
+        for n in names
+    )
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {selected} "
+        f"FROM unnest({_pg_casts(table, names)}) AS u({', '.join(names)}) "
+        f"ON CONFLICT ({conflict}) DO NOTHING"
+    )
+    return sql, tuple(_pg_arrays(table, rows, names))
 
 
 # -- claiming and marking -----------------------------------------------------------------------
