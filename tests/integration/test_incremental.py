@@ -283,3 +283,38 @@ def test_a_large_tick_on_postgresql_refreshes_the_planner_statistics(
             ).all()
         )
     assert counted["outbox"] >= 20 and counted["enrollment"] >= 20
+
+
+def test_the_change_log_is_kept_until_every_playbook_has_read_it(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "daily.yaml"
+    path.write_text(DAILY)
+    daily = load_playbook(path)
+    with engine.begin() as conn:
+        conn.execute(insert(T["customer"]), people(random.Random(10), 30))
+    run_tick(engine, compiled_at(QUIET))
+    run_tick(engine, compile_playbook(daily, QUIET))
+    with engine.begin() as conn:
+        conn.execute(update(T["customer"]).where(T["customer"].c.id == "c0001").values(orders_count=7))
+    later = QUIET + timedelta(minutes=15)
+    assert run_tick(engine, compiled_at(later)).stats["candidates"] == 1
+    with engine.connect() as conn:  # read by lifecycle, not yet by daily: still there
+        assert conn.execute(select(func.count()).select_from(T["customer_change"])).scalar_one() == 1
+    result = run_tick(engine, compile_playbook(daily, later))
+    assert result.stats["full"] == 0 and result.stats["candidates"] == 1
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(T["customer_change"])).scalar_one() == 0
+        stage = conn.execute(
+            select(T["customer_state"].c.stage).where(
+                T["customer_state"].c.playbook == "daily", T["customer_state"].c.customer_id == "c0001"
+            )
+        ).scalar_one()
+    assert stage == "regular"
+
+    # a playbook that has not ticked for over a week no longer holds the log back; it starts over
+    week_later = later + timedelta(days=8)
+    with engine.begin() as conn:
+        conn.execute(update(T["customer"]).where(T["customer"].c.id == "c0002").values(orders_count=9))
+    run_tick(engine, compiled_at(week_later))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(T["customer_change"])).scalar_one() == 0
+    assert run_tick(engine, compile_playbook(daily, week_later)).stats["full"] == 1
