@@ -47,10 +47,10 @@ def tick_cmd(app: App, playbooks: tuple[Path, ...], at_text: str | None, full: b
             full_every=app.settings.full_tick_every,
         )
         s = result.stats
-        evaluated = "everyone" if s["full"] else f"{s['candidates']:,} customers"
         click.echo(
-            f"{result.playbook}: evaluated {evaluated}: {s['transitions']:,} changed segment or stage, "
-            f"{s['enrolled']:,} enrolled, {s['exited']:,} left a program, {s['actions']:,} actions queued "
+            f"{result.playbook}: evaluated {result.evaluated}: "
+            f"{s['transitions']:,} changed segment or stage, {s['enrolled']:,} enrolled, "
+            f"{s['exited']:,} left a program, {s['actions']:,} actions queued "
             f"({s['deferred']:,} deferred) in {result.seconds:.2f}s"
         )
 

@@ -99,7 +99,7 @@ class Daemon:
             "%s: tick in %.2fs (evaluated %s): %d changed, %d enrolled, %d left, %d actions (%d deferred)",
             name,
             result.seconds,
-            "everyone" if s.get("full", 1) else f"{s.get('candidates', 0):,} customers",
+            result.evaluated,
             s["transitions"],
             s["enrolled"],
             s["exited"],

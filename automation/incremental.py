@@ -130,7 +130,7 @@ def begin(
     store = latest if latest is not None else (row.change_seq if row is not None else 0)
     reason = None
     if full:
-        reason = "asked for"
+        reason = "requested"
     elif row is None:
         reason = "first tick"
     elif row.fingerprint != compiled.fingerprint:
@@ -138,7 +138,7 @@ def begin(
     elif now < _aware(row.at):
         reason = "clock moved back"
     elif now - _aware(row.full_at) >= full_every:
-        reason = f"every {_days(full_every)}"
+        reason = f"once every {_days(full_every)}"
     if reason is not None or row is None:
         return TickScope(None, reason or "first tick", store, now)
     return TickScope(Window(_aware(row.at), row.change_seq, latest), "changes", store, _aware(row.full_at))

@@ -24,6 +24,7 @@ class TickResult:
     at: datetime
     seconds: float
     stats: dict[str, int]  # transitions, enrolled, exited, actions, deferred, full (0/1), candidates
+    evaluated: str = ""  # whom: "everyone (first tick)", "10,015 customers"
 
 
 def run_tick(
@@ -82,4 +83,5 @@ def run_tick(
                 stats={**stats, "seconds": round(seconds, 3)},
             )
         )
-    return TickResult(compiled.name, compiled.now, seconds, stats)
+    evaluated = f"everyone ({scope.reason})" if scope.full else f"{stats.get('candidates', 0):,} customers"
+    return TickResult(compiled.name, compiled.now, seconds, stats, evaluated)

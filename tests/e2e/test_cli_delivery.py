@@ -33,13 +33,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tick_dispatch_into_files_then_nothing_twice(project: Path) -> None:
     first = run("tick", "--at", AT, cwd=project)
     assert first.returncode == 0, first.stderr
-    assert "lifecycle: evaluated everyone: 200 changed segment or stage" in first.stdout
+    assert "lifecycle: evaluated everyone (first tick): 200 changed segment or stage" in first.stdout
     again = run("tick", "--at", AT, cwd=project)
     # nothing was written and no time passed: nobody to evaluate, nothing queued
     assert "lifecycle: evaluated 0 customers: 0 changed segment or stage" in again.stdout
     assert "0 actions queued" in again.stdout
     full = run("tick", "--at", AT, "--full", cwd=project)
-    assert "lifecycle: evaluated everyone: 0 changed segment or stage" in full.stdout
+    assert "lifecycle: evaluated everyone (requested): 0 changed segment or stage" in full.stdout
     assert "0 actions queued" in full.stdout
 
     sent = run("dispatch", "--once", "--at", AT, cwd=project)

@@ -232,7 +232,8 @@ def test_run_ticks_and_delivers_email_and_signed_webhooks(
     records = check_json_logs(proc.lines, json_plain)
     messages = [r["message"] for r in records]
     assert "running 1 playbook(s); dispatching" in messages
-    assert any(m.startswith("daemon: tick in ") and "(evaluated everyone)" in m for m in messages)
+    ticks = [m for m in messages if m.startswith("daemon: tick in ")]
+    assert ticks and "(evaluated everyone (first tick))" in ticks[0]
     assert any(m.startswith("batch of ") for m in messages)
     assert not [r for r in records if r["level"] in ("warning", "error", "critical")]
     assert messages[-1] == "stopped"
