@@ -31,7 +31,6 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    and_,
     case,
     func,
     literal,
@@ -39,6 +38,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -462,16 +462,23 @@ def claim(
     PostgreSQL skips rows other workers hold (``FOR UPDATE SKIP LOCKED``); SQLite has one writer at a
     time. A claimed row whose lease has expired is claimable again (its worker died).
     """
-    due = or_(
-        and_(OUTBOX.c.status.in_(CLAIMABLE), OUTBOX.c.due_at <= now),
-        and_(OUTBOX.c.status == "claimed", OUTBOX.c.lease_until < now),
-    )
-    pick = select(OUTBOX.c.id).where(due)
-    if channels:
-        pick = pick.where(OUTBOX.c.channel.in_(channels))
-    pick = pick.order_by(OUTBOX.c.priority.desc(), OUTBOX.c.due_at, OUTBOX.c.id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
+    # one ordered, limited pick per status, each read in order from ix_outbox_pick, then the best of
+    # those: a claim costs what it takes, not a sort of the whole due backlog
+    branches = [[OUTBOX.c.status == status, OUTBOX.c.due_at <= now] for status in CLAIMABLE]
+    branches.append([OUTBOX.c.status == "claimed", OUTBOX.c.lease_until < now])  # its worker died
+    order = (OUTBOX.c.priority.desc(), OUTBOX.c.due_at, OUTBOX.c.id)
+    picks = []
+    for where in branches:
+        branch = select(OUTBOX.c.id, OUTBOX.c.priority, OUTBOX.c.due_at).where(*where)
+        if channels:
+            branch = branch.where(OUTBOX.c.channel.in_(channels))
+        branch = branch.order_by(*order).limit(limit)
+        if conn.dialect.name == "postgresql":
+            branch = branch.with_for_update(skip_locked=True)
+        sub = branch.subquery()
+        picks.append(select(sub.c.id, sub.c.priority, sub.c.due_at))
+    due = union_all(*picks).subquery("due")
+    pick = select(due.c.id).order_by(due.c.priority.desc(), due.c.due_at, due.c.id).limit(limit)
     stmt = (
         update(OUTBOX)
         .where(OUTBOX.c.id.in_(pick.scalar_subquery()))

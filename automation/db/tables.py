@@ -182,6 +182,16 @@ class Outbox(SQLModel, table=True):
     sent_at: datetime | None = _ts()
 
 
+#: The dispatcher's pick: per status, due messages in the order they are sent (priority first).
+Index(
+    "ix_outbox_pick",
+    Outbox.__table__.c.status,  # type: ignore[attr-defined]
+    Outbox.__table__.c.priority.desc(),  # type: ignore[attr-defined]
+    Outbox.__table__.c.due_at,  # type: ignore[attr-defined]
+    Outbox.__table__.c.id,  # type: ignore[attr-defined]
+)
+
+
 class Suppression(SQLModel, table=True):
     """Consent: a channel a customer must not receive (unsubscribed, bounced, complained, manual, invalid)."""
 

@@ -1,0 +1,25 @@
+"""the dispatcher's pick index: per status, due messages in send order (priority first)
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index(
+        "ix_outbox_pick", "outbox", ["status", sa.text("priority DESC"), "due_at", "id"], unique=False
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_outbox_pick", table_name="outbox")
