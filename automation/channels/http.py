@@ -94,6 +94,15 @@ class _DeliveryTransport(AiohttpTransport):
         self._urls: dict[str, yarl.URL] = {}
         self._timeouts: dict[tuple[Any, Any, Any], aiohttp.ClientTimeout] = {}
 
+    def get_client(self) -> aiohttp.ClientSession:
+        """The base transport's session, but without a cookie jar: nothing a receiver sets is kept."""
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=self.limits.max_connections or 100,  # aiohttp's default when none is set
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
     async def send_read(self, request: httpx.Request) -> httpx.Response:
         session = self.client
         if not isinstance(session, aiohttp.ClientSession):

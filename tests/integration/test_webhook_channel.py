@@ -391,3 +391,12 @@ def test_a_malformed_url_is_permanent_on_the_direct_path() -> None:
     error = send_error(hook("http://[::1/hooks"))
     assert isinstance(error, PermanentDeliveryError)
     assert "invalid URL" in str(error) or "unsupported URL" in str(error)
+
+
+def test_cookies_a_receiver_sets_are_never_sent_back(server: LocalServer) -> None:
+    server.route("/hook", Reply(200, json={"ok": True}, headers={"Set-Cookie": "session=abc; Path=/"}))
+    # by name: aiohttp's cookie jar ignores cookies from bare IP addresses
+    url = server.url.replace("127.0.0.1", "localhost") + "/hook"
+    asyncio.run(send(hook(url, key="pb:c1:hook:1"), hook(url, key="pb:c2:hook:1")))
+    first, second = server.wait_for(2)
+    assert first.header("Cookie") is None and second.header("Cookie") is None
