@@ -182,13 +182,19 @@ class Outbox(SQLModel, table=True):
     sent_at: datetime | None = _ts()
 
 
-#: The dispatcher's pick: per status, due messages in the order they are sent (priority first).
+#: Statuses a dispatcher may pick up (a claimed message whose lease expired included).
+PICKABLE = ("pending", "retry", "claimed")
+_pickable = Outbox.__table__.c.status.in_(PICKABLE)  # type: ignore[attr-defined]
+#: The dispatcher's pick: per status, due messages in the order they are sent (priority first). Only
+#: messages still to send are in it, so sending or cancelling one removes an entry and adds none.
 Index(
     "ix_outbox_pick",
     Outbox.__table__.c.status,  # type: ignore[attr-defined]
     Outbox.__table__.c.priority.desc(),  # type: ignore[attr-defined]
     Outbox.__table__.c.due_at,  # type: ignore[attr-defined]
     Outbox.__table__.c.id,  # type: ignore[attr-defined]
+    sqlite_where=_pickable,
+    postgresql_where=_pickable,
 )
 
 

@@ -44,5 +44,5 @@ def test_each_status_is_picked_in_order_from_the_pick_index(tmp_path: Any) -> No
     expected = sorted(rows, key=lambda r: (-r["priority"], r["due_at"]))[:50]
     assert {r.idempotency_key for r in claimed} == {r["idempotency_key"] for r in expected}
     picks = [step for step in plan if "outbox USING" in step and "ix_outbox_pick" in step]
-    assert len(picks) == 3, plan  # pending, retry, and claimed with an expired lease
+    assert len(picks) == 3, "\n".join(plan)  # pending, retry, and claimed with an expired lease
     assert sum("TEMP B-TREE FOR ORDER BY" in step for step in plan) == 1, plan  # only the final 150 rows

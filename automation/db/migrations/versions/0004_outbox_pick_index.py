@@ -1,4 +1,5 @@
-"""the dispatcher's pick index: per status, due messages in send order (priority first)
+"""the dispatcher's pick index: per status, due messages in send order (priority first), only
+messages still to send
 
 Revision ID: 0004
 Revises: 0003
@@ -15,9 +16,17 @@ branch_labels = None
 depends_on = None
 
 
+PICKABLE = sa.text("status IN ('pending', 'retry', 'claimed')")
+
+
 def upgrade() -> None:
     op.create_index(
-        "ix_outbox_pick", "outbox", ["status", sa.text("priority DESC"), "due_at", "id"], unique=False
+        "ix_outbox_pick",
+        "outbox",
+        ["status", sa.text("priority DESC"), "due_at", "id"],
+        unique=False,
+        sqlite_where=PICKABLE,
+        postgresql_where=PICKABLE,
     )
 
 
