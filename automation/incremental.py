@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     Column,
@@ -46,7 +45,16 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
-from automation.rules.compiler import Anniversary, DaysBoundary, EventWindow, on_month_days
+from automation.engine import _aware, _period
+from automation.rules.ast import format_duration
+from automation.rules.compiler import (
+    Anniversary,
+    DaysBoundary,
+    EventWindow,
+    known_zones,
+    on_month_days,
+    zone_or_utc,
+)
 
 CUSTOMER = metadata.tables["customer"]
 EVENT = metadata.tables["event"]
@@ -138,7 +146,7 @@ def begin(
     elif now < _aware(row.at):
         reason = "clock moved back"
     elif now - _aware(row.full_at) >= full_every:
-        reason = f"once every {_days(full_every)}"
+        reason = f"once every {format_duration(full_every)}"
     if reason is not None or row is None:
         return TickScope(None, reason or "first tick", store, now)
     return TickScope(Window(_aware(row.at), row.change_seq, latest), "changes", store, _aware(row.full_at))
@@ -262,7 +270,7 @@ def _boundaries(atom: DaysBoundary, since: datetime, now: datetime) -> tuple[Any
 def _turned_days(since: datetime, now: datetime, fallback: str) -> list[tuple[int, int]]:
     """(month, day) pairs that some time zone left or reached between ``since`` and ``now``."""
     turned: set[date] = set()
-    for zone in (*_zones(), _zone(fallback)):
+    for zone in (*known_zones(), zone_or_utc(fallback)):
         first, last = since.astimezone(zone).date(), now.astimezone(zone).date()
         if first != last:  # only the two dates matter: the rule holds on one day at a time
             turned.update((first, last))
@@ -281,50 +289,20 @@ def _recurring_zones(
     pb = compiled.loaded.playbook
     if not pb.recurring:
         return None
-    from automation.engine import _period
-
     periods = {rule.once_per for rule in pb.recurring}
 
     def turned(zone: ZoneInfo) -> bool:
         return any(_period(since.astimezone(zone), p) != _period(now.astimezone(zone), p) for p in periods)
 
-    zones = [zone.key for zone in _zones() if turned(zone)]
+    zones = [zone.key for zone in known_zones() if turned(zone)]
     parts: list[ColumnElement[bool]] = []
     if zones:
         parts.append(CUSTOMER.c.timezone.in_(zones))
-    if turned(_zone(pb.timezone)):  # customers whose zone is unknown count in the playbook's
-        parts.append(CUSTOMER.c.timezone.not_in([zone.key for zone in _zones()]))
+    if turned(zone_or_utc(pb.timezone)):  # customers whose zone is unknown count in the playbook's
+        parts.append(CUSTOMER.c.timezone.not_in([zone.key for zone in known_zones()]))
     if not parts:
         return None
     return or_(*parts) if len(parts) > 1 else parts[0]
-
-
-@lru_cache(maxsize=1)
-def _zones() -> tuple[ZoneInfo, ...]:
-    loaded = []
-    for name in sorted(available_timezones()):
-        try:
-            loaded.append(ZoneInfo(name))
-        except Exception:  # a zone file that cannot be loaded counts as unknown
-            continue
-    return tuple(loaded)
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except Exception:
-        return ZoneInfo("UTC")
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _days(period: timedelta) -> str:
-    from automation.rules.ast import format_duration
-
-    return format_duration(period)
 
 
 __all__ = [

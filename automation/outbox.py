@@ -495,12 +495,7 @@ def claim(
 
 def _marker(conn: Connection) -> str:
     """The driver's positional parameter marker (SQLite: ``?``; psycopg: ``%s``)."""
-    style = conn.dialect.paramstyle
-    if style == "qmark":
-        return "?"
-    if style in ("format", "pyformat"):
-        return "%s"
-    raise NotImplementedError(f"parameter style {style!r}")
+    return "%s" if conn.dialect.name == "postgresql" else "?"
 
 
 def _stored(conn: Connection, column: str, value: datetime) -> Any:

@@ -501,7 +501,7 @@ class _Compiler:
     def anniversary(self, col: ColumnElement[Any], kind: str) -> ColumnElement[bool]:
         self.record(Anniversary(col, kind))
         groups = _local_dates(self.now.astimezone(UTC).replace(second=0, microsecond=0))
-        fallback = self.now.astimezone(_zone(self.scope.fallback_timezone)).date()
+        fallback = self.now.astimezone(zone_or_utc(self.scope.fallback_timezone)).date()
 
         def days_of(local: date) -> list[str]:
             days = [local.strftime("%m-%d")]
@@ -562,15 +562,24 @@ def _date(year: int, month: int, day: int) -> date | None:
 def _local_dates(now: datetime) -> tuple[tuple[date, tuple[str, ...]], ...]:
     """IANA zones grouped by their local date at ``now`` (two or three groups at any instant)."""
     groups: dict[date, list[str]] = {}
-    for name in sorted(available_timezones()):
-        try:
-            groups.setdefault(now.astimezone(ZoneInfo(name)).date(), []).append(name)
-        except Exception:  # a zone file that cannot be loaded is treated as unknown
-            continue
+    for zone in known_zones():
+        groups.setdefault(now.astimezone(zone).date(), []).append(zone.key)
     return tuple((local, tuple(zones)) for local, zones in sorted(groups.items()))
 
 
-def _zone(name: str) -> ZoneInfo:
+@lru_cache(maxsize=1)
+def known_zones() -> tuple[ZoneInfo, ...]:
+    """Every IANA zone this machine can load, by name (a zone that cannot be loaded counts as unknown)."""
+    loaded = []
+    for name in sorted(available_timezones()):
+        try:
+            loaded.append(ZoneInfo(name))
+        except Exception:
+            continue
+    return tuple(loaded)
+
+
+def zone_or_utc(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except Exception:
