@@ -13,8 +13,8 @@ body excerpts go through :func:`automation.masking.mask_text`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx
@@ -27,7 +27,7 @@ from automation.channels.base import parse_retry_after, transient_status
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
 
-__all__ = ["EXCERPT_CHARS", "body_excerpt", "make_client", "raise_for_delivery", "send_errors"]
+__all__ = ["EXCERPT_CHARS", "Answer", "body_excerpt", "make_client", "raise_for_delivery", "send_errors"]
 
 EXCERPT_CHARS = 200  # how much of an error response body goes into the error message
 
@@ -40,6 +40,27 @@ class _NoCookies(httpx.Cookies):
 
     def set_cookie_header(self, request: httpx.Request) -> None:
         return None
+
+
+_DECODED = ("content-encoding", "content-length")  # describe the body as sent, not as read
+
+
+class Answer(NamedTuple):
+    """A read response, its body decoded (what :meth:`_DeliveryClient.post_bytes` returns)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+    def response(self) -> httpx.Response:
+        """The same as an httpx response (for error reporting: :func:`raise_for_delivery`)."""
+        return httpx.Response(
+            self.status,
+            headers=[(k, v) for k, v in self.headers.items() if k.lower() not in _DECODED],
+            content=self.body,
+            request=httpx.Request("POST", self.url),
+        )
 
 
 class _DeliveryClient(httpx.AsyncClient):
@@ -62,6 +83,16 @@ class _DeliveryClient(httpx.AsyncClient):
         if isinstance(transport, _DeliveryTransport) and transport.proxy is None:
             return transport.send_read(request)
         return self._send_through(request)
+
+    def post_bytes(self, url: str, headers: Mapping[str, str], body: bytes) -> Awaitable[Answer] | None:
+        """POST ``body`` to ``url`` straight through aiohttp, with no httpx request or response built:
+        the answer comes back as an :class:`Answer`. None when this client cannot (a proxy, or another
+        transport): use :meth:`send_direct` then. Network errors are aiohttp's or ``TimeoutError``
+        (:class:`send_errors` maps both)."""
+        transport = self._transport
+        if not isinstance(transport, _DeliveryTransport) or transport.proxy is not None:
+            return None
+        return transport.post_bytes(url, headers, body, self.timeout)
 
     async def _send_through(self, request: httpx.Request) -> httpx.Response:
         response = await self._transport.handle_async_request(request)
@@ -102,6 +133,46 @@ class _DeliveryTransport(AiohttpTransport):
             limit=self.limits.max_connections or 100,  # aiohttp's default when none is set
         )
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    def _timeout(self, limits: Mapping[str, Any]) -> aiohttp.ClientTimeout:
+        key = (limits.get("connect"), limits.get("read"), limits.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+            _remember(self._timeouts, key, timeout)
+        return timeout
+
+    def _url(self, text: str) -> yarl.URL | str:
+        url: yarl.URL | str | None = self._urls.get(text)
+        if url is None:
+            try:
+                url = yarl.URL(text)
+            except ValueError:
+                return text  # aiohttp raises its own error for it
+            _remember(self._urls, text, url)
+        return url
+
+    def _session(self) -> aiohttp.ClientSession:
+        session = self.client
+        if not isinstance(session, aiohttp.ClientSession):
+            session = self.client = self.get_client()
+        return session
+
+    async def post_bytes(
+        self, url: str, headers: Mapping[str, str], body: bytes, timeout: httpx.Timeout
+    ) -> Answer:
+        """See :meth:`_DeliveryClient.post_bytes`."""
+        async with self._session().request(
+            "POST",
+            self._url(url),
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            compress=False,
+            timeout=self._timeout(timeout.as_dict()),
+        ) as answer:
+            content = await answer.read()
+        return Answer(answer.status, answer.headers, content, url)
 
     async def send_read(self, request: httpx.Request) -> httpx.Response:
         session = self.client
@@ -241,11 +312,11 @@ class send_errors:  # used like a function: ``with send_errors("webhook"):``
         if exc is None:
             return
         what = self.what
-        if isinstance(exc, httpx.UnsupportedProtocol):
+        if isinstance(exc, httpx.UnsupportedProtocol | aiohttp.NonHttpUrlClientError):
             raise PermanentDeliveryError(
                 f"{what} failed: unsupported URL scheme (use http or https)"
             ) from exc
-        if isinstance(exc, httpx.InvalidURL):
+        if isinstance(exc, httpx.InvalidURL | aiohttp.InvalidURL):
             raise PermanentDeliveryError(f"{what} failed: invalid URL") from exc
         if isinstance(exc, httpx.TransportError | aiohttp.ClientError):
             raise TransientDeliveryError(f"{what} failed: {_describe(exc)}") from exc

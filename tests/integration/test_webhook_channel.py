@@ -400,3 +400,54 @@ def test_cookies_a_receiver_sets_are_never_sent_back(server: LocalServer) -> Non
     asyncio.run(send(hook(url, key="pb:c1:hook:1"), hook(url, key="pb:c2:hook:1")))
     first, second = server.wait_for(2)
     assert first.header("Cookie") is None and second.header("Cookie") is None
+
+
+# ------------------------------------------- the aiohttp fast path and the httpx path send the same
+
+
+async def send_with(client: httpx.AsyncClient, delivery: Delivery) -> DeliveryResult | BaseException:
+    async with client:
+        try:
+            return await WebhookChannel(client, secret=SECRET).send(delivery)
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            return exc
+
+
+def test_any_httpx_client_sends_the_same_request_and_maps_answers_the_same(server: LocalServer) -> None:
+    headers = {"User-Agent": "automation/0.1"}
+    fast = make_client(timeout=5)
+    taken: list[str] = []
+    post_bytes = fast.post_bytes  # type: ignore[attr-defined]
+
+    def counted(url: str, *rest: object) -> object:
+        taken.append(url)
+        return post_bytes(url, *rest)
+
+    fast.post_bytes = counted  # type: ignore[attr-defined]
+    plain = httpx.AsyncClient(timeout=5, headers=headers)  # no fast path: through httpx
+    assert not hasattr(plain, "post_bytes")
+    server.route("/id", Reply(202, json={"id": "evt_1"}))
+    results = [asyncio.run(send_with(c, hook(server.url + "/id"))) for c in (fast, plain)]
+    assert [r.provider_id for r in results] == ["evt_1", "evt_1"]  # type: ignore[union-attr]
+    assert taken == [server.url + "/id"]  # the first went the fast way
+    first, second = server.requests[-2:]
+    assert first.signature_ok and second.signature_ok
+    assert first.body == second.body == BODY.encode()
+    same = ("content-type", "idempotency-key", "webhook-id", "user-agent", "content-length", "host")
+    assert [first.header(h) for h in same] == [second.header(h) for h in same]
+
+    for status, extra in ((429, {"retry_after": 9}), (404, {})):
+        errors = []
+        for client in (make_client(timeout=5), httpx.AsyncClient(timeout=5, headers=headers)):
+            server.fail_next(status=status, **extra)  # type: ignore[arg-type]
+            errors.append(asyncio.run(send_with(client, hook(server.url))))
+        assert type(errors[0]) is type(errors[1])
+        assert str(errors[0]) == str(errors[1])
+        assert getattr(errors[0], "retry_after", None) == getattr(errors[1], "retry_after", None)
+    assert isinstance(errors[0], PermanentDeliveryError) and "HTTP 404" in str(errors[0])
+
+
+def test_an_unsupported_scheme_does_not_quote_the_url() -> None:
+    error = send_error(hook("ftp://127.0.0.1/hooks?token=SECRET-TOKEN"))
+    assert isinstance(error, PermanentDeliveryError)
+    assert "SECRET-TOKEN" not in str(error) and "unsupported URL scheme" in str(error)
