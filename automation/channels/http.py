@@ -1,8 +1,9 @@
 """Shared HTTP plumbing for the SMS, webhook and CRM channels.
 
 * :func:`make_client` builds one ``httpx.AsyncClient`` per process, on the aiohttp transport
-  (``httpx-aiohttp``; httpx's own transport is the fallback when that package is missing), with a
-  connection limit and a per-operation timeout (connect, read, pool wait).
+  (``httpx-aiohttp``), with a connection limit and a per-operation timeout (connect, read, pool
+  wait). Its ``post_bytes`` posts prebuilt bytes straight through the transport's aiohttp session
+  (what webhooks use) and its ``send_direct`` sends an httpx request past the client's layers.
 * :func:`raise_for_delivery` turns an HTTP response into nothing (2xx) or a delivery error.
 * :func:`send_errors` turns network failures (timeouts, refused or dropped connections, protocol
   errors) into :class:`~automation.errors.TransientDeliveryError`.
