@@ -451,3 +451,12 @@ def test_an_unsupported_scheme_does_not_quote_the_url() -> None:
     error = send_error(hook("ftp://127.0.0.1/hooks?token=SECRET-TOKEN"))
     assert isinstance(error, PermanentDeliveryError)
     assert "SECRET-TOKEN" not in str(error) and "unsupported URL scheme" in str(error)
+
+
+def test_a_redirect_is_not_followed_and_is_permanent(server: LocalServer) -> None:
+    server.route("/moved", Reply(302, headers={"Location": "http://hooks.example.org/new?token=T"}))
+    error = send_error(hook(server.url + "/moved"))
+    assert isinstance(error, PermanentDeliveryError)
+    assert "HTTP 302" in str(error) and "redirect to hooks.example.org" in str(error)
+    assert "token=T" not in str(error)
+    assert [r.path for r in server.requests] == ["/moved"]  # nothing was sent to the new place
