@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from automation.playbooks import FrequencyCap
 
 DEFAULT_DATABASE_URL = "sqlite:///automation.db"
+#: How often a tick evaluates every customer even when nothing says it must (AUTOMATION_FULL_TICK_EVERY).
+DEFAULT_FULL_TICK_EVERY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     secret_key: str = "change-me"
     global_cap: FrequencyCap | None = None  # AUTOMATION_FREQUENCY_CAP, across playbooks
-    full_tick_every: timedelta = timedelta(days=1)  # AUTOMATION_FULL_TICK_EVERY: evaluate everyone
+    full_tick_every: timedelta = DEFAULT_FULL_TICK_EVERY  # AUTOMATION_FULL_TICK_EVERY: evaluate everyone
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
 
     @classmethod
@@ -74,7 +76,7 @@ def _cap(text: str | None) -> FrequencyCap | None:
 
 def _every(text: str | None) -> timedelta:
     if not text:
-        return timedelta(days=1)
+        return DEFAULT_FULL_TICK_EVERY
     from automation.rules.ast import parse_duration
 
     period = parse_duration(text.strip())

@@ -12,6 +12,7 @@ end of the window), and the message's time-to-live (a stale marketing message is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -224,12 +225,8 @@ class Dispatcher:
         """Process messages of one channel until the batch has none left. The worker holds one of the
         channel's concurrency slots meanwhile (workers of the other lane wait for a free one), so at most
         ``concurrency`` messages of a channel are in flight."""
-        limit = self._limits.get(channel)
-        if limit is None:  # not configured: each message is answered without sending
-            for row in rows:
-                outcomes.append(await self._process(row, batch))
-            return
-        async with limit:
+        limit = self._limits.get(channel)  # none when the channel is not configured: nothing is sent
+        async with limit if limit is not None else contextlib.nullcontext():
             for row in rows:
                 outcomes.append(await self._process(row, batch))
 

@@ -44,6 +44,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.compiled import CompiledPlaybook
+from automation.config import DEFAULT_FULL_TICK_EVERY
 from automation.db.tables import metadata
 from automation.engine import _aware, _period
 from automation.rules.ast import format_duration
@@ -62,7 +63,7 @@ CHANGE = metadata.tables["customer_change"]
 CURSOR = metadata.tables["tick_cursor"]
 
 #: How often a tick evaluates everyone even when nothing says it must.
-FULL_EVERY = timedelta(days=1)
+FULL_EVERY = DEFAULT_FULL_TICK_EVERY
 #: A cursor this much older than a tick no longer holds the change log back (its playbook was
 #: probably removed); should that playbook tick again, it evaluates everyone.
 STALE = timedelta(days=7)
@@ -115,10 +116,15 @@ def change_horizon(engine: Engine) -> int | None:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             conn.exec_driver_sql("LOCK TABLE customer_change IN EXCLUSIVE MODE")
-            seq: int = conn.execute(select(func.coalesce(func.max(CHANGE.c.seq), 0))).scalar_one()
-            return seq
+            return _latest_seq(conn)
     except OperationalError:  # a long write holds the table: read without a horizon this time
         return None
+
+
+def _latest_seq(conn: Connection) -> int:
+    """The highest change log position visible to ``conn`` (0 when the log is empty)."""
+    seq: int = conn.execute(select(func.coalesce(func.max(CHANGE.c.seq), 0))).scalar_one()
+    return seq
 
 
 def begin(
@@ -130,10 +136,7 @@ def begin(
 ) -> TickScope:
     """Decide whom this tick evaluates, before it reads anything else."""
     now = compiled.now
-    if conn.dialect.name == "postgresql":
-        latest = horizon
-    else:
-        latest = conn.execute(select(func.coalesce(func.max(CHANGE.c.seq), 0))).scalar_one()
+    latest = horizon if conn.dialect.name == "postgresql" else _latest_seq(conn)
     row = conn.execute(select(CURSOR).where(CURSOR.c.playbook == compiled.name)).first()
     store = latest if latest is not None else (row.change_seq if row is not None else 0)
     reason = None

@@ -386,12 +386,17 @@ def _insert_sql(
     return sql, _driver_rows(conn, table, rows, [(name, name) for name in names])
 
 
+def _is(table: Table, column: str, kind: type) -> bool:
+    """Whether ``column``'s type is of the generic ``kind`` (DateTime, Integer, JSON)."""
+    affinity = table.c[column].type._type_affinity
+    return affinity is not None and issubclass(affinity, kind)
+
+
 def _pg_type(table: Table, column: str) -> str:
     """The PostgreSQL element type an array of ``column``'s values is sent as."""
-    affinity = table.c[column].type._type_affinity
-    if affinity is not None and issubclass(affinity, DateTime):
+    if _is(table, column, DateTime):
         return "timestamp"  # stored as naive UTC (UTCDateTime)
-    if affinity is not None and issubclass(affinity, Integer):
+    if _is(table, column, Integer):
         return "bigint"
     return "text"  # strings, and JSON as its text (cast to jsonb when inserted)
 
@@ -404,11 +409,10 @@ def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[s
     """One list per column, with values as the column stores them (naive UTC, JSON text)."""
     arrays = []
     for column in columns:
-        affinity = table.c[column].type._type_affinity
         values = [row[column] for row in rows]
-        if affinity is not None and issubclass(affinity, DateTime):
+        if _is(table, column, DateTime):
             values = [None if v is None else to_utc_naive(v) for v in values]
-        elif affinity is not None and issubclass(affinity, JSON):
+        elif _is(table, column, JSON):
             values = [None if v is None else json.dumps(v) for v in values]
         arrays.append(values)
     return arrays
@@ -417,10 +421,7 @@ def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[s
 def _pg_insert(table: Table, rows: Sequence[dict[str, Any]], conflict: str) -> tuple[str, tuple[Any, ...]]:
     """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING of ``rows`` (same keys)."""
     names = list(rows[0])
-    selected = ", ".join(
-        f"u.{n}::jsonb" if issubclass(table.c[n].type._type_affinity or type(None), JSON) else f"u.{n}"
-        for n in names
-    )
+    selected = ", ".join(f"u.{n}::jsonb" if _is(table, n, JSON) else f"u.{n}" for n in names)
     sql = (
         f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {selected} "
         f"FROM unnest({_pg_casts(table, names)}) AS u({', '.join(names)}) "

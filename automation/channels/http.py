@@ -176,25 +176,10 @@ class _DeliveryTransport(AiohttpTransport):
         return Answer(answer.status, answer.headers, content, url)
 
     async def send_read(self, request: httpx.Request) -> httpx.Response:
-        session = self.client
-        if not isinstance(session, aiohttp.ClientSession):
-            session = self.client = self.get_client()
+        session = self._session()
         extensions = request.extensions
-        limits = extensions.get("timeout") or {}
-        key = (limits.get("connect"), limits.get("read"), limits.get("pool"))
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
-            _remember(self._timeouts, key, timeout)
-        text = str(request.url)
-        url: yarl.URL | str | None = self._urls.get(text)
-        if url is None:
-            try:
-                url = yarl.URL(text)
-            except ValueError:
-                url = text  # aiohttp raises its own error for it, mapped below
-            else:
-                _remember(self._urls, text, url)
+        timeout = self._timeout(extensions.get("timeout") or {})
+        url = self._url(str(request.url))
         raw = request.headers.raw
         try:  # ASCII, as nearly always; else the encoding httpx settles on
             headers = CIMultiDict([(k.decode("ascii"), v.decode("ascii")) for k, v in raw])
