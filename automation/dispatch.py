@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -26,9 +27,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Table, bindparam, select, update
+from sqlalchemy import Engine, Select, Table, select, update
 
 from automation.channels.base import Channel, Delivery
+from automation.db.lists import among_param
 from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
@@ -46,14 +48,20 @@ SUPPRESSION: Table = metadata.tables["suppression"]
 TASK: Table = metadata.tables["task"]
 TASK_HOLD_RECHECK = timedelta(hours=6)
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
-# what sending a batch needs to know about its customers (statements built once; the ids expand)
-_CUSTOMERS = select(CUSTOMER).where(CUSTOMER.c.id.in_(bindparam("ids", expanding=True)))
-_SUPPRESSIONS = select(SUPPRESSION.c.customer_id, SUPPRESSION.c.channel, SUPPRESSION.c.reason).where(
-    SUPPRESSION.c.customer_id.in_(bindparam("ids", expanding=True))
-)
-_OPEN_TASKS = select(TASK.c.customer_id).where(
-    TASK.c.customer_id.in_(bindparam("ids", expanding=True)), TASK.c.status == "open"
-)
+
+
+@functools.cache
+def _lookups(dialect: str) -> tuple[Select[Any], Select[Any], Select[Any]]:
+    """What sending a batch needs to know about its customers: statements built once per database
+    (the customer ids are one parameter, ``ids``)."""
+    customers = select(CUSTOMER).where(among_param(CUSTOMER.c.id, "ids", dialect))
+    suppressions = select(SUPPRESSION.c.customer_id, SUPPRESSION.c.channel, SUPPRESSION.c.reason).where(
+        among_param(SUPPRESSION.c.customer_id, "ids", dialect)
+    )
+    open_tasks = select(TASK.c.customer_id).where(
+        among_param(TASK.c.customer_id, "ids", dialect), TASK.c.status == "open"
+    )
+    return customers, suppressions, open_tasks
 
 
 def default_worker_id() -> str:
@@ -232,15 +240,16 @@ class Dispatcher:
 
     def _facts(self, rows: list[_Message]) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
         ids = {"ids": sorted({row.customer_id for row in rows})}
+        customers_of, suppressions_of, open_tasks_of = _lookups(self.engine.dialect.name)
         with self.engine.connect() as conn:
-            result = conn.execute(_CUSTOMERS, ids)
+            result = conn.execute(customers_of, ids)
             columns = tuple(result.keys())
             key = columns.index("id")
             customers = {r[key]: dict(zip(columns, r, strict=False)) for r in result}
-            suppressed = {(r.customer_id, r.channel): r.reason for r in conn.execute(_SUPPRESSIONS, ids)}
+            suppressed = {(r.customer_id, r.channel): r.reason for r in conn.execute(suppressions_of, ids)}
             # open tasks matter only to messages held during them (email and SMS of playbooks that say so)
             holdable = sorted({row.customer_id for row in rows if row.payload.get("hold_during_tasks")})
-            held = {r[0] for r in conn.execute(_OPEN_TASKS, {"ids": holdable})} if holdable else set()
+            held = {r[0] for r in conn.execute(open_tasks_of, {"ids": holdable})} if holdable else set()
         for customer_id in held:  # an open high-touch task holds automated email and SMS
             suppressed[(customer_id, "open-task")] = "held"
         return customers, suppressed

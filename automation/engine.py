@@ -23,6 +23,7 @@ from sqlalchemy import Column, Connection, MetaData, String, Table, and_, func, 
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.compiled import AnyStep, CompiledPlaybook
+from automation.db.lists import among
 from automation.db.tables import metadata
 from automation.playbooks import (
     FrequencyCap,
@@ -156,7 +157,7 @@ def evaluate(
     segment, stage, source = _scan(conn, compiled, customer_ids)
     inner = select(segment.label("segment"), stage.label("stage")).select_from(source)
     if customer_ids is not None:
-        inner = inner.where(CUSTOMER.c.id.in_(customer_ids))
+        inner = inner.where(among(CUSTOMER.c.id, customer_ids, conn.dialect.name))
     if conn.dialect.name == "sqlite":
         pb = compiled.loaded.playbook
         segments: list[str | None] = list(pb.segment_names)
@@ -217,7 +218,7 @@ def transitions(
         STATE.c.customer_id.label("known"),
     ).select_from(joined)
     if customer_ids is not None:
-        inner = inner.where(CUSTOMER.c.id.in_(customer_ids))
+        inner = inner.where(among(CUSTOMER.c.id, customer_ids, conn.dialect.name))
     if only is not None:
         inner = inner.where(CUSTOMER.c.id.in_(only))
     rows = inner.subquery("evaluated")
@@ -311,6 +312,7 @@ class _Planner:
         self, conn: Connection, compiled: CompiledPlaybook, sink: Sink, global_cap: FrequencyCap | None
     ):
         self.conn, self.compiled, self.sink = conn, compiled, sink
+        self.dialect = conn.dialect.name
         self.pb: Playbook = compiled.loaded.playbook
         self.now = compiled.now
         self.global_cap = global_cap
@@ -361,9 +363,10 @@ class _Planner:
         """Every enrollment of these customers in this playbook (looked up by customer, one query)."""
         if not ids:
             return []
-        query = select(ENROLLMENT).where(
-            ENROLLMENT.c.playbook == self.pb.name, ENROLLMENT.c.customer_id.in_(ids)
-        )
+        e = ENROLLMENT.c
+        query = select(
+            e.id, e.customer_id, e.stage, e.touch, e.segment, e.started_at, e.step_index, e.status
+        ).where(e.playbook == self.pb.name, among(e.customer_id, ids, self.dialect))
         return list(self.conn.execute(query))
 
     def leave_and_enter(self, batch: list[Transition]) -> set[str]:
@@ -418,7 +421,7 @@ class _Planner:
                 .limit(BATCH)
             )
             if customer_ids is not None:
-                query = query.where(ENROLLMENT.c.customer_id.in_(customer_ids))
+                query = query.where(among(ENROLLMENT.c.customer_id, customer_ids, self.dialect))
             rows = self.conn.execute(query).all()
             if not rows:
                 return
@@ -503,7 +506,7 @@ class _Planner:
                 .order_by(CUSTOMER.c.id)
             )
             if customer_ids is not None:
-                query = query.where(CUSTOMER.c.id.in_(customer_ids))
+                query = query.where(among(CUSTOMER.c.id, customer_ids, self.dialect))
             if only is not None:
                 query = query.where(CUSTOMER.c.id.in_(only))
             rows = list(self.conn.execute(query))
@@ -519,8 +522,10 @@ class _Planner:
                     k
                     for (k,) in self.conn.execute(
                         select(OUTBOX.c.idempotency_key).where(
-                            OUTBOX.c.idempotency_key.in_(
-                                [f"{k}:{i}" for k in keys.values() for i in range(len(rule.steps))]
+                            among(
+                                OUTBOX.c.idempotency_key,
+                                [f"{k}:{i}" for k in keys.values() for i in range(len(rule.steps))],
+                                self.dialect,
                             )
                         )
                     )
@@ -566,14 +571,14 @@ class _Planner:
         columns += [self.compiled.guards[k].condition.label(f"g{i}") for i, k in enumerate(guard_keys)]
         customers: dict[str, Any] = {}
         guards: dict[tuple[str, str, str, int], bool] = {}
-        for row in self.conn.execute(select(*columns).where(CUSTOMER.c.id.in_(ids))):
+        for row in self.conn.execute(select(*columns).where(among(CUSTOMER.c.id, ids, self.dialect))):
             customers[row.id] = row
             for i, key in enumerate(guard_keys):
                 guards[(row.id, *key)] = bool(row[5 + i])
         suppressed: dict[tuple[str, str], str] = {}
         for customer_id, channel, reason in self.conn.execute(
             select(SUPPRESSION.c.customer_id, SUPPRESSION.c.channel, SUPPRESSION.c.reason).where(
-                SUPPRESSION.c.customer_id.in_(ids)
+                among(SUPPRESSION.c.customer_id, ids, self.dialect)
             )
         ):
             suppressed[(customer_id, channel)] = reason
@@ -584,7 +589,9 @@ class _Planner:
         """Customers with a high-touch task open or on its way (automated marketing waits for it)."""
         if not self.pb.hold_during_tasks:
             return set()
-        open_rows = select(TASK.c.customer_id).where(TASK.c.customer_id.in_(ids), TASK.c.status == "open")
+        open_rows = select(TASK.c.customer_id).where(
+            among(TASK.c.customer_id, ids, self.dialect), TASK.c.status == "open"
+        )
         held = {row[0] for row in self.conn.execute(open_rows)}
         # filtered here, not in SQL, so the database looks rows up by customer (the one selective column)
         for customer_id, channel, status, *_ in self._outbox_rows(ids):
@@ -604,7 +611,7 @@ class _Planner:
             OUTBOX.c.playbook,
             OUTBOX.c.idempotency_key,
             OUTBOX.c.due_at,
-        ).where(OUTBOX.c.customer_id.in_(ids))
+        ).where(among(OUTBOX.c.customer_id, ids, self.dialect))
         rows = list(self.conn.execute(query))
         self._outbox_cache = (ids, rows)
         return rows

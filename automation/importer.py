@@ -31,11 +31,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, String, Table, bindparam, select
+from sqlalchemy import Engine, String, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from automation.db.lists import among_param
 from automation.db.tables import Customer, Event
 from automation.errors import DatabaseError, InputError, Problem
 
@@ -550,7 +551,7 @@ def _write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
 def _write_events(conn: Connection, batch: list[tuple[int, dict[str, Any]]], report: ImportReport) -> int:
     """Append a batch of events; rows naming an unknown customer are rejected. Returns rows written."""
     ids = sorted({row["customer_id"] for _line, row in batch})
-    query = select(CUSTOMER_TABLE.c.id).where(CUSTOMER_TABLE.c.id.in_(bindparam("ids", expanding=True)))
+    query = select(CUSTOMER_TABLE.c.id).where(among_param(CUSTOMER_TABLE.c.id, "ids", conn.dialect.name))
     known = set(conn.execute(query, {"ids": ids}).scalars())
     rows = []
     for line, row in batch:

@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
+from automation.db.lists import PgArray
 from automation.db.tables import PICKABLE, metadata
 from automation.db.types import UTCDateTime, to_utc_naive
 from automation.engine import CHANGES, EnrollmentChange, PlannedAction, Transition
@@ -316,11 +317,11 @@ class OutboxSink:
                 "WHERE outbox.playbook = %s AND outbox.customer_id = u.customer_id "
                 "AND outbox.stage = u.stage AND outbox.status = ANY(%s)",
                 (
-                    [c["c_customer"] for c in self._cancels],
-                    [c["c_stage"] for c in self._cancels],
-                    [c["c_reason"] for c in self._cancels],
+                    PgArray(c["c_customer"] for c in self._cancels),
+                    PgArray(c["c_stage"] for c in self._cancels),
+                    PgArray(c["c_reason"] for c in self._cancels),
                     self.playbook,
-                    list(CLAIMABLE),
+                    PgArray(CLAIMABLE),
                 ),
             )
             self._cancels = []
@@ -405,8 +406,8 @@ def _pg_casts(table: Table, columns: Sequence[str]) -> str:
     return ", ".join(f"%s::{_pg_type(table, c)}[]" for c in columns)
 
 
-def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[list[Any]]:
-    """One list per column, with values as the column stores them (naive UTC, JSON text)."""
+def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[PgArray]:
+    """One array per column, with values as the column stores them (naive UTC, JSON text)."""
     arrays = []
     for column in columns:
         values = [row[column] for row in rows]
@@ -414,7 +415,7 @@ def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[s
             values = [None if v is None else to_utc_naive(v) for v in values]
         elif _is(table, column, JSON):
             values = [None if v is None else json.dumps(v) for v in values]
-        arrays.append(values)
+        arrays.append(PgArray(values))
     return arrays
 
 

@@ -362,12 +362,15 @@ Step = Annotated[
 MessageStep = EmailStep | SmsStep | WebhookStep | TaskStep
 
 
+_CHANNEL_OF: dict[type, str] = {EmailStep: "email", SmsStep: "sms", WebhookStep: "webhook", TaskStep: "task"}
+
+
 def step_channel(step: MessageStep) -> str:
-    return next(kind for kind in CHANNELS if hasattr(step, kind))
+    return _CHANNEL_OF[type(step)]
 
 
 def step_template(step: MessageStep) -> str:
-    return str(getattr(step, step_channel(step)))
+    return str(getattr(step, _CHANNEL_OF[type(step)]))
 
 
 # -- the playbook ----------------------------------------------------------------------------

@@ -7,7 +7,9 @@ Generates customers and events with bench/evaluate.py's generator (same rows, sa
 2. steady state, ``--repeat K`` rounds: 1% of the customers (a different deterministic slice each round)
    get a new ``orders_count`` so that their stage changes, ``now`` moves 15 minutes on, and the tick
    at that ``now`` is timed next to ``evaluate(conn, compiled)`` at the same ``now`` (the preview's
-   evaluation), alternating which runs first;
+   evaluation), alternating which runs first, then every message due by ``now`` is marked sent, as the
+   daemon's dispatcher would have done by the next tick (``deliver``; ``--no-deliver`` leaves them
+   all pending);
 3. one more round under cProfile, with every SQL statement's time recorded, to show where a tick
    spends its time (reported separately, not part of the ratio);
 4. the tick's full scans alone next to the evaluation, with prototypes of cheaper forms;
@@ -16,7 +18,7 @@ Generates customers and events with bench/evaluate.py's generator (same rows, sa
    from /proc (P = 1, the default; 0.1 to measure one poll; 3600 for no polling at all).
 
     .venv/bin/python bench/tick.py [--customers N] [--events M] [--backend sqlite|postgresql|both|none]
-                                   [--repeat K] [--keep] [--reuse] [--no-profile] [--no-scans]
+                                   [--repeat K] [--keep] [--reuse] [--no-deliver] [--no-profile] [--no-scans]
                                    [--no-idle] [--idle-seconds S] [--idle-long S] [--output PATH]
 
 Goals (the requirements): the steady-state tick at most 2x the preview's evaluation of the same
@@ -161,6 +163,27 @@ def change_stage(engine: Any, backend: str, k: int) -> int:
             f"WHERE {where}"
         ).rowcount
     return changed
+
+
+def deliver(engine: Any, now: datetime) -> int:
+    """What the daemon's dispatcher does between two ticks: every message due by ``now`` is sent.
+
+    Marked in one UPDATE (no channel runs); deferred messages stay pending until their time comes.
+    Without it, a tick's cancellations and the dispatcher's pick index would carry every message
+    ever planned, which no running daemon has.
+    """
+    from sqlalchemy import update
+
+    from automation.db.tables import metadata
+
+    outbox = metadata.tables["outbox"]
+    with engine.begin() as conn:
+        sent: int = conn.execute(
+            update(outbox)
+            .where(outbox.c.status == "pending", outbox.c.due_at <= now)
+            .values(status="sent", sent_at=outbox.c.due_at, attempts=1)
+        ).rowcount
+    return sent
 
 
 #: Prototypes of library changes (NOT the library), applied with --prototype.
@@ -420,6 +443,8 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
         seconds, stats = time_tick(engine, compiled)
         out["first_tick"] = {"seconds": round(seconds, 3), "stats": stats}
         log(f"{b.name}: first tick: {seconds:.1f} s, {stats}")
+        if args.deliver:
+            log(f"{b.name}: delivered {deliver(engine, compiled.now):,} due messages (dispatcher stand-in)")
         settled = settle(engine, b.name, STATE_TABLES)
         out["settle_s"] = round(settled, 3)
         log(f"{b.name}: {'VACUUM ANALYZE' if b.name == 'postgresql' else 'WAL checkpoint'}: {settled:.1f} s")
@@ -442,6 +467,8 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
         if not tick_first:
             tick_s, stats = time_tick(engine, compiled)
         assert total == args.customers, f"{b.name}: evaluation counted {total:,} customers"
+        if args.deliver:
+            deliver(engine, now)
         ticks.append(tick_s)
         evaluations.append(eval_s)
         rounds.append(
@@ -997,6 +1024,12 @@ def main() -> None:
         "--repeat", type=int, default=5, help="steady-state rounds (a tick and an evaluation)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated databases")
+    parser.add_argument(
+        "--no-deliver",
+        dest="deliver",
+        action="store_false",
+        help="leave every planned message pending (no dispatcher stand-in between ticks)",
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse a kept database of the same size")
     parser.add_argument(
         "--keep-state",
@@ -1040,6 +1073,7 @@ def main() -> None:
         "events": args.events,
         "repeat": args.repeat,
         "changed_per_tick_percent": 100 / SLICES,
+        "delivered_between_ticks": args.deliver,
         "goal": {"max_ratio": GOAL_RATIO},
         "prototypes": {name: PROTOTYPES[name] for name in args.prototype},
         "commit": _git("rev-parse", "HEAD"),
