@@ -5,7 +5,7 @@ and plan (more than looking the rows up); one array parameter, ``column = ANY(%s
 nothing. SQLite takes the expanded list, which it parses quickly.
 
 Arrays go to PostgreSQL in psycopg's binary format (``PgArray``): the text format quotes each element
-after testing it with a regular expression, which for a tick's few hundred thousand values costs
+after testing it with a regular expression, which for a tick's tens of thousands of values costs
 five times as much as the binary format's length prefix.
 """
 
