@@ -361,18 +361,17 @@ class OutboxSink:
 def _driver_rows(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> list[tuple[Any, ...]]:
-    """Parameter tuples: each (key, column) value converted as the column's type binds it."""
-    processors = [table.c[column].type.bind_processor(conn.dialect) for _, column in columns]
-    keys = [key for key, _ in columns]
-    out = []
-    for row in rows:
-        out.append(
-            tuple(
-                value if process is None or value is None else process(value)
-                for value, process in zip((row[k] for k in keys), processors, strict=True)
-            )
-        )
-    return out
+    """Parameter tuples: each (key, column) value converted as the column's type binds it.
+
+    Built a column at a time, so only the columns whose type converts (timestamps, JSON) call a
+    function per value.
+    """
+    values = []
+    for key, column in columns:
+        process = table.c[column].type.bind_processor(conn.dialect)
+        found = [row[key] for row in rows]
+        values.append(found if process is None else [v if v is None else process(v) for v in found])
+    return list(zip(*values, strict=True))
 
 
 def _insert_sql(
