@@ -448,7 +448,14 @@ class _Planner:
         """Walk each program from its position to the next wait, planning every message step on the way."""
         if not due:
             return
-        facts = self.facts([d.customer_id for d in due], {(d.stage, d.touch) for d in due})
+        reached: set[tuple[str, str, int]] = set()  # the steps this run can reach: up to each next wait
+        for d in due:
+            steps = self.pb.program(d.stage, d.touch)
+            index = d.step_index
+            while index < len(steps) and not isinstance(steps[index], WaitStep):
+                reached.add((d.stage, d.touch, index))
+                index += 1
+        facts = self.facts([d.customer_id for d in due], reached)
         for d in due:
             steps = self.pb.program(d.stage, d.touch)
             index = d.step_index
@@ -556,12 +563,18 @@ class _Planner:
                         )
 
     # -- checks --------------------------------------------------------------------------------
-    def facts(self, ids: list[str], programs: set[tuple[str, str]], recurring: str | None = None) -> _Facts:
-        """Everything the checks need about a batch of customers, in a few queries."""
+    def facts(
+        self, ids: list[str], steps: set[tuple[str, str, int]], recurring: str | None = None
+    ) -> _Facts:
+        """Everything the checks need about a batch of customers, in a few queries.
+
+        ``steps``: the program steps (stage, touch, index) that may run now; only their guards are
+        evaluated (with those of the ``recurring`` rule), not those of steps behind a wait.
+        """
         guard_keys = [
             key
             for key in self.compiled.guards
-            if (key[0], key[1]) in programs or (recurring and key[0] == f"recurring:{recurring}")
+            if key in steps or (recurring and key[0] == f"recurring:{recurring}")
         ]
         columns: list[ColumnElement[Any]] = [
             CUSTOMER.c.id,
