@@ -470,7 +470,9 @@ class _Planner:
                     if index < len(steps):
                         next_at = self.now + step.wait
                     break
-                key = f"{self.pb.name}:{d.customer_id}:{d.stage}:{d.started_at.isoformat()}:{d.touch}:{index}"
+                # entry time first: the keys a tick writes for the customers who entered together sit side
+                # by side in the unique index, instead of one index page per customer
+                key = f"{self.pb.name}:{d.started_at.isoformat()}:{d.customer_id}:{d.stage}:{d.touch}:{index}"
                 guard = facts.guards.get((d.customer_id, d.stage, d.touch, index), True)
                 guard_text = self.compiled.guards.get((d.stage, d.touch, index))
                 self.action(
