@@ -448,28 +448,19 @@ class _Planner:
         """Walk each program from its position to the next wait, planning every message step on the way."""
         if not due:
             return
-        reached: set[tuple[str, str, int]] = set()  # the steps this run can reach: up to each next wait
-        for d in due:
-            steps = self.pb.program(d.stage, d.touch)
-            index = d.step_index
-            while index < len(steps) and not isinstance(steps[index], WaitStep):
-                reached.add((d.stage, d.touch, index))
-                index += 1
+        waits = [_next_wait(self.pb.program(d.stage, d.touch), d.step_index) for d in due]
+        reached = {  # the steps this run can reach, whose guards the facts evaluate
+            (d.stage, d.touch, i)
+            for d, wait in zip(due, waits, strict=True)
+            for i in range(d.step_index, wait)
+        }
         facts = self.facts([d.customer_id for d in due], reached)
-        for d in due:
+        for d, wait in zip(due, waits, strict=True):
             steps = self.pb.program(d.stage, d.touch)
-            index = d.step_index
             customer = facts.customers.get(d.customer_id)
             if customer is None:
                 continue
-            next_at: datetime | None = None  # set when a wait leaves steps for later
-            while index < len(steps):
-                step = steps[index]
-                if isinstance(step, WaitStep):
-                    index += 1
-                    if index < len(steps):
-                        next_at = self.now + step.wait
-                    break
+            for index in range(d.step_index, wait):
                 # entry time first: the keys a tick writes for the customers who entered together sit side
                 # by side in the unique index, instead of one index page per customer
                 key = f"{self.pb.name}:{d.started_at.isoformat()}:{d.customer_id}:{d.stage}:{d.touch}:{index}"
@@ -478,7 +469,7 @@ class _Planner:
                 self.action(
                     customer,
                     facts,
-                    step,
+                    steps[index],
                     f"{d.stage}/{d.touch}#{index + 1}",
                     key,
                     d.segment,
@@ -486,7 +477,12 @@ class _Planner:
                     d.stage,
                     None if guard else f"step guard: {guard_text.text if guard_text else ''}",
                 )
-                index += 1
+            index = wait + 1 if wait < len(steps) else wait  # past the wait, where the next run starts
+            next_at: datetime | None = None  # set when the wait leaves steps for later
+            if index < len(steps):
+                step = steps[wait]
+                assert isinstance(step, WaitStep)
+                next_at = self.now + step.wait
             status = "active" if next_at is not None else "completed"
             self.sink.enrollment(
                 EnrollmentChange(
@@ -748,6 +744,15 @@ class _Facts:
     suppressed: dict[tuple[str, str], str]
     sent: dict[str, dict[str, dict[str, datetime]]]  # customer -> playbook -> idempotency key -> due
     open_tasks: set[str] = field(default_factory=set)
+
+
+def _next_wait(steps: Sequence[AnyStep], start: int) -> int:
+    """Index of the first wait at or after ``start`` (``len(steps)`` when none): a run plans the steps
+    from ``start`` up to it."""
+    index = start
+    while index < len(steps) and not isinstance(steps[index], WaitStep):
+        index += 1
+    return index
 
 
 def _aware(value: datetime) -> datetime:
