@@ -52,7 +52,7 @@ BATCH = 1000
 
 
 # -- what a plan is made of ----------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)  # slots, not frozen: built tens of thousands of times a tick
 class Transition:
     """A customer whose segment or stage differs from what was stored at the last tick."""
 
@@ -69,7 +69,7 @@ class Transition:
         return self.stage != self.previous_stage or not self.known
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EnrollmentChange:
     """A program run that starts, advances, completes or exits."""
 
@@ -85,7 +85,7 @@ class EnrollmentChange:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PlannedAction:
     playbook: str
     customer_id: str
@@ -240,15 +240,10 @@ def transitions(
         source = query.order_by(rows.c.customer_id)
     touch_of = {s.name: s.touch for s in compiled.loaded.playbook.segments}
     result = conn.execute(source.execution_options(yield_per=BATCH))
-    for row in result:
+    for customer_id, segment, stage, previous_segment, previous_stage, known in result:
+        touch = touch_of.get(segment) if segment else None
         yield Transition(
-            customer_id=row.customer_id,
-            segment=row.segment,
-            touch=touch_of.get(row.segment) if row.segment else None,
-            stage=row.stage,
-            previous_segment=row.previous_segment,
-            previous_stage=row.previous_stage,
-            known=row.known is not None,
+            customer_id, segment, touch, stage, previous_segment, previous_stage, known is not None
         )
 
 
@@ -264,7 +259,7 @@ CHANGES = Table(
 
 
 # -- planning ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Due:
     """One program position to run for one customer."""
 
@@ -322,6 +317,7 @@ class _Planner:
         # customer-facing messages planned this tick, by idempotency key (some may already be flushed)
         self.planned: dict[str, dict[str, datetime]] = defaultdict(dict)
         self._outbox_cache: tuple[list[str], list[Any]] | None = None
+        self._quiet: dict[str | None, tuple[str | None, datetime | None]] = {}
 
     # entering a stage starts its program for the customer's touch model
     def enter(self, batch: list[Transition], history: list[Any] | None = None) -> None:
@@ -713,11 +709,13 @@ class _Planner:
         window: QuietHours | None = self.pb.quiet_hours
         if window is None:
             return None, None
-        zone = self._zone(customer.timezone)
-        until = window.until(self.now, zone)
-        if until is None:
-            return None, None
-        return f"quiet hours until {window.end:%H:%M} {zone.key}", until
+        found = self._quiet.get(customer.timezone)  # the same for every customer in a zone at ``now``
+        if found is None:
+            zone = self._zone(customer.timezone)
+            until = window.until(self.now, zone)
+            reason = None if until is None else f"quiet hours until {window.end:%H:%M} {zone.key}"
+            found = self._quiet[customer.timezone] = (reason, until)
+        return found
 
     def frequency(self, customer_id: str, facts: _Facts) -> tuple[str | None, datetime | None]:
         history = facts.sent.get(customer_id, {})

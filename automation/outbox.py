@@ -47,7 +47,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from automation.db.lists import PgArray
 from automation.db.tables import PICKABLE, metadata
-from automation.db.types import UTCDateTime, to_utc_naive
+from automation.db.types import UTCDateTime
 from automation.engine import CHANGES, EnrollmentChange, PlannedAction, Transition
 
 OUTBOX: Table = metadata.tables["outbox"]
@@ -406,13 +406,12 @@ def _pg_casts(table: Table, columns: Sequence[str]) -> str:
 
 
 def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[PgArray]:
-    """One array per column, with values as the column stores them (naive UTC, JSON text)."""
+    """One array per column, with values as the column stores them (JSON as text; the array literal
+    writes timestamps as naive UTC)."""
     arrays = []
     for column in columns:
         values = [row[column] for row in rows]
-        if _is(table, column, DateTime):
-            values = [None if v is None else to_utc_naive(v) for v in values]
-        elif _is(table, column, JSON):
+        if _is(table, column, JSON):
             values = [None if v is None else json.dumps(v) for v in values]
         arrays.append(PgArray(values))
     return arrays

@@ -9,12 +9,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from automation.db.lists import PgArray
+from automation.db.lists import ArrayLiteralDumper, PgArray
 from automation.errors import ConfigError, DatabaseError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -34,14 +33,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
         engine = create_engine(parsed, **kwargs)
-        event.listen(engine, "connect", _binary_arrays)
+        event.listen(engine, "connect", _array_literals)
         return engine
     raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
 
 
-def _binary_arrays(dbapi_connection: Any, _record: Any) -> None:
-    """psycopg sends ``PgArray`` parameters in the binary format (see ``automation.db.lists``)."""
-    dbapi_connection.adapters.register_dumper(PgArray, ListBinaryDumper)
+def _array_literals(dbapi_connection: Any, _record: Any) -> None:
+    """psycopg sends ``PgArray`` parameters as array literals (see ``automation.db.lists``)."""
+    dbapi_connection.adapters.register_dumper(PgArray, ArrayLiteralDumper)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
