@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, insert
 
-from automation import incremental
+from automation import collector, incremental
 from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
 from automation.engine import plan
@@ -27,6 +27,7 @@ class TickResult:
     evaluated: str = ""  # whom: "everyone (first tick)", "10,015 customers"
 
 
+@collector.paused()  # rows and plans are freed by reference counting; see automation.collector
 def run_tick(
     engine: Engine,
     compiled: CompiledPlaybook,

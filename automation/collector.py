@@ -1,0 +1,41 @@
+"""Python's cyclic garbage collector, paused while a tick runs.
+
+A tick allocates hundreds of thousands of short-lived objects (rows, transitions, planned messages)
+that reference counting frees as soon as they are done with. The cyclic collector would still walk
+them, and the objects of the whole process, every few thousand allocations: about 0.1 s of a
+steady-state tick at a million customers. Almost none of them form cycles (fewer than 1,000 per
+10,000 changed customers), so pausing the collector for the tick costs no memory worth counting;
+what cycles there are are collected as usual once the last running tick has finished.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_lock = threading.Lock()
+_running = 0  # ticks running now, in any thread
+_was_enabled = False  # whether the collector ran before the first of them paused it
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """Pause automatic collection for the block; nested and concurrent blocks restore it once, at the end."""
+    global _running, _was_enabled
+    with _lock:
+        if _running == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _running += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _running -= 1
+            if _running == 0 and _was_enabled:
+                gc.enable()
+
+
+__all__ = ["paused"]
