@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Column, Connection, MetaData, String, Table, and_, func, insert, or_, select
@@ -52,6 +52,20 @@ BATCH = 1000
 
 
 # -- what a plan is made of ----------------------------------------------------------------------
+class Contact(NamedTuple):
+    """How a customer is reached: what the checks read besides guards."""
+
+    id: str
+    email: str | None
+    phone: str | None
+    owner_email: str | None
+    timezone: str | None
+
+
+#: The customer columns a ``Contact`` holds, in its order.
+CONTACT_COLUMNS = ("id", "email", "phone", "owner_email", "timezone")
+
+
 @dataclass(slots=True)  # slots, not frozen: built tens of thousands of times a tick
 class Transition:
     """A customer whose segment or stage differs from what was stored at the last tick."""
@@ -63,6 +77,7 @@ class Transition:
     previous_segment: str | None
     previous_stage: str | None
     known: bool  # False when the customer had no stored state for this playbook
+    contact: Contact | None = None  # read with the evaluation, so entering a program needs no lookup
 
     @property
     def stage_changed(self) -> bool:
@@ -216,6 +231,7 @@ def transitions(
         STATE.c.segment.label("previous_segment"),
         STATE.c.stage.label("previous_stage"),
         STATE.c.customer_id.label("known"),
+        *(CUSTOMER.c[name].label(f"contact_{name}") for name in CONTACT_COLUMNS[1:]),
     ).select_from(joined)
     if customer_ids is not None:
         inner = inner.where(among(CUSTOMER.c.id, customer_ids, conn.dialect.name))
@@ -240,20 +256,36 @@ def transitions(
         source = query.order_by(rows.c.customer_id)
     touch_of = {s.name: s.touch for s in compiled.loaded.playbook.segments}
     result = conn.execute(source.execution_options(yield_per=BATCH))
-    for customer_id, segment, stage, previous_segment, previous_stage, known in result:
+    for customer_id, segment, stage, previous_segment, previous_stage, known, *contact in result:
         touch = touch_of.get(segment) if segment else None
         yield Transition(
-            customer_id, segment, touch, stage, previous_segment, previous_stage, known is not None
+            customer_id,
+            segment,
+            touch,
+            stage,
+            previous_segment,
+            previous_stage,
+            known is not None,
+            Contact(customer_id, *contact),
         )
 
 
-TRANSITION_COLUMNS = ("customer_id", "segment", "stage", "previous_segment", "previous_stage", "known")
+TRANSITION_COLUMNS = (
+    "customer_id",
+    "segment",
+    "stage",
+    "previous_segment",
+    "previous_stage",
+    "known",
+    *(f"contact_{name}" for name in CONTACT_COLUMNS[1:]),
+)
 #: Where a tick materializes its changes (a temporary table, per connection), so state can be
 #: written from it with INSERT ... SELECT while the planner reads it.
 CHANGES = Table(
     "tick_changes",
     MetaData(),
-    *(Column(name, String(255)) for name in TRANSITION_COLUMNS),
+    *(Column(name, String(255)) for name in TRANSITION_COLUMNS[:6]),
+    *(Column(name, String()) for name in TRANSITION_COLUMNS[6:]),  # contact: as long as the customer has
     prefixes=["TEMPORARY"],
 )
 
@@ -270,6 +302,7 @@ class _Due:
     started_at: datetime
     step_index: int
     enrollment_id: int | None
+    contact: Contact | None = None  # known when the run starts from a transition
 
 
 def plan(
@@ -326,7 +359,7 @@ class _Planner:
             return
         blocked = self.reentry_blocked(entering, history)
         due = [
-            _Due(t.customer_id, t.stage, t.touch, t.segment, self.now, 0, None)  # type: ignore[arg-type]
+            _Due(t.customer_id, t.stage, t.touch, t.segment, self.now, 0, None, t.contact)  # type: ignore[arg-type]
             for t in entering
             if (t.customer_id, t.stage) not in blocked and self.pb.program(t.stage, t.touch)  # type: ignore[arg-type]
         ]
@@ -450,7 +483,9 @@ class _Planner:
             for d, wait in zip(due, waits, strict=True)
             for i in range(d.step_index, wait)
         }
-        facts = self.facts([d.customer_id for d in due], reached)
+        contacts = [d.contact for d in due]
+        known = None if None in contacts else contacts
+        facts = self.facts([d.customer_id for d in due], reached, contacts=known)
         for d, wait in zip(due, waits, strict=True):
             steps = self.pb.program(d.stage, d.touch)
             customer = facts.customers.get(d.customer_id)
@@ -558,32 +593,36 @@ class _Planner:
 
     # -- checks --------------------------------------------------------------------------------
     def facts(
-        self, ids: list[str], steps: set[tuple[str, str, int]], recurring: str | None = None
+        self,
+        ids: list[str],
+        steps: set[tuple[str, str, int]],
+        recurring: str | None = None,
+        contacts: list[Contact] | None = None,
     ) -> _Facts:
         """Everything the checks need about a batch of customers, in a few queries.
 
         ``steps``: the program steps (stage, touch, index) that may run now; only their guards are
         evaluated (with those of the ``recurring`` rule), not those of steps behind a wait.
+        ``contacts``: the customers' contact columns, when already read; the customers are then
+        looked up only if a guard must be evaluated.
         """
         guard_keys = [
             key
             for key in self.compiled.guards
             if key in steps or (recurring and key[0] == f"recurring:{recurring}")
         ]
-        columns: list[ColumnElement[Any]] = [
-            CUSTOMER.c.id,
-            CUSTOMER.c.email,
-            CUSTOMER.c.phone,
-            CUSTOMER.c.owner_email,
-            CUSTOMER.c.timezone,
-        ]
+        columns: list[ColumnElement[Any]] = [CUSTOMER.c[name] for name in CONTACT_COLUMNS]
         columns += [self.compiled.guards[k].condition.label(f"g{i}") for i, k in enumerate(guard_keys)]
         customers: dict[str, Any] = {}
         guards: dict[tuple[str, str, str, int], bool] = {}
-        for row in self.conn.execute(select(*columns).where(among(CUSTOMER.c.id, ids, self.dialect))):
-            customers[row.id] = row
-            for i, key in enumerate(guard_keys):
-                guards[(row.id, *key)] = bool(row[5 + i])
+        if contacts is not None and not guard_keys:
+            customers = {contact.id: contact for contact in contacts}
+        else:
+            rows = self.conn.execute(select(*columns).where(among(CUSTOMER.c.id, ids, self.dialect)))
+            for row in rows:
+                customers[row.id] = row
+                for i, key in enumerate(guard_keys):
+                    guards[(row.id, *key)] = bool(row[len(CONTACT_COLUMNS) + i])
         suppressed: dict[tuple[str, str], str] = {}
         for customer_id, channel, reason in self.conn.execute(
             select(SUPPRESSION.c.customer_id, SUPPRESSION.c.channel, SUPPRESSION.c.reason).where(

@@ -728,7 +728,7 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
         CHANGES.create(conn)
         conn.exec_driver_sql("DROP TABLE IF EXISTS bench_ctas")
         for name, statement in (
-            ("transitions", f"INSERT INTO tick_changes ({', '.join(TRANSITION_COLUMNS)}) {sql}"),
+            ("transitions", f"INSERT INTO tick_changes ({', '.join(TRANSITION_COLUMNS[:6])}) {sql}"),
             ("transitions_ctas", f"CREATE TEMPORARY TABLE bench_ctas AS {sql}"),
         ):
             try:
