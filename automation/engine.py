@@ -483,8 +483,8 @@ class _Planner:
             for d, wait in zip(due, waits, strict=True)
             for i in range(d.step_index, wait)
         }
-        contacts = [d.contact for d in due]
-        known = None if None in contacts else contacts
+        contacts = [d.contact for d in due if d.contact is not None]
+        known = contacts if len(contacts) == len(due) else None
         facts = self.facts([d.customer_id for d in due], reached, contacts=known)
         for d, wait in zip(due, waits, strict=True):
             steps = self.pb.program(d.stage, d.touch)
