@@ -93,6 +93,7 @@ class OutboxSink:
     _cancels: list[dict[str, Any]] = field(default_factory=list)
     _written: int = 0
     _analyzed_at: int = 0
+    _payloads: dict[tuple[Any, ...], str] = field(default_factory=dict)
 
     # -- Sink protocol --------------------------------------------------------------------------
     def transition(self, item: Transition) -> None:
@@ -205,17 +206,6 @@ class OutboxSink:
             else:
                 status, error = "suppressed", reason
         self.enqueued += 1
-        payload: dict[str, Any] = {"timezone": self.fallback_timezone}
-        if item.assignee:
-            payload["assignee"] = item.assignee
-        if item.url:
-            payload["url"] = item.url
-        if item.due:
-            payload["due"] = item.due.isoformat()
-        if self.quiet_hours and item.channel in ("email", "sms"):
-            payload["quiet_hours"] = self.quiet_hours
-        if self.hold_during_tasks and item.channel in ("email", "sms"):
-            payload["hold_during_tasks"] = True
         customer_facing = item.channel in ("email", "sms")
         self._actions.append(
             {
@@ -229,7 +219,7 @@ class OutboxSink:
                 "touch": item.touch,
                 "step": item.step,
                 "priority": item.priority,
-                "payload": payload,
+                "payload": self._payload(item.assignee, item.url, item.due, customer_facing),
                 "status": status,
                 "due_at": item.due_at,
                 "expires_at": item.due_at + self.ttl if customer_facing else None,
@@ -240,6 +230,25 @@ class OutboxSink:
         )
         if len(self._actions) >= FLUSH_EVERY:
             self.flush()
+
+    def _payload(self, assignee: str | None, url: str | None, due: datetime | None, facing: bool) -> str:
+        """The message's payload as JSON text, written once per distinct payload of the tick."""
+        key = (assignee, url, due, facing)
+        text = self._payloads.get(key)
+        if text is None:
+            payload: dict[str, Any] = {"timezone": self.fallback_timezone}
+            if assignee:
+                payload["assignee"] = assignee
+            if url:
+                payload["url"] = url
+            if due:
+                payload["due"] = due.isoformat()
+            if self.quiet_hours and facing:
+                payload["quiet_hours"] = self.quiet_hours
+            if self.hold_during_tasks and facing:
+                payload["hold_during_tasks"] = True
+            text = self._payloads[key] = json.dumps(payload)
+        return text
 
     # -- writing --------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -363,12 +372,12 @@ def _driver_rows(
 ) -> list[tuple[Any, ...]]:
     """Parameter tuples: each (key, column) value converted as the column's type binds it.
 
-    Built a column at a time, so only the columns whose type converts (timestamps, JSON) call a
-    function per value.
+    Built a column at a time, so only the columns whose type converts (timestamps) call a function
+    per value. JSON columns are given as their text (see ``OutboxSink._payload``).
     """
     values = []
     for key, column in columns:
-        process = table.c[column].type.bind_processor(conn.dialect)
+        process = None if _is(table, column, JSON) else table.c[column].type.bind_processor(conn.dialect)
         found = [row[key] for row in rows]
         values.append(found if process is None else [v if v is None else process(v) for v in found])
     return list(zip(*values, strict=True))
@@ -406,14 +415,11 @@ def _pg_casts(table: Table, columns: Sequence[str]) -> str:
 
 
 def _pg_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[PgArray]:
-    """One array per column, with values as the column stores them (JSON as text; the array literal
-    writes timestamps as naive UTC)."""
+    """One array per column (JSON columns given as their text; the array literal writes timestamps as
+    naive UTC)."""
     arrays = []
     for column in columns:
-        values = [row[column] for row in rows]
-        if _is(table, column, JSON):
-            values = [None if v is None else json.dumps(v) for v in values]
-        arrays.append(PgArray(values))
+        arrays.append(PgArray([row[column] for row in rows]))
     return arrays
 
 

@@ -12,6 +12,7 @@ thousands of values that costs ten times as much.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -46,18 +47,12 @@ def array_literal(values: Sequence[Any]) -> str:
     else:  # the only quotes are the separators', and no backslash: nothing to escape
         if joined.count('"') == 2 * (len(values) - 1) and "\\" not in joined:
             return '{"' + joined + '"}'
-    seen: dict[tuple[type, Any], str] = {}  # a column repeats values (the tick's time): each written once
-    parts = []
-    for value in values:
-        key = (value.__class__, value)  # by type too: True and 1 are equal keys
-        text = seen.get(key)
-        if text is None:
-            text = seen[key] = _element(value)
-        parts.append(text)
-    return "{" + ",".join(parts) + "}"
+    return "{" + ",".join(map(_element, values)) + "}"
 
 
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: True and 1 are different elements
 def _element(value: Any) -> str:
+    """One element's text; cached, as a column repeats its values (the tick's time, a stage, NULL)."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
