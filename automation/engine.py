@@ -19,7 +19,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Column, Connection, MetaData, String, Table, and_, func, insert, or_, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    MetaData,
+    String,
+    Table,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    union,
+    union_all,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.compiled import AnyStep, CompiledPlaybook
@@ -217,10 +231,13 @@ def transitions(
 
     With ``materialize`` the changes are first copied into a temporary table by the database, so the
     caller may write ``customer_state`` while reading them (a tick does; the preview streams directly).
+    The same pass marks which evaluated customers match each recurring rule now (``recurring_<i>``, in
+    the playbook's order; see ``changes_table``), so the recurring rules need not look them up again.
     ``only`` (a SELECT of customer ids) limits the evaluation to those customers (an incremental tick).
     """
     segment_expr, stage_expr, customers = _scan(conn, compiled, customer_ids, only)
     segment, stage = segment_expr.label("segment"), stage_expr.label("stage")
+    rules = compiled.loaded.playbook.recurring if materialize else []
     joined = customers.outerjoin(
         STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
     )
@@ -232,6 +249,7 @@ def transitions(
         STATE.c.stage.label("previous_stage"),
         STATE.c.customer_id.label("known"),
         *(CUSTOMER.c[name].label(f"contact_{name}") for name in CONTACT_COLUMNS[1:]),
+        *(compiled.recurring[rule.name].label(f"recurring_{i}") for i, rule in enumerate(rules)),
     ).select_from(joined)
     if customer_ids is not None:
         inner = inner.where(among(CUSTOMER.c.id, customer_ids, conn.dialect.name))
@@ -245,15 +263,21 @@ def transitions(
         rows.c.segment.is_distinct_from(rows.c.previous_segment),
         rows.c.stage.is_distinct_from(rows.c.previous_stage),
     )
-    query = select(rows).where(changed)
+    columns = [rows.c[name] for name in TRANSITION_COLUMNS]
     if materialize:
-        changes = CHANGES
+        flags = [rows.c[f"recurring_{i}"] for i in range(len(rules))]
+        changes = changes_table(len(rules))
         changes.drop(conn, checkfirst=True)
         changes.create(conn)
-        conn.execute(insert(changes).from_select(list(TRANSITION_COLUMNS), query))
-        source: Any = select(changes).order_by(changes.c.customer_id)
+        kept = select(*columns, changed.label("changed"), *flags).where(or_(changed, *flags))
+        conn.execute(insert(changes).from_select([c.name for c in changes.c], kept))
+        source: Any = (
+            select(*(changes.c[name] for name in TRANSITION_COLUMNS))
+            .where(changes.c.changed)
+            .order_by(changes.c.customer_id)
+        )
     else:
-        source = query.order_by(rows.c.customer_id)
+        source = select(*columns).where(changed).order_by(rows.c.customer_id)
     touch_of = {s.name: s.touch for s in compiled.loaded.playbook.segments}
     result = conn.execute(source.execution_options(yield_per=BATCH))
     for customer_id, segment, stage, previous_segment, previous_stage, known, *contact in result:
@@ -279,15 +303,26 @@ TRANSITION_COLUMNS = (
     "known",
     *(f"contact_{name}" for name in CONTACT_COLUMNS[1:]),
 )
-#: Where a tick materializes its changes (a temporary table, per connection), so state can be
-#: written from it with INSERT ... SELECT while the planner reads it.
-CHANGES = Table(
-    "tick_changes",
-    MetaData(),
-    *(Column(name, String(255)) for name in TRANSITION_COLUMNS[:6]),
-    *(Column(name, String()) for name in TRANSITION_COLUMNS[6:]),  # contact: as long as the customer has
-    prefixes=["TEMPORARY"],
-)
+
+
+def changes_table(recurring: int = 0) -> Table:
+    """Where a tick materializes its evaluation (a temporary table, per connection), so state can be
+    written from it with INSERT ... SELECT while the planner reads it: the customers whose segment or
+    stage changed (``changed``), and those a recurring rule matches (``recurring_<i>``, one column for
+    each of the playbook's ``recurring`` rules)."""
+    return Table(
+        "tick_changes",
+        MetaData(),
+        *(Column(name, String(255)) for name in TRANSITION_COLUMNS[:6]),
+        *(Column(name, String()) for name in TRANSITION_COLUMNS[6:]),  # contact: as long as the customer's
+        Column("changed", Boolean()),
+        *(Column(f"recurring_{i}", Boolean()) for i in range(recurring)),
+        prefixes=["TEMPORARY"],
+    )
+
+
+#: The columns every tick's table has (``changes_table`` with no recurring rule).
+CHANGES = changes_table()
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -318,9 +353,9 @@ def plan(
     """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink``.
 
     Nothing is written here; a sink that writes passes ``materialize=True`` (see ``transitions``).
-    ``only`` and ``only_recurring`` (SELECTs of customer ids) limit the stage rules and the recurring
-    rules to those customers: an incremental tick's candidates (``automation.incremental``). Due
-    program steps run for everyone.
+    ``only`` (a SELECT of customer ids) limits the stage and recurring rules to those customers, and
+    ``only_recurring`` (another, or None) adds customers for the recurring rules alone: an incremental
+    tick's candidates (``automation.incremental``). Due program steps run for everyone.
     """
     planner = _Planner(conn, compiled, sink, global_cap)
     exited: set[str] = set()
@@ -334,7 +369,12 @@ def plan(
     if batch:
         exited.update(planner.leave_and_enter(batch))
     planner.advance_due(exited, customer_ids)
-    planner.recurring(customer_ids, only_recurring)
+    if materialize:  # the evaluated customers' matches are in the tick's table; look up the others only
+        extra = None if only is None or only_recurring is None else [only_recurring, only]
+        planner.recurring(customer_ids, marked=True, extra=extra)
+    else:
+        every = None if only is None else (only if only_recurring is None else union(only, only_recurring))
+        planner.recurring(customer_ids, every)
 
 
 class _Planner:
@@ -529,24 +569,44 @@ class _Planner:
                 )
             )
 
-    def recurring(self, customer_ids: Sequence[str] | None, only: Any = None) -> None:
-        """Recurring rules that match now fire once per period (day, week, month or year, local time)."""
-        for rule in self.pb.recurring:
+    def recurring(
+        self,
+        customer_ids: Sequence[str] | None,
+        only: Any = None,
+        marked: bool = False,
+        extra: list[Any] | None = None,
+    ) -> None:
+        """Recurring rules that match now fire once per period (day, week, month or year, local time).
+
+        ``only``: a SELECT of the customers to look at (None: everyone). ``marked``: the customers the
+        tick evaluated carry their matches in its table (``changes_table``); then only the customers
+        in ``extra`` (a SELECT of ids to look at, and one of the ids already evaluated) are looked up.
+        """
+        marks = changes_table(len(self.pb.recurring)) if marked else None
+        for i, rule in enumerate(self.pb.recurring):
             condition = self.compiled.recurring[rule.name]
-            query = (
-                select(
-                    CUSTOMER.c.id,
-                    CUSTOMER.c.timezone,
-                    self.compiled.segment.label("segment"),
-                    self.compiled.stage.label("stage"),
-                )
-                .where(condition)
-                .order_by(CUSTOMER.c.id)
-            )
+            found = select(
+                CUSTOMER.c.id,
+                CUSTOMER.c.timezone,
+                self.compiled.segment.label("segment"),
+                self.compiled.stage.label("stage"),
+            ).where(condition)
             if customer_ids is not None:
-                query = query.where(among(CUSTOMER.c.id, customer_ids, self.dialect))
+                found = found.where(among(CUSTOMER.c.id, customer_ids, self.dialect))
             if only is not None:
-                query = query.where(CUSTOMER.c.id.in_(only))
+                found = found.where(CUSTOMER.c.id.in_(only))
+            query: Any = found.order_by(CUSTOMER.c.id)
+            if marks is not None:
+                m = marks.c
+                matched = select(
+                    m.customer_id.label("id"), m.contact_timezone.label("timezone"), m.segment, m.stage
+                ).where(m[f"recurring_{i}"])
+                if extra is None:
+                    query = matched.order_by(m.customer_id)
+                else:
+                    looked_up = found.where(CUSTOMER.c.id.in_(extra[0]), CUSTOMER.c.id.not_in(extra[1]))
+                    both = union_all(matched, looked_up).subquery("matched")
+                    query = select(both).order_by(both.c.id)
             rows = list(self.conn.execute(query))
             for start in range(0, len(rows), BATCH):
                 chunk = rows[start : start + BATCH]

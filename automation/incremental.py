@@ -179,9 +179,10 @@ def finish(conn: Connection, compiled: CompiledPlaybook, scope: TickScope) -> No
 def candidates(conn: Connection, compiled: CompiledPlaybook, window: Window) -> tuple[Any, Any]:
     """Fill the connection's candidate table for ``window``.
 
-    Returns two SELECTs of customer ids: whom the segment and stage rules evaluate (logged writes and
-    crossings of those rules' time boundaries), and whom the recurring rules look at (the same, plus
-    crossings of their own time boundaries and the time zones where their period turned).
+    Returns two SELECTs of customer ids: whom the segment, stage and recurring rules evaluate (logged
+    writes and crossings of those rules' time boundaries), and whom the recurring rules look at as
+    well (crossings of their own time boundaries and the time zones where their period turned; None
+    when there are none).
     """
     CANDIDATES.drop(conn, checkfirst=True)
     CANDIDATES.create(conn)
@@ -191,7 +192,7 @@ def candidates(conn: Connection, compiled: CompiledPlaybook, window: Window) -> 
     conn.execute(insert(CANDIDATES).from_select(["customer_id"], query))
     staged = select(CANDIDATES.c.customer_id)
     extra = crossings(compiled.recurring_clock, compiled, window.since, compiled.now, recurring=True)
-    return staged, (union(staged, *extra) if extra else staged)
+    return staged, (None if not extra else extra[0] if len(extra) == 1 else union(*extra))
 
 
 def count_candidates(conn: Connection) -> int:

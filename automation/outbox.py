@@ -38,7 +38,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    true,
     union_all,
     update,
 )
@@ -117,8 +116,8 @@ class OutboxSink:
                 literal(self.now, UTCDateTime()).label("evaluated_at"),
             )
             .select_from(CHANGES)
-            .where(true())
-        )  # SQLite needs a WHERE before ON CONFLICT after a SELECT
+            .where(c.changed)  # SQLite needs a WHERE before ON CONFLICT after a SELECT anyway
+        )
         stmt = _insert(self.conn, STATE).from_select(
             ["playbook", "customer_id", "segment", "touch", "stage", "stage_entered_at", "evaluated_at"],
             states,
@@ -153,7 +152,7 @@ class OutboxSink:
             touch,
             literal(self.now, UTCDateTime()),
             note,
-        ).select_from(CHANGES)
+        ).where(c.changed)
         self.conn.execute(
             HISTORY.insert().from_select(
                 ["playbook", "customer_id", "from_stage", "to_stage", "segment", "touch", "at", "note"],
