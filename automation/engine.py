@@ -23,6 +23,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    DateTime,
     MetaData,
     String,
     Table,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    type_coerce,
     union,
     union_all,
 )
@@ -373,8 +375,10 @@ def plan(
         extra = None if only is None or only_recurring is None else [only_recurring, only]
         planner.recurring(customer_ids, marked=True, extra=extra)
     else:
-        every = None if only is None else (only if only_recurring is None else union(only, only_recurring))
-        planner.recurring(customer_ids, every)
+        looked_at: Any = only
+        if only is not None and only_recurring is not None:
+            looked_at = union(*[only, only_recurring])  # a list: mypy cannot type the two-argument call
+        planner.recurring(customer_ids, looked_at)
 
 
 class _Planner:
@@ -436,7 +440,7 @@ class _Planner:
             return []
         e = ENROLLMENT.c
         query = select(
-            e.id, e.customer_id, e.stage, e.touch, e.segment, e.started_at, e.step_index, e.status
+            e.id, e.customer_id, e.stage, e.touch, e.segment, _stored(e.started_at), e.step_index, e.status
         ).where(e.playbook == self.pb.name, among(e.customer_id, ids, self.dialect))
         return list(self.conn.execute(query))
 
@@ -718,7 +722,7 @@ class _Planner:
             OUTBOX.c.status,
             OUTBOX.c.playbook,
             OUTBOX.c.idempotency_key,
-            OUTBOX.c.due_at,
+            _stored(OUTBOX.c.due_at),
         ).where(among(OUTBOX.c.customer_id, ids, self.dialect))
         rows = list(self.conn.execute(query))
         self._outbox_cache = (ids, rows)
@@ -850,6 +854,12 @@ def _next_wait(steps: Sequence[AnyStep], start: int) -> int:
     while index < len(steps) and not isinstance(steps[index], WaitStep):
         index += 1
     return index
+
+
+def _stored(column: Any) -> Any:
+    """A timestamp column read as stored (naive UTC), without converting each value on the way in: the
+    planner reads thousands per batch and makes the few it uses aware with ``_aware``."""
+    return type_coerce(column, DateTime()).label(column.name)
 
 
 def _aware(value: datetime) -> datetime:

@@ -40,14 +40,28 @@ def array_literal(values: Sequence[Any]) -> str:
     """
     if not values:
         return "{}"
-    try:
-        joined = '","'.join(values)
-    except TypeError:  # not all strings: one element at a time
-        pass
-    else:  # the only quotes are the separators', and no backslash: nothing to escape
-        if joined.count('"') == 2 * (len(values) - 1) and "\\" not in joined:
-            return '{"' + joined + '"}'
+    quoted = _strings(values)
+    if quoted is not None:
+        return quoted
     return "{" + ",".join(map(_element, values)) + "}"
+
+
+NUL = "\x00"  # stands for None while joining: no PostgreSQL text can hold it
+_NULL = f'"{NUL}"'
+
+
+def _strings(values: Sequence[Any]) -> str | None:
+    """The literal in one join when every element is a string (or None) with nothing to escape in it;
+    None otherwise."""
+    nulls = values.count(None)
+    try:
+        joined = '","'.join([NUL if value is None else value for value in values] if nulls else values)
+    except TypeError:  # not all strings
+        return None
+    if joined.count('"') != 2 * (len(values) - 1) or "\\" in joined or joined.count(NUL) != nulls:
+        return None  # a quote, a backslash or a NUL of its own in some element
+    literal = '{"' + joined + '"}'
+    return literal.replace(_NULL, "NULL") if nulls else literal
 
 
 @functools.lru_cache(maxsize=4096, typed=True)  # typed: True and 1 are different elements

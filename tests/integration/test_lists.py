@@ -43,6 +43,8 @@ def test_array_literal_quotes_every_element() -> None:
     assert array_literal([]) == "{}"
     assert array_literal(["a", "b c"]) == '{"a","b c"}'
     assert array_literal(["", "NULL", None]) == '{"","NULL",NULL}'
+    assert array_literal([None, None]) == "{NULL,NULL}"
+    assert array_literal([None, 'a"b']) == '{NULL,"a\\"b"}'
     assert array_literal(['say "hi"', "back\\slash"]) == '{"say \\"hi\\"","back\\\\slash"}'
     assert array_literal([1, True, 1, None]) == "{1,true,1,NULL}"
     plus_two = timezone(timedelta(hours=2))
