@@ -98,6 +98,8 @@ class CustomerState(SQLModel, table=True):
     """Last evaluated segment and stage of a customer in a playbook (one row per pair)."""
 
     __tablename__ = "customer_state"
+    # room on each page for the next tick's update of its rows: heap-only updates (migration 0005)
+    __table_args__ = ({"postgresql_with": {"fillfactor": 80}},)
 
     playbook: str = Field(primary_key=True, max_length=255)
     customer_id: str = Field(primary_key=True, max_length=255)

@@ -18,3 +18,11 @@ def test_upgrade_is_idempotent_and_reaches_head(engine: Engine) -> None:
     upgrade(engine)
     assert current_revision(engine) == head_revision()
     assert {"customer", "event", "outbox", "enrollment"} <= set(inspect(engine).get_table_names())
+
+
+def test_customer_state_leaves_room_for_heap_only_updates_on_postgresql(pg_engine: Engine) -> None:
+    with pg_engine.connect() as conn:
+        options = conn.exec_driver_sql(
+            "SELECT reloptions FROM pg_class WHERE relname = 'customer_state'"
+        ).scalar_one()
+    assert options == ["fillfactor=80"]
