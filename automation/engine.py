@@ -222,31 +222,24 @@ def _scan(
     return compiled.segment, compiled.stage, CUSTOMER
 
 
-def transitions(
+def _evaluated(
     conn: Connection,
     compiled: CompiledPlaybook,
-    customer_ids: Sequence[str] | None = None,
-    materialize: bool = False,
-    only: Any = None,
-) -> Iterator[Transition]:
-    """Customers whose segment or stage is not what ``customer_state`` holds, streamed in id order.
-
-    With ``materialize`` the changes are first copied into a temporary table by the database, so the
-    caller may write ``customer_state`` while reading them (a tick does; the preview streams directly).
-    The same pass marks which evaluated customers match each recurring rule now (``recurring_<i>``, in
-    the playbook's order; see ``changes_table``), so the recurring rules need not look them up again.
-    ``only`` (a SELECT of customer ids) limits the evaluation to those customers (an incremental tick).
-    """
+    customer_ids: Sequence[str] | None,
+    only: Any,
+    recurring: bool,
+) -> tuple[Any, ColumnElement[bool]]:
+    """Each customer's segment, stage, stored state and contact (with ``recurring``, whether each
+    recurring rule matches), behind a fence; and the condition that their segment or stage changed."""
     segment_expr, stage_expr, customers = _scan(conn, compiled, customer_ids, only)
-    segment, stage = segment_expr.label("segment"), stage_expr.label("stage")
-    rules = compiled.loaded.playbook.recurring if materialize else []
+    rules = compiled.loaded.playbook.recurring if recurring else []
     joined = customers.outerjoin(
         STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
     )
     inner = select(
         CUSTOMER.c.id.label("customer_id"),
-        segment,
-        stage,
+        segment_expr.label("segment"),
+        stage_expr.label("stage"),
         STATE.c.segment.label("previous_segment"),
         STATE.c.stage.label("previous_stage"),
         STATE.c.customer_id.label("known"),
@@ -265,21 +258,55 @@ def transitions(
         rows.c.segment.is_distinct_from(rows.c.previous_segment),
         rows.c.stage.is_distinct_from(rows.c.previous_stage),
     )
-    columns = [rows.c[name] for name in TRANSITION_COLUMNS]
-    if materialize:
-        flags = [rows.c[f"recurring_{i}"] for i in range(len(rules))]
-        changes = changes_table(len(rules))
-        changes.drop(conn, checkfirst=True)
-        changes.create(conn)
-        kept = select(*columns, changed.label("changed"), *flags).where(or_(changed, *flags))
-        conn.execute(insert(changes).from_select([c.name for c in changes.c], kept))
+    return rows, changed
+
+
+def materialize(
+    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None = None, only: Any = None
+) -> None:
+    """Evaluate into the tick's table (``changes_table``, temporary, per connection), in the database.
+
+    It holds the customers whose segment or stage changed (``changed``), so a tick can write
+    ``customer_state`` from it with INSERT ... SELECT and then plan from it (``transitions`` with
+    ``materialized``), and the customers each recurring rule matches now (``recurring_<i>``, in the
+    playbook's order), so the recurring rules need not look them up again. ``only`` (a SELECT of
+    customer ids) limits the evaluation to those customers (an incremental tick).
+    """
+    rows, changed = _evaluated(conn, compiled, customer_ids, only, recurring=True)
+    flags = [rows.c[f"recurring_{i}"] for i in range(len(compiled.loaded.playbook.recurring))]
+    table = changes_table(len(flags))
+    table.drop(conn, checkfirst=True)
+    table.create(conn)
+    kept = select(
+        *(rows.c[name] for name in TRANSITION_COLUMNS), changed.label("changed"), *flags
+    ).where(or_(changed, *flags))
+    conn.execute(insert(table).from_select([c.name for c in table.c], kept))
+
+
+def transitions(
+    conn: Connection,
+    compiled: CompiledPlaybook,
+    customer_ids: Sequence[str] | None = None,
+    materialized: bool = False,
+    only: Any = None,
+) -> Iterator[Transition]:
+    """Customers whose segment or stage is not what ``customer_state`` held, streamed in id order.
+
+    With ``materialized`` they are read from the tick's table (see ``materialize``), so the caller
+    may write ``customer_state`` before and while reading them (a tick does; the preview evaluates as
+    it streams). ``only`` (a SELECT of customer ids) limits the evaluation to those customers.
+    """
+    if materialized:
+        table = CHANGES
         source: Any = (
-            select(*(changes.c[name] for name in TRANSITION_COLUMNS))
-            .where(changes.c.changed)
-            .order_by(changes.c.customer_id)
+            select(*(table.c[name] for name in TRANSITION_COLUMNS))
+            .where(table.c.changed)
+            .order_by(table.c.customer_id)
         )
     else:
-        source = select(*columns).where(changed).order_by(rows.c.customer_id)
+        rows, changed = _evaluated(conn, compiled, customer_ids, only, recurring=False)
+        source = select(*(rows.c[name] for name in TRANSITION_COLUMNS)).where(changed)
+        source = source.order_by(rows.c.customer_id)
     touch_of = {s.name: s.touch for s in compiled.loaded.playbook.segments}
     result = conn.execute(source.execution_options(yield_per=BATCH))
     for customer_id, segment, stage, previous_segment, previous_stage, known, *contact in result:
@@ -348,13 +375,14 @@ def plan(
     sink: Sink,
     customer_ids: Sequence[str] | None = None,
     global_cap: FrequencyCap | None = None,
-    materialize: bool = False,
+    materialized: bool = False,
     only: Any = None,
     only_recurring: Any = None,
 ) -> None:
     """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink``.
 
-    Nothing is written here; a sink that writes passes ``materialize=True`` (see ``transitions``).
+    Nothing is written here. A tick first evaluates into its table (``materialize``) and passes
+    ``materialized=True``; the same ``customer_ids`` and ``only`` must have been given to both.
     ``only`` (a SELECT of customer ids) limits the stage and recurring rules to those customers, and
     ``only_recurring`` (another, or None) adds customers for the recurring rules alone: an incremental
     tick's candidates (``automation.incremental``). Due program steps run for everyone.
@@ -362,7 +390,7 @@ def plan(
     planner = _Planner(conn, compiled, sink, global_cap)
     exited: set[str] = set()
     batch: list[Transition] = []
-    for item in transitions(conn, compiled, customer_ids, materialize, only):
+    for item in transitions(conn, compiled, customer_ids, materialized, only):
         sink.transition(item)
         batch.append(item)
         if len(batch) >= BATCH:
@@ -371,7 +399,7 @@ def plan(
     if batch:
         exited.update(planner.leave_and_enter(batch))
     planner.advance_due(exited, customer_ids)
-    if materialize:  # the evaluated customers' matches are in the tick's table; look up the others only
+    if materialized:  # the evaluated customers' matches are in the tick's table; look up the others only
         extra = None if only is None or only_recurring is None else [only_recurring, only]
         planner.recurring(customer_ids, marked=True, extra=extra)
     else:

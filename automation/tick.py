@@ -11,7 +11,7 @@ from sqlalchemy import Engine, insert
 from automation import collector, incremental
 from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
-from automation.engine import plan
+from automation.engine import materialize, plan
 from automation.outbox import OutboxSink
 from automation.playbooks import FrequencyCap
 
@@ -58,16 +58,20 @@ def run_tick(
             fallback_timezone=pb.timezone,
             hold_during_tasks=pb.hold_during_tasks,
         )
+        materialize(conn, compiled, only=only)
         plan(
             conn,
             compiled,
             sink,
             global_cap=global_cap,
-            materialize=True,
+            materialized=True,
             only=only,
             only_recurring=only_recurring,
         )
         sink.flush()
+        # last: pages written at the end of a tick are left for the database to write out between
+        # ticks; written first (right after the evaluation read them), every later lookup of the tick
+        # had to evict them itself (2.0-2.5 s ticks instead of 1.7-2.1 s in alternating runs)
         sink.write_states({s.name: s.touch for s in pb.segments})
         incremental.finish(conn, compiled, scope)
         seconds = time.perf_counter() - started
