@@ -423,6 +423,9 @@ class _Planner:
         self.planned: dict[str, dict[str, datetime]] = defaultdict(dict)
         self._outbox_cache: tuple[list[str], list[Any]] | None = None
         self._quiet: dict[str | None, tuple[str | None, datetime | None]] = {}
+        # customers given a task this tick: it holds their automated messages like an open one, whether
+        # or not the sink has written it yet
+        self.tasks_planned: set[str] = set()
 
     # entering a stage starts its program for the customer's touch model
     def enter(self, batch: list[Transition], history: list[Any] | None = None) -> None:
@@ -732,7 +735,7 @@ class _Planner:
         open_rows = select(TASK.c.customer_id).where(
             among(TASK.c.customer_id, ids, self.dialect), TASK.c.status == "open"
         )
-        held = {row[0] for row in self.conn.execute(open_rows)}
+        held = {row[0] for row in self.conn.execute(open_rows)} | (self.tasks_planned & set(ids))
         # filtered here, not in SQL, so the database looks rows up by customer (the one selective column)
         for customer_id, channel, status, *_ in self._outbox_rows(ids):
             if channel == "task" and status in ("pending", "claimed", "retry"):
@@ -814,6 +817,8 @@ class _Planner:
         status = "planned" if reason is None else "suppressed"
         if status == "planned" and channel in CUSTOMER_CHANNELS:
             self.planned[customer.id][key] = self.now
+        elif status == "planned" and channel == "task":
+            self.tasks_planned.add(customer.id)
         self.sink.action(
             PlannedAction(
                 playbook=self.pb.name,

@@ -56,7 +56,10 @@ ENROLLMENT: Table = metadata.tables["enrollment"]
 
 CLAIMABLE = ("pending", "retry")
 FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled")
-FLUSH_EVERY = 1000
+#: Rows a sink holds before writing them: a steady tick's plan (thousands of rows) goes in one statement
+#: per kind of write, at the end; a first tick's (hundreds of thousands) every 20,000 rows (about 20 MB).
+#: What the planner needs of rows not yet written it keeps itself (messages and tasks planned this tick).
+FLUSH_EVERY = 20_000
 #: PostgreSQL: refresh the planner's statistics of outbox and enrollment once a tick has written this
 #: many rows, and again each time it has doubled them (see ``OutboxSink.flush``).
 ANALYZE_FROM = 10_000
