@@ -71,7 +71,7 @@ def run_tick(
         sink.flush()
         # last: pages written at the end of a tick are left for the database to write out between
         # ticks; written first (right after the evaluation read them), every later lookup of the tick
-        # had to evict them itself (2.0-2.5 s ticks instead of 1.7-2.1 s in alternating runs)
+        # had to evict them itself (1.85-2.50 s ticks instead of 1.66-2.14 s in alternating runs)
         sink.write_states({s.name: s.touch for s in pb.segments})
         incremental.finish(conn, compiled, scope)
         seconds = time.perf_counter() - started
