@@ -5,7 +5,9 @@ that reference counting frees as soon as they are done with. The cyclic collecto
 them, and the objects of the whole process, every few thousand allocations: about 0.1 s of a
 steady-state tick at a million customers. Almost none of them form cycles (fewer than 1,000 per
 10,000 changed customers), so pausing the collector for the tick costs no memory worth counting;
-what cycles there are are collected as usual once the last running tick has finished.
+what cycles there are are collected as usual once the last running tick has finished. The pause is
+process-wide: cycles the dispatcher makes meanwhile (an exception's traceback, say) wait for the end of
+the tick too, which bounds them by the length of a tick.
 """
 
 from __future__ import annotations
