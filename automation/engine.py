@@ -706,13 +706,13 @@ class _Planner:
             for key in self.compiled.guards
             if key in steps or (recurring and key[0] == f"recurring:{recurring}")
         ]
-        columns: list[ColumnElement[Any]] = [CUSTOMER.c[name] for name in CONTACT_COLUMNS]
-        columns += [self.compiled.guards[k].condition.label(f"g{i}") for i, k in enumerate(guard_keys)]
         customers: dict[str, Any] = {}
         guards: dict[tuple[str, str, str, int], bool] = {}
         if contacts is not None and not guard_keys:
             customers = {contact.id: contact for contact in contacts}
         else:
+            columns: list[ColumnElement[Any]] = [CUSTOMER.c[name] for name in CONTACT_COLUMNS]
+            columns += [self.compiled.guards[k].condition.label(f"g{i}") for i, k in enumerate(guard_keys)]
             rows = self.conn.execute(select(*columns).where(among(CUSTOMER.c.id, ids, self.dialect)))
             for row in rows:
                 customers[row.id] = row

@@ -370,7 +370,7 @@ def step_channel(step: MessageStep) -> str:
 
 
 def step_template(step: MessageStep) -> str:
-    return str(getattr(step, _CHANNEL_OF[type(step)]))
+    return str(getattr(step, step_channel(step)))
 
 
 # -- the playbook ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from psycopg.adapt import Dumper
@@ -22,6 +22,8 @@ from psycopg.pq import Format
 from sqlalchemy import any_, bindparam
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import UserDefinedType
+
+from automation.db.types import to_utc_naive
 
 
 class PgArray(list[Any]):
@@ -75,9 +77,7 @@ def _element(value: Any) -> str:
         return str(value)
     text: str
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        text = value.isoformat(" ")
+        text = to_utc_naive(value).isoformat(" ")
     elif isinstance(value, date):
         text = value.isoformat()
     else:
