@@ -12,8 +12,9 @@ the tick's sink writes state, history, enrollments and the outbox in one transac
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
@@ -378,6 +379,7 @@ def plan(
     materialized: bool = False,
     only: Any = None,
     only_recurring: Any = None,
+    alongside: Alongside | None = None,
 ) -> None:
     """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink``.
 
@@ -386,18 +388,16 @@ def plan(
     ``only`` (a SELECT of customer ids) limits the stage and recurring rules to those customers, and
     ``only_recurring`` (another, or None) adds customers for the recurring rules alone: an incremental
     tick's candidates (``automation.incremental``). Due program steps run for everyone.
+
+    ``alongside``: work for ``conn`` that runs on a thread while the transitions are planned, their
+    lookups going through ``alongside.reader`` meanwhile (see ``Alongside``).
     """
     planner = _Planner(conn, compiled, sink, global_cap)
-    exited: set[str] = set()
-    batch: list[Transition] = []
-    for item in transitions(conn, compiled, customer_ids, materialized, only):
-        sink.transition(item)
-        batch.append(item)
-        if len(batch) >= BATCH:
-            exited.update(planner.leave_and_enter(batch))
-            batch = []
-    if batch:
-        exited.update(planner.leave_and_enter(batch))
+    found: Iterable[Transition] = transitions(conn, compiled, customer_ids, materialized, only)
+    if alongside is None:
+        exited = _leave_and_enter(planner, sink, found)
+    else:
+        exited = alongside.run(planner, sink, list(found))  # read before ``conn`` is handed over
     planner.advance_due(exited, customer_ids)
     if materialized:  # the evaluated customers' matches are in the tick's table; look up the others only
         extra = None if only is None or only_recurring is None else [only_recurring, only]
@@ -407,6 +407,57 @@ def plan(
         if only is not None and only_recurring is not None:
             looked_at = union(*[only, only_recurring])  # a list: mypy cannot type the two-argument call
         planner.recurring(customer_ids, looked_at)
+
+
+def _leave_and_enter(planner: _Planner, sink: Sink, found: Iterable[Transition]) -> set[str]:
+    """Plan the transitions a batch at a time; returns the customers who left a stage."""
+    exited: set[str] = set()
+    batch: list[Transition] = []
+    for item in found:
+        sink.transition(item)
+        batch.append(item)
+        if len(batch) >= BATCH:
+            exited.update(planner.leave_and_enter(batch))
+            batch = []
+    if batch:
+        exited.update(planner.leave_and_enter(batch))
+    return exited
+
+
+@dataclass
+class Alongside:
+    """Database work that overlaps the planning of a tick's transitions (PostgreSQL).
+
+    ``work`` runs on a thread with the tick's connection (a tick's state and history writes, which
+    read only the tick's table) while the planner looks customers, enrollments and messages up
+    through ``reader``, a second connection: the server writes on one core while the planner plans on
+    the other. ``reader`` does not see what the tick's transaction writes; the planner needs none of
+    it (it keeps what it planned itself, and a sink flushing meanwhile waits for ``work``).
+    """
+
+    reader: Connection
+    work: Callable[[], None]
+
+    def run(self, planner: _Planner, sink: Sink, found: list[Transition]) -> set[str]:
+        failed: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                self.work()
+            except BaseException as exc:  # re-raised on the planning thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=target, name="tick-writes", daemon=True)
+        conn, planner.conn = planner.conn, self.reader
+        thread.start()
+        try:
+            exited = _leave_and_enter(planner, sink, found)
+        finally:  # the tick's connection is used by one thread at a time, also on the way out
+            thread.join()
+            planner.conn = conn
+        if failed:
+            raise failed[0]
+        return exited
 
 
 class _Planner:

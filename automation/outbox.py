@@ -19,6 +19,7 @@ Statuses of an outbox row:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -96,6 +97,9 @@ class OutboxSink:
     _written: int = 0
     _analyzed_at: int = 0
     _payloads: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    # ``write_states`` may run on a thread while the planner fills the sink (``engine.Alongside``): the
+    # connection serves one of them at a time
+    _busy: threading.Lock = field(default_factory=threading.Lock)
 
     # -- Sink protocol --------------------------------------------------------------------------
     def transition(self, item: Transition) -> None:
@@ -104,6 +108,10 @@ class OutboxSink:
 
     def write_states(self, touch_of: dict[str, str]) -> None:
         """Upsert ``customer_state`` and append ``stage_history`` for every change, inside the database."""
+        with self._busy:
+            self._write_states(touch_of)
+
+    def _write_states(self, touch_of: dict[str, str]) -> None:
         c = CHANGES.c
         changed = or_(c.known.is_(None), c.stage.is_distinct_from(c.previous_stage))
         touch = case(touch_of, value=c.segment, else_=null()) if touch_of else null()
@@ -254,6 +262,10 @@ class OutboxSink:
 
     # -- writing --------------------------------------------------------------------------------
     def flush(self) -> None:
+        with self._busy:
+            self._flush()
+
+    def _flush(self) -> None:
         self._written += len(self._actions)
         if self.conn.dialect.name == "sqlite":
             self._flush_sqlite()
