@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.compiled import AnyStep, CompiledPlaybook
-from automation.db.lists import among
+from automation.db.lists import PgArray, among
 from automation.db.tables import metadata
 from automation.playbooks import (
     FrequencyCap,
@@ -263,7 +263,11 @@ def _evaluated(
 
 
 def materialize(
-    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None = None, only: Any = None
+    conn: Connection,
+    compiled: CompiledPlaybook,
+    customer_ids: Sequence[str] | None = None,
+    only: Any = None,
+    helper: Connection | None = None,
 ) -> None:
     """Evaluate into the tick's table (``changes_table``, temporary, per connection), in the database.
 
@@ -272,16 +276,73 @@ def materialize(
     ``materialized``), and the customers each recurring rule matches now (``recurring_<i>``, in the
     playbook's order), so the recurring rules need not look them up again. ``only`` (a SELECT of
     customer ids) limits the evaluation to those customers (an incremental tick).
+
+    ``helper`` (PostgreSQL, with ``only``): a second connection that evaluates half of the customers
+    at the same time, on another core; its rows are then added to the table.
     """
-    rows, changed = _evaluated(conn, compiled, customer_ids, only, recurring=True)
-    flags = [rows.c[f"recurring_{i}"] for i in range(len(compiled.loaded.playbook.recurring))]
-    table = changes_table(len(flags))
+    table = changes_table(len(compiled.loaded.playbook.recurring))
     table.drop(conn, checkfirst=True)
     table.create(conn)
-    kept = select(
-        *(rows.c[name] for name in TRANSITION_COLUMNS), changed.label("changed"), *flags
-    ).where(or_(changed, *flags))
-    conn.execute(insert(table).from_select([c.name for c in table.c], kept))
+    names = [c.name for c in table.c]
+    if helper is None or only is None or customer_ids is not None:
+        conn.execute(insert(table).from_select(names, _changes(conn, compiled, customer_ids, only)))
+        return
+    ids = [customer_id for (customer_id,) in conn.execute(only)]
+    mine, theirs = ids[: len(ids) // 2], ids[len(ids) // 2 :]
+    other = _Background(
+        lambda: helper.execute(_changes(helper, compiled, theirs, None)).all(), "tick-evaluation"
+    )
+    try:
+        if mine:
+            conn.execute(insert(table).from_select(names, _changes(conn, compiled, mine, None)))
+    finally:  # each connection serves one thread at a time, also on the way out
+        other.join()
+    rows = other.result()
+    if rows:  # one array per column, unnested: one statement however many rows
+        casts = ", ".join(f"%s::{'boolean' if isinstance(c.type, Boolean) else 'text'}[]" for c in table.c)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({casts})",
+            tuple(PgArray(column) for column in zip(*rows, strict=True)),
+        )
+
+
+def _changes(
+    conn: Connection, compiled: CompiledPlaybook, customer_ids: Sequence[str] | None, only: Any
+) -> Any:
+    """The evaluated customers a tick keeps: those whose segment or stage changed, and those a
+    recurring rule matches (``changes_table``'s columns, in its order)."""
+    rows, changed = _evaluated(conn, compiled, customer_ids, only, recurring=True)
+    flags = [rows.c[f"recurring_{i}"] for i in range(len(compiled.loaded.playbook.recurring))]
+    return select(*(rows.c[name] for name in TRANSITION_COLUMNS), changed.label("changed"), *flags).where(
+        or_(changed, *flags)
+    )
+
+
+class _Background:
+    """``work`` run on a thread: ``join`` waits for it, ``result`` returns what it returned or raises
+    what it raised."""
+
+    def __init__(self, work: Callable[[], Any], name: str) -> None:
+        self._work = work
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._work()
+        except BaseException as exc:  # raised again by ``result``, on the caller's thread
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def transitions(
@@ -428,35 +489,29 @@ def _leave_and_enter(planner: _Planner, sink: Sink, found: Iterable[Transition])
 class Alongside:
     """Database work that overlaps the planning of a tick's transitions (PostgreSQL).
 
-    ``work`` runs on a thread with the tick's connection (a tick's state and history writes, which
-    read only the tick's table) while the planner looks customers, enrollments and messages up
+    ``work`` runs on a thread with the tick's connection until the event it is given is set: a tick
+    writes the state and history (which read only the tick's table), then the rows planned so far
+    (``OutboxSink.write_while``). Meanwhile the planner looks customers, enrollments and messages up
     through ``reader``, a second connection: the server writes on one core while the planner plans on
     the other. ``reader`` does not see what the tick's transaction writes; the planner needs none of
-    it (it keeps what it planned itself, and a sink flushing meanwhile waits for ``work``).
+    it: it keeps what it planned itself (a tick's plan is the same written at once or seven rows at a
+    time).
     """
 
     reader: Connection
-    work: Callable[[], None]
+    work: Callable[[threading.Event], None]
 
     def run(self, planner: _Planner, sink: Sink, found: list[Transition]) -> set[str]:
-        failed: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                self.work()
-            except BaseException as exc:  # re-raised on the planning thread
-                failed.append(exc)
-
-        thread = threading.Thread(target=target, name="tick-writes", daemon=True)
         conn, planner.conn = planner.conn, self.reader
-        thread.start()
+        planning = threading.Event()
+        writes = _Background(lambda: self.work(planning), "tick-writes")
         try:
             exited = _leave_and_enter(planner, sink, found)
-        finally:  # the tick's connection is used by one thread at a time, also on the way out
-            thread.join()
+        finally:  # the tick's connection serves one thread at a time, also on the way out
+            planning.set()
+            writes.join()
             planner.conn = conn
-        if failed:
-            raise failed[0]
+        writes.result()
         return exited
 
 

@@ -61,6 +61,8 @@ FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled")
 #: per kind of write, at the end; a first tick's (hundreds of thousands) every 20,000 rows (about 20 MB).
 #: What the planner needs of rows not yet written it keeps itself (messages and tasks planned this tick).
 FLUSH_EVERY = 20_000
+#: While the planner plans (``write_while``), the rows it planned are written once at least this many wait.
+WRITE_ALONG_FROM = 2_000
 #: PostgreSQL: refresh the planner's statistics of outbox and enrollment once a tick has written this
 #: many rows, and again each time it has doubled them (see ``OutboxSink.flush``).
 ANALYZE_FROM = 10_000
@@ -100,11 +102,33 @@ class OutboxSink:
     # ``write_states`` may run on a thread while the planner fills the sink (``engine.Alongside``): the
     # connection serves one of them at a time
     _busy: threading.Lock = field(default_factory=threading.Lock)
+    # ... and takes the rows planned so far (``flush``) while the planner adds more
+    _rows: threading.Lock = field(default_factory=threading.Lock)
 
     # -- Sink protocol --------------------------------------------------------------------------
     def transition(self, item: Transition) -> None:
         """Counted only: ``write_states`` records all transitions at once from the tick's change table."""
         self.transitions += 1
+
+    def write_while(self, touch_of: dict[str, str], planning: threading.Event) -> None:
+        """The work of a tick's connection while the planner plans through another (``engine.Alongside``):
+        the state and history, then the rows planned so far, again and again until ``planning`` is set.
+        What is planned after that is written by ``flush``."""
+        self.write_states(touch_of)
+        while not planning.is_set():
+            if self.pending() >= WRITE_ALONG_FROM:
+                self.flush()
+            else:
+                planning.wait(0.005)
+
+    def pending(self) -> int:
+        """Rows held, not yet written."""
+        return (
+            len(self._cancels)
+            + len(self._enrollment_updates)
+            + len(self._new_enrollments)
+            + len(self._actions)
+        )
 
     def write_states(self, touch_of: dict[str, str]) -> None:
         """Upsert ``customer_state`` and append ``stage_history`` for every change, inside the database."""
@@ -181,26 +205,26 @@ class OutboxSink:
         }
         if item.enrollment_id is None:
             self.enrolled += 1
-            self._new_enrollments.append(
-                {
-                    "playbook": self.playbook,
-                    "customer_id": item.customer_id,
-                    "stage": item.stage,
-                    "segment": item.segment,
-                    "touch": item.touch,
-                    "started_at": item.started_at,
-                    **values,
-                }
-            )
+            new = {
+                "playbook": self.playbook,
+                "customer_id": item.customer_id,
+                "stage": item.stage,
+                "segment": item.segment,
+                "touch": item.touch,
+                "started_at": item.started_at,
+                **values,
+            }
+            with self._rows:
+                self._new_enrollments.append(new)
         else:
-            if item.status == "exited":
-                self.exited += 1
-                self._cancels.append(
-                    {"c_customer": item.customer_id, "c_stage": item.stage, "c_reason": item.reason}
-                )
-            self._enrollment_updates.append(
-                {"e_id": item.enrollment_id, **{f"e_{k}": v for k, v in values.items()}}
-            )
+            updated = {"e_id": item.enrollment_id, **{f"e_{k}": v for k, v in values.items()}}
+            with self._rows:
+                if item.status == "exited":
+                    self.exited += 1
+                    self._cancels.append(
+                        {"c_customer": item.customer_id, "c_stage": item.stage, "c_reason": item.reason}
+                    )
+                self._enrollment_updates.append(updated)
         if len(self._new_enrollments) + len(self._enrollment_updates) >= FLUSH_EVERY:
             self.flush()
 
@@ -217,27 +241,27 @@ class OutboxSink:
                 status, error = "suppressed", reason
         self.enqueued += 1
         customer_facing = item.channel in ("email", "sms")
-        self._actions.append(
-            {
-                "idempotency_key": item.idempotency_key,
-                "playbook": item.playbook,
-                "customer_id": item.customer_id,
-                "channel": item.channel,
-                "template": item.template,
-                "stage": item.stage,
-                "segment": item.segment,
-                "touch": item.touch,
-                "step": item.step,
-                "priority": item.priority,
-                "payload": self._payload(item.assignee, item.url, item.due, customer_facing),
-                "status": status,
-                "due_at": item.due_at,
-                "expires_at": item.due_at + self.ttl if customer_facing else None,
-                "last_error": error,
-                "created_at": self.now,
-                "attempts": 0,
-            }
-        )
+        row = {
+            "idempotency_key": item.idempotency_key,
+            "playbook": item.playbook,
+            "customer_id": item.customer_id,
+            "channel": item.channel,
+            "template": item.template,
+            "stage": item.stage,
+            "segment": item.segment,
+            "touch": item.touch,
+            "step": item.step,
+            "priority": item.priority,
+            "payload": self._payload(item.assignee, item.url, item.due, customer_facing),
+            "status": status,
+            "due_at": item.due_at,
+            "expires_at": item.due_at + self.ttl if customer_facing else None,
+            "last_error": error,
+            "created_at": self.now,
+            "attempts": 0,
+        }
+        with self._rows:
+            self._actions.append(row)
         if len(self._actions) >= FLUSH_EVERY:
             self.flush()
 
@@ -266,11 +290,14 @@ class OutboxSink:
             self._flush()
 
     def _flush(self) -> None:
-        self._written += len(self._actions)
+        with self._rows:  # what was planned until now; the planner may go on adding meanwhile
+            rows = _Rows(self._cancels, self._enrollment_updates, self._new_enrollments, self._actions)
+            self._cancels, self._enrollment_updates, self._new_enrollments, self._actions = [], [], [], []
+        self._written += len(rows.actions)
         if self.conn.dialect.name == "sqlite":
-            self._flush_sqlite()
+            self._flush_sqlite(rows)
         else:
-            self._flush_postgresql()
+            self._flush_postgresql(rows)
         if self.conn.dialect.name == "postgresql" and self._written >= max(
             2 * self._analyzed_at, ANALYZE_FROM
         ):
@@ -279,28 +306,27 @@ class OutboxSink:
             self.conn.exec_driver_sql("ANALYZE outbox, enrollment")
             self._analyzed_at = self._written
 
-    def _flush_sqlite(self) -> None:
+    def _flush_sqlite(self, rows: _Rows) -> None:
         """SQLite: driver-level executemany with parameters in the form the column types store them.
 
         Without SQLAlchemy's per-row parameter handling, which costs more than SQLite's own work for
         these narrow rows.
         """
-        if self._cancels:  # a customer who left a stage: its pending messages are not sent
+        if rows.cancels:  # a customer who left a stage: its pending messages are not sent
             claimable = " OR ".join("status = ?" for _ in CLAIMABLE)
             self.conn.exec_driver_sql(
                 "UPDATE outbox SET status = 'cancelled', last_error = ? "
                 f"WHERE playbook = ? AND customer_id = ? AND stage = ? AND ({claimable})",
                 [
                     (c["c_reason"], self.playbook, c["c_customer"], c["c_stage"], *CLAIMABLE)
-                    for c in self._cancels
+                    for c in rows.cancels
                 ],
             )
-            self._cancels = []
-        if self._enrollment_updates:
-            rows = _driver_rows(
+        if rows.enrollment_updates:
+            params = _driver_rows(
                 self.conn,
                 ENROLLMENT,
-                self._enrollment_updates,
+                rows.enrollment_updates,
                 [
                     ("e_step_index", "step_index"),
                     ("e_next_step_at", "next_step_at"),
@@ -313,43 +339,39 @@ class OutboxSink:
             self.conn.exec_driver_sql(
                 "UPDATE enrollment SET step_index = ?, next_step_at = ?, status = ?, ended_at = ?, "
                 "end_reason = ? WHERE id = ?",
-                rows,
+                params,
             )
-            self._enrollment_updates = []
-        if self._new_enrollments:
+        if rows.new_enrollments:
             self.conn.exec_driver_sql(
                 *_insert_sql(
-                    self.conn, ENROLLMENT, self._new_enrollments, "playbook, customer_id, stage, started_at"
+                    self.conn, ENROLLMENT, rows.new_enrollments, "playbook, customer_id, stage, started_at"
                 )
             )
-            self._new_enrollments = []
-        if self._actions:
-            self.conn.exec_driver_sql(*_insert_sql(self.conn, OUTBOX, self._actions, "idempotency_key"))
-            self._actions = []
+        if rows.actions:
+            self.conn.exec_driver_sql(*_insert_sql(self.conn, OUTBOX, rows.actions, "idempotency_key"))
 
-    def _flush_postgresql(self) -> None:
+    def _flush_postgresql(self, rows: _Rows) -> None:
         """PostgreSQL: one statement per kind of write, its rows passed as arrays and unnested.
 
         A parameter list per row (executemany) costs a round of execution per row, and multi-row
         VALUES a parse of thousands of parameters; arrays are parsed once.
         """
-        if self._cancels:  # a customer who left a stage: its pending messages are not sent
+        if rows.cancels:  # a customer who left a stage: its pending messages are not sent
             self.conn.exec_driver_sql(
                 "UPDATE outbox SET status = 'cancelled', last_error = u.reason "
                 "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(customer_id, stage, reason) "
                 "WHERE outbox.playbook = %s AND outbox.customer_id = u.customer_id "
                 "AND outbox.stage = u.stage AND outbox.status = ANY(%s)",
                 (
-                    PgArray(c["c_customer"] for c in self._cancels),
-                    PgArray(c["c_stage"] for c in self._cancels),
-                    PgArray(c["c_reason"] for c in self._cancels),
+                    PgArray(c["c_customer"] for c in rows.cancels),
+                    PgArray(c["c_stage"] for c in rows.cancels),
+                    PgArray(c["c_reason"] for c in rows.cancels),
                     self.playbook,
                     PgArray(CLAIMABLE),
                 ),
             )
-            self._cancels = []
-        if self._enrollment_updates:
-            latest = {u["e_id"]: u for u in self._enrollment_updates}  # the last update of each wins
+        if rows.enrollment_updates:
+            latest = {u["e_id"]: u for u in rows.enrollment_updates}  # the last update of each wins
             columns = ["step_index", "next_step_at", "status", "ended_at", "end_reason", "id"]
             arrays = _pg_arrays(
                 ENROLLMENT, [{k[2:]: v for k, v in u.items()} for u in latest.values()], columns
@@ -361,15 +383,12 @@ class OutboxSink:
                 "WHERE enrollment.id = u.id",
                 tuple(arrays),
             )
-            self._enrollment_updates = []
-        if self._new_enrollments:
+        if rows.new_enrollments:
             self.conn.exec_driver_sql(
-                *_pg_insert(ENROLLMENT, self._new_enrollments, "playbook, customer_id, stage, started_at")
+                *_pg_insert(ENROLLMENT, rows.new_enrollments, "playbook, customer_id, stage, started_at")
             )
-            self._new_enrollments = []
-        if self._actions:
-            self.conn.exec_driver_sql(*_pg_insert(OUTBOX, self._actions, "idempotency_key"))
-            self._actions = []
+        if rows.actions:
+            self.conn.exec_driver_sql(*_pg_insert(OUTBOX, rows.actions, "idempotency_key"))
 
     def stats(self) -> dict[str, int]:
         return {
@@ -379,6 +398,16 @@ class OutboxSink:
             "actions": self.enqueued,
             "deferred": self.held,
         }
+
+
+@dataclass
+class _Rows:
+    """Rows a sink holds until it writes them."""
+
+    cancels: list[dict[str, Any]]
+    enrollment_updates: list[dict[str, Any]]
+    new_enrollments: list[dict[str, Any]]
+    actions: list[dict[str, Any]]
 
 
 def _driver_rows(

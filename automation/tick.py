@@ -19,8 +19,9 @@ from automation.outbox import OutboxSink
 from automation.playbooks import FrequencyCap
 
 RUN_LOG = metadata.tables["run_log"]
-#: A PostgreSQL tick with at most this many changed customers writes their state and history while it
-#: plans (``engine.Alongside``); a larger one (a first tick) streams its plan from its table instead.
+#: A PostgreSQL tick with at most this many candidates evaluates them on two connections at once, and
+#: one with at most this many changed customers writes their state and history while it plans
+#: (``engine.Alongside``); a larger one (a first tick) streams its plan from its table instead.
 ALONGSIDE_UP_TO = 20_000
 
 
@@ -47,9 +48,10 @@ def run_tick(
     State, history, enrollments, outbox rows and the run log are written in one transaction: a tick
     that fails leaves nothing behind, and a tick repeated at the same moment plans nothing new.
     Only customers whose data changed or whose time-dependent rules may have flipped since the last
-    tick are evaluated (``automation.incremental``); ``full`` evaluates everyone. On PostgreSQL the
-    state and history are written while the planner plans, which reads through a second connection
-    meanwhile (``alongside=False``: one after the other, on one connection).
+    tick are evaluated (``automation.incremental``); ``full`` evaluates everyone. On PostgreSQL a
+    second, read-only connection evaluates half of the candidates, and the state and history are
+    written while the planner plans, reading through it (``alongside=False``: all of it one after the
+    other, on one connection).
     """
     started = time.perf_counter()
     horizon = incremental.change_horizon(engine)
@@ -67,9 +69,18 @@ def run_tick(
             fallback_timezone=pb.timezone,
             hold_during_tasks=pb.hold_during_tasks,
         )
-        materialize(conn, compiled, only=only)
-        write_states = partial(sink.write_states, {s.name: s.touch for s in pb.segments})
-        with _states_alongside(engine, conn, write_states, alongside) as overlap:
+        touch_of: dict[str, str] = {s.name: s.touch for s in pb.segments}
+        with _second_connection(engine, alongside) as reader:
+            candidates = incremental.count_candidates(conn) if only is not None else None
+            materialize(
+                conn,
+                compiled,
+                only=only,
+                helper=reader if candidates is not None and candidates <= ALONGSIDE_UP_TO else None,
+            )
+            overlap = None
+            if reader is not None and _changed(conn) <= ALONGSIDE_UP_TO:
+                overlap = Alongside(reader, partial(sink.write_while, touch_of))
             plan(
                 conn,
                 compiled,
@@ -85,13 +96,13 @@ def run_tick(
             # last: pages written at the end of a tick are left for the database to write out between
             # ticks; written before the lookups, on the same connection, every later lookup of the tick
             # had to evict them itself (1.85-2.50 s ticks instead of 1.66-2.14 s in alternating runs)
-            write_states()
+            sink.write_states(touch_of)
         incremental.finish(conn, compiled, scope)
         seconds = time.perf_counter() - started
         stats = sink.stats()
         stats["full"] = int(scope.full)
-        if only is not None:
-            stats["candidates"] = incremental.count_candidates(conn)
+        if candidates is not None:
+            stats["candidates"] = candidates
         conn.execute(
             insert(RUN_LOG).values(
                 playbook=compiled.name,
@@ -106,18 +117,19 @@ def run_tick(
 
 
 @contextmanager
-def _states_alongside(
-    engine: Engine, conn: Connection, write_states: partial[None], wanted: bool
-) -> Iterator[Alongside | None]:
-    """PostgreSQL: a second connection through which the planner reads while ``write_states`` runs on
-    ``conn``; None on SQLite (one writer, in this process: nothing to overlap) and for large ticks."""
-    if not wanted or conn.dialect.name != "postgresql":
-        yield None
-        return
-    changed = conn.execute(select(func.count()).select_from(CHANGES).where(CHANGES.c.changed)).scalar_one()
-    if changed > ALONGSIDE_UP_TO:  # a first tick: its transitions are streamed, not held in memory
+def _second_connection(engine: Engine, wanted: bool) -> Iterator[Connection | None]:
+    """PostgreSQL: a read-only connection beside the tick's, so that the database works on two cores
+    (see ``materialize`` and ``engine.Alongside``); None on SQLite (one writer, in this process: nothing
+    to overlap) or when not ``wanted``."""
+    if not wanted or engine.dialect.name != "postgresql":
         yield None
         return
     with engine.connect() as reader:
         reader.exec_driver_sql("SET TRANSACTION READ ONLY")  # it only looks up; closed, it rolls back
-        yield Alongside(reader, write_states)
+        yield reader
+
+
+def _changed(conn: Connection) -> int:
+    """How many customers the tick's table holds as changed."""
+    count = select(func.count()).select_from(CHANGES).where(CHANGES.c.changed)
+    return int(conn.execute(count).scalar_one())

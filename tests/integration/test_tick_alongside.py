@@ -1,9 +1,12 @@
-"""A PostgreSQL tick writes state and history on a thread while its planner reads through a second
-connection: the rows are those of a tick that does one after the other, and a failure of either side
-fails the whole tick."""
+"""A PostgreSQL tick works on two connections: the second evaluates half of the candidates, then the
+planner reads through it while the tick's own connection writes state and history on a thread. The
+rows are those of a tick that does all of it one after the other, and a failure on either side fails
+the whole tick."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +15,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from automation import engine as engine_module
+from automation import outbox
 from automation.compiled import compile_playbook
 from automation.db.tables import metadata
 from automation.tick import run_tick
@@ -34,33 +38,131 @@ def overlaps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
-def test_states_written_alongside_the_plan_are_the_states_written_after_it(
-    engine: Engine, overlaps: list[int], monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads the engine started (``tick-evaluation``, ``tick-writes``)."""
+    names: list[str] = []
+    original = engine_module._Background.__init__
+
+    def recording(self: Any, work: Any, name: str) -> None:
+        names.append(name)
+        original(self, work, name)
+
+    monkeypatch.setattr(engine_module._Background, "__init__", recording)
+    return names
+
+
+def test_a_tick_on_two_connections_writes_what_a_tick_on_one_writes(
+    engine: Engine, overlaps: list[int], threads: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alongside = walk(engine)
-    ran = list(overlaps)
+    ran, started = list(overlaps), list(threads)
     clear(engine)
     overlaps.clear()
+    threads.clear()
     monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", -1)  # every tick one step after the other
     in_turn = walk(engine)
-    assert not overlaps
+    assert not overlaps and not threads
     assert len(alongside["history"]) > 250 and len(alongside["outbox"]) > 200
     assert alongside == in_turn
     if engine.dialect.name == "postgresql":
         assert len(ran) == 3 and all(n > 0 for n in ran)  # the walk's three ticks all overlapped
+        # the first and the last (a day later: the daily full tick) evaluate everyone in one scan; the
+        # incremental one in between splits its candidates over the two connections
+        assert sorted(started) == ["tick-evaluation"] + ["tick-writes"] * 3
     else:
-        assert ran == []  # SQLite: one writer in this process, nothing to overlap
+        assert ran == [] and started == []  # SQLite: one writer in this process, nothing to overlap
 
 
-def test_a_first_tick_larger_than_the_limit_plans_in_turn(
-    engine: Engine, overlaps: list[int], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.postgres
+def test_rows_written_while_the_planner_plans_are_the_rows_written_after_it(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writing thread writes whatever the planner has planned so far, a row at a time here."""
+    flushes: list[str] = []
+    original = outbox.OutboxSink.flush
+
+    def recording(self: outbox.OutboxSink) -> None:
+        flushes.append(threading.current_thread().name)
+        original(self)
+
+    planned = engine_module._Planner.leave_and_enter
+
+    def slowly(self: Any, batch: list[Any]) -> set[str]:
+        time.sleep(0.02)  # a planner slower than the writes, as at scale: they catch up between batches
+        return planned(self, batch)
+
+    monkeypatch.setattr(outbox.OutboxSink, "flush", recording)
+    monkeypatch.setattr(engine_module._Planner, "leave_and_enter", slowly)
+    monkeypatch.setattr(engine_module, "BATCH", 10)
+    monkeypatch.setattr(outbox, "WRITE_ALONG_FROM", 1)
+    monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", -1)
+    in_turn = walk(pg_engine)
+    assert "tick-writes" not in flushes
+    clear(pg_engine)
+    monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", 20_000)
+    along = walk(pg_engine)
+    assert flushes.count("tick-writes") >= 6  # several times in each of the three ticks
+    assert along == in_turn
+
+
+def test_a_tick_larger_than_the_limit_runs_on_one_connection(
+    engine: Engine, overlaps: list[int], threads: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", 100)  # the walk's first tick changes 240
     walk(engine)
     if engine.dialect.name == "postgresql":
         assert len(overlaps) == 2 and max(overlaps) <= 100
+        assert threads.count("tick-evaluation") == 1  # the second tick's 80 candidates
     else:
-        assert overlaps == []
+        assert overlaps == [] and threads == []
+
+
+@pytest.mark.postgres
+def test_candidates_split_over_two_connections_are_evaluated_once_each(
+    pg_engine: Engine, threads: list[str]
+) -> None:
+    """Awkward ids and contacts (quotes, backslashes, commas, NULLs) survive the second connection's
+    rows being added to the tick's table; every candidate is evaluated, none twice."""
+    ids = ['a"quote', "b\\slash", "c,comma", "d{brace}", "e plain", "f NULL", "g ünï"]
+    with pg_engine.begin() as conn:
+        conn.execute(
+            T["customer"].insert(),
+            [
+                {
+                    "id": customer_id,
+                    "email": None if i % 2 else f'"{customer_id}"@example.com',
+                    "timezone": "UTC",
+                    "orders_count": 0,
+                    "signed_up_at": START - timedelta(days=2),
+                    "attributes": {},
+                }
+                for i, customer_id in enumerate(ids)
+            ],
+        )
+    run_tick(pg_engine, compile_playbook(LIFECYCLE, START))
+    with pg_engine.begin() as conn:
+        conn.execute(update(T["customer"]).values(orders_count=2))  # all move to retention
+    threads.clear()
+    later = compile_playbook(LIFECYCLE, START + timedelta(minutes=15))
+    result = run_tick(pg_engine, later)
+    assert threads.count("tick-evaluation") == 1
+    assert result.stats["candidates"] == len(ids) and result.stats["transitions"] == len(ids)
+    o = T["outbox"].c
+    with pg_engine.connect() as conn:
+        moved = conn.execute(
+            select(T["stage_history"].c.customer_id, T["stage_history"].c.to_stage).where(
+                T["stage_history"].c.at == later.now
+            )
+        ).all()
+        retention = dict(
+            conn.execute(select(o.customer_id, o.last_error).where(o.stage == "retention")).all()
+        )
+    assert sorted(moved) == sorted((customer_id, "retention") for customer_id in ids)
+    # the contacts came through: the email of the even ones (with its quotes), none for the odd ones
+    assert set(retention) == set(ids)
+    for i, customer_id in enumerate(ids):
+        assert (retention[customer_id] == "no email address") == bool(i % 2), customer_id
 
 
 @pytest.mark.postgres
