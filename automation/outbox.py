@@ -99,10 +99,10 @@ class OutboxSink:
     _written: int = 0
     _analyzed_at: int = 0
     _payloads: dict[tuple[Any, ...], str] = field(default_factory=dict)
-    # ``write_states`` may run on a thread while the planner fills the sink (``engine.Alongside``): the
-    # connection serves one of them at a time
+    # ``write_while`` may run on a thread while the planner fills the sink (``engine.Alongside``): with
+    # ``_busy`` the connection serves one writer at a time, with ``_rows`` a flush takes the rows planned so
+    # far while the planner adds more
     _busy: threading.Lock = field(default_factory=threading.Lock)
-    # ... and takes the rows planned so far (``flush``) while the planner adds more
     _rows: threading.Lock = field(default_factory=threading.Lock)
 
     # -- Sink protocol --------------------------------------------------------------------------
