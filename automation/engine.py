@@ -288,13 +288,16 @@ def materialize(
         conn.execute(insert(table).from_select(names, _changes(conn, compiled, customer_ids, only)))
         return
     ids = [customer_id for (customer_id,) in conn.execute(only)]
-    mine, theirs = ids[: len(ids) // 2], ids[len(ids) // 2 :]
+    theirs = ids[len(ids) // 2 :]
     other = _Background(
         lambda: helper.execute(_changes(helper, compiled, theirs, None)).all(), "tick-evaluation"
     )
     try:
-        if mine:
-            conn.execute(insert(table).from_select(names, _changes(conn, compiled, mine, None)))
+        # the rest through ``only`` itself, not as an array: the planner then looks each customer's
+        # state up by key (estimating thousands of ids, it scans all of customer_state to hash it)
+        found = only.subquery("candidates")
+        mine = select(found.c[0]).where(~among(found.c[0], theirs, conn.dialect.name))
+        conn.execute(insert(table).from_select(names, _changes(conn, compiled, None, mine)))
     finally:  # each connection serves one thread at a time, also on the way out
         other.join()
     rows = other.result()
