@@ -129,8 +129,12 @@ def _second_connection(engine: Engine, wanted: bool) -> Iterator[Connection | No
         # it looks customers up by key, thousands at a time: in index order, on one core (the other one
         # is the tick's). Told of 5,000 ids, the planner would hash all of customer_state instead, and
         # start parallel workers that compete with the tick's own connection
-        for setting in ("enable_hashjoin", "enable_mergejoin", "max_parallel_workers_per_gather"):
-            reader.exec_driver_sql(f"SET LOCAL {setting} = {0 if setting.startswith('max') else 'off'}")
+        for setting in (
+            "enable_hashjoin = off",
+            "enable_mergejoin = off",
+            "max_parallel_workers_per_gather = 0",
+        ):
+            reader.exec_driver_sql(f"SET LOCAL {setting}")
         yield reader
 
 
