@@ -218,3 +218,29 @@ def test_a_planner_failure_waits_for_the_writes_and_rolls_everything_back(
     assert len(overlaps) == 1
     with pg_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(T["stage_history"])).scalar_one() == history
+
+
+@pytest.mark.postgres
+def test_the_second_connection_only_reads_and_looks_up_by_key(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, str] = {}
+    original = engine_module.Alongside.run
+
+    def showing(self: engine_module.Alongside, planner: Any, sink: Any, found: list[Any]) -> set[str]:
+        for name in ("transaction_read_only", "enable_hashjoin", "enable_mergejoin"):
+            seen[name] = self.reader.exec_driver_sql(f"SHOW {name}").scalar_one()
+        seen["workers"] = self.reader.exec_driver_sql("SHOW max_parallel_workers_per_gather").scalar_one()
+        return original(self, planner, sink, found)
+
+    monkeypatch.setattr(engine_module.Alongside, "run", showing)
+    walk(pg_engine)
+    assert seen == {
+        "transaction_read_only": "on",
+        "enable_hashjoin": "off",
+        "enable_mergejoin": "off",
+        "workers": "0",
+    }
+    with pg_engine.connect() as conn:  # settings of the reader's transaction only, not of its pool
+        assert conn.exec_driver_sql("SHOW enable_hashjoin").scalar_one() == "on"
+        assert conn.exec_driver_sql("SHOW transaction_read_only").scalar_one() == "off"
