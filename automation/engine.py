@@ -453,24 +453,31 @@ def plan(
     ``only_recurring`` (another, or None) adds customers for the recurring rules alone: an incremental
     tick's candidates (``automation.incremental``). Due program steps run for everyone.
 
-    ``alongside``: work for ``conn`` that runs on a thread while the transitions are planned, their
+    ``alongside``: work for ``conn`` that runs on a thread while the tick is planned, the planner's
     lookups going through ``alongside.reader`` meanwhile (see ``Alongside``).
     """
     planner = _Planner(conn, compiled, sink, global_cap)
     found: Iterable[Transition] = transitions(conn, compiled, customer_ids, materialized, only)
-    if alongside is None:
-        exited = _leave_and_enter(planner, sink, found)
-    else:
-        exited = alongside.run(planner, sink, list(found))  # read before ``conn`` is handed over
-    planner.advance_due(exited, customer_ids)
     if materialized:  # the evaluated customers' matches are in the tick's table; look up the others only
         extra = None if only is None or only_recurring is None else [only_recurring, only]
-        planner.recurring(customer_ids, marked=True, extra=extra)
+        looked_at, marked = None, True
     else:
-        looked_at: Any = only
+        extra, marked, looked_at = None, False, only
         if only is not None and only_recurring is not None:
             looked_at = union(*[only, only_recurring])  # a list: mypy cannot type the two-argument call
-        planner.recurring(customer_ids, looked_at)
+
+    def plan_all(recurring: list[list[Any]] | None = None) -> None:
+        exited = _leave_and_enter(planner, sink, found)
+        planner.advance_due(exited, customer_ids)
+        planner.recurring(customer_ids, looked_at, marked=marked, extra=extra, found=recurring)
+
+    if alongside is None:
+        plan_all()
+        return
+    # what reads the tick's own tables is read before its connection is handed over
+    found = list(found)
+    recurring = planner.recurring_rows(customer_ids, looked_at, marked=marked, extra=extra)
+    alongside.run(planner, lambda: plan_all(recurring))
 
 
 def _leave_and_enter(planner: _Planner, sink: Sink, found: Iterable[Transition]) -> set[str]:
@@ -490,7 +497,7 @@ def _leave_and_enter(planner: _Planner, sink: Sink, found: Iterable[Transition])
 
 @dataclass
 class Alongside:
-    """Database work that overlaps the planning of a tick's transitions (PostgreSQL).
+    """Database work that overlaps the planning of a tick (PostgreSQL).
 
     ``work`` runs on a thread with the tick's connection until the event it is given is set: a tick
     writes the state and history (which read only the tick's table), then the rows planned so far
@@ -504,18 +511,17 @@ class Alongside:
     reader: Connection
     work: Callable[[threading.Event], None]
 
-    def run(self, planner: _Planner, sink: Sink, found: list[Transition]) -> set[str]:
+    def run(self, planner: _Planner, plan: Callable[[], None]) -> None:
         conn, planner.conn = planner.conn, self.reader
         planning = threading.Event()
         writes = _Background(lambda: self.work(planning), "tick-writes")
         try:
-            exited = _leave_and_enter(planner, sink, found)
+            plan()
         finally:  # the tick's connection serves one thread at a time, also on the way out
             planning.set()
             writes.join()
             planner.conn = conn
         writes.result()
-        return exited
 
 
 class _Planner:
@@ -713,20 +719,21 @@ class _Planner:
                 )
             )
 
-    def recurring(
+    def recurring_rows(
         self,
         customer_ids: Sequence[str] | None,
         only: Any = None,
         marked: bool = False,
         extra: list[Any] | None = None,
-    ) -> None:
-        """Recurring rules that match now fire once per period (day, week, month or year, local time).
+    ) -> list[list[Any]]:
+        """Per recurring rule, the customers it matches now (id, time zone, segment, stage), by id.
 
         ``only``: a SELECT of the customers to look at (None: everyone). ``marked``: the customers the
         tick evaluated carry their matches in its table (``changes_table``); then only the customers
         in ``extra`` (a SELECT of ids to look at, and one of the ids already evaluated) are looked up.
         """
         marks = changes_table(len(self.pb.recurring)) if marked else None
+        out = []
         for i, rule in enumerate(self.pb.recurring):
             condition = self.compiled.recurring[rule.name]
             found = select(
@@ -751,7 +758,25 @@ class _Planner:
                     looked_up = found.where(CUSTOMER.c.id.in_(extra[0]), CUSTOMER.c.id.not_in(extra[1]))
                     both = union_all(matched, looked_up).subquery("matched")
                     query = select(both).order_by(both.c.id)
-            rows = list(self.conn.execute(query))
+            out.append(list(self.conn.execute(query)))
+        return out
+
+    def recurring(
+        self,
+        customer_ids: Sequence[str] | None,
+        only: Any = None,
+        marked: bool = False,
+        extra: list[Any] | None = None,
+        found: list[list[Any]] | None = None,
+    ) -> None:
+        """Recurring rules that match now fire once per period (day, week, month or year, local time).
+
+        The customers each matches are ``found`` (from ``recurring_rows``), or looked up with the
+        other arguments, as ``recurring_rows`` does.
+        """
+        if found is None:
+            found = self.recurring_rows(customer_ids, only, marked, extra)
+        for rule, rows in zip(self.pb.recurring, found, strict=True):
             for start in range(0, len(rows), BATCH):
                 chunk = rows[start : start + BATCH]
                 ids = [r.id for r in chunk]

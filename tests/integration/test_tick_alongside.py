@@ -30,9 +30,12 @@ def overlaps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
     original = engine_module.Alongside.run
 
-    def counting(self: engine_module.Alongside, planner: Any, sink: Any, found: list[Any]) -> set[str]:
-        seen.append(len(found))
-        return original(self, planner, sink, found)
+    def counting(self: engine_module.Alongside, planner: Any, plan: Any) -> None:
+        before = planner.sink.transitions
+        try:
+            original(self, planner, plan)
+        finally:
+            seen.append(planner.sink.transitions - before)
 
     monkeypatch.setattr(engine_module.Alongside, "run", counting)
     return seen
@@ -227,11 +230,11 @@ def test_the_second_connection_only_reads_and_looks_up_by_key(
     seen: dict[str, str] = {}
     original = engine_module.Alongside.run
 
-    def showing(self: engine_module.Alongside, planner: Any, sink: Any, found: list[Any]) -> set[str]:
+    def showing(self: engine_module.Alongside, planner: Any, plan: Any) -> None:
         for name in ("transaction_read_only", "enable_hashjoin", "enable_mergejoin"):
             seen[name] = self.reader.exec_driver_sql(f"SHOW {name}").scalar_one()
         seen["workers"] = self.reader.exec_driver_sql("SHOW max_parallel_workers_per_gather").scalar_one()
-        return original(self, planner, sink, found)
+        original(self, planner, plan)
 
     monkeypatch.setattr(engine_module.Alongside, "run", showing)
     walk(pg_engine)
