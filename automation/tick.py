@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,8 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from automation import collector, incremental
 from automation.compiled import CompiledPlaybook
@@ -19,6 +22,7 @@ from automation.outbox import OutboxSink
 from automation.playbooks import FrequencyCap
 
 RUN_LOG = metadata.tables["run_log"]
+log = logging.getLogger("automation.tick")
 #: A PostgreSQL tick with at most this many candidates evaluates them on two connections at once, and
 #: one with at most this many changed customers writes their state and history while it plans
 #: (``engine.Alongside``); a larger one (a first tick) streams its plan from its table instead.
@@ -120,11 +124,19 @@ def run_tick(
 def _second_connection(engine: Engine, wanted: bool) -> Iterator[Connection | None]:
     """PostgreSQL: a read-only connection beside the tick's, so that the database works on two cores
     (see ``materialize`` and ``engine.Alongside``); None on SQLite (one writer, in this process: nothing
-    to overlap) or when not ``wanted``."""
+    to overlap), when not ``wanted``, and when no second connection can be had (the tick then runs on
+    one, as it would on SQLite)."""
     if not wanted or engine.dialect.name != "postgresql":
         yield None
         return
-    with engine.connect() as reader:
+    try:
+        second = engine.connect()
+    except (OperationalError, PoolTimeout) as exc:  # max_connections, or the pool is spent: one will do
+        reason = str(exc).splitlines()[0]
+        log.warning("no second database connection for the tick (%s): it runs on one", reason)
+        yield None
+        return
+    with second as reader:
         reader.exec_driver_sql("SET TRANSACTION READ ONLY")  # it only looks up; closed, it rolls back
         # it looks customers up by key, thousands at a time: in index order, on one core (the other one
         # is the tick's). Told of 5,000 ids, the planner would hash all of customer_state instead, and

@@ -247,3 +247,23 @@ def test_the_second_connection_only_reads_and_looks_up_by_key(
     with pg_engine.connect() as conn:  # settings of the reader's transaction only, not of its pool
         assert conn.exec_driver_sql("SHOW enable_hashjoin").scalar_one() == "on"
         assert conn.exec_driver_sql("SHOW transaction_read_only").scalar_one() == "off"
+
+
+@pytest.mark.postgres
+def test_without_a_second_connection_the_tick_runs_on_one(
+    pg_engine: Engine, pg_url: str, overlaps: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pool with room for the tick's own connection only: the tick does not wait for a second one."""
+    from automation.db.engine import make_engine
+
+    walk(pg_engine)  # the schema and a first state, through the fixture's engine
+    single = make_engine(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        with pg_engine.begin() as conn:
+            conn.execute(update(T["customer"]).where(T["customer"].c.orders_count < 2).values(orders_count=2))
+        overlaps.clear()
+        result = run_tick(single, compile_playbook(LIFECYCLE, START + timedelta(days=3, minutes=15)))
+    finally:
+        single.dispose()
+    assert overlaps == [] and result.stats["transitions"] > 0
+    assert "no second database connection for the tick" in caplog.text
