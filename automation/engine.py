@@ -469,7 +469,9 @@ def plan(
     def plan_all(recurring: list[list[Any]] | None = None) -> None:
         exited = _leave_and_enter(planner, sink, found)
         planner.advance_due(exited, customer_ids)
-        planner.recurring(customer_ids, looked_at, marked=marked, extra=extra, found=recurring)
+        if recurring is None:
+            recurring = planner.recurring_rows(customer_ids, looked_at, marked=marked, extra=extra)
+        planner.recurring(recurring)
 
     if alongside is None:
         plan_all()
@@ -761,21 +763,11 @@ class _Planner:
             out.append(list(self.conn.execute(query)))
         return out
 
-    def recurring(
-        self,
-        customer_ids: Sequence[str] | None,
-        only: Any = None,
-        marked: bool = False,
-        extra: list[Any] | None = None,
-        found: list[list[Any]] | None = None,
-    ) -> None:
+    def recurring(self, found: list[list[Any]]) -> None:
         """Recurring rules that match now fire once per period (day, week, month or year, local time).
 
-        The customers each matches are ``found`` (from ``recurring_rows``), or looked up with the
-        other arguments, as ``recurring_rows`` does.
+        ``found``: the customers each rule matches (``recurring_rows``).
         """
-        if found is None:
-            found = self.recurring_rows(customer_ids, only, marked, extra)
         for rule, rows in zip(self.pb.recurring, found, strict=True):
             for start in range(0, len(rows), BATCH):
                 chunk = rows[start : start + BATCH]

@@ -53,9 +53,9 @@ def run_tick(
     that fails leaves nothing behind, and a tick repeated at the same moment plans nothing new.
     Only customers whose data changed or whose time-dependent rules may have flipped since the last
     tick are evaluated (``automation.incremental``); ``full`` evaluates everyone. On PostgreSQL a
-    second, read-only connection evaluates half of the candidates, and the state and history are
-    written while the planner plans, reading through it (``alongside=False``: all of it one after the
-    other, on one connection).
+    second, read-only connection evaluates half of the candidates, and the state, history and planned
+    rows are written while the planner plans, reading through it (``alongside=False``: all of it one
+    after the other, on one connection).
     """
     started = time.perf_counter()
     horizon = incremental.change_horizon(engine)
