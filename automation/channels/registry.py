@@ -3,7 +3,7 @@
 - email: SMTP when ``AUTOMATION_SMTP_URL`` is set, else ``.eml`` files in the outbox folder;
 - sms: a Twilio-compatible API when ``AUTOMATION_SMS_URL`` is set, else JSON files;
 - webhook: signed HTTP when ``AUTOMATION_WEBHOOKS=http`` (the default once SMTP or SMS is configured),
-  else JSON files;
+  else JSON files; the secret ``AUTOMATION_WEBHOOK_SECRET`` must be ``whsec_<base64>`` of 24 to 64 bytes;
 - task: always a row in ``task``; the assignee is told through the email channel above, or by a
   signed webhook to ``AUTOMATION_TASK_WEBHOOK_URL`` when that is set.
 
@@ -27,7 +27,13 @@ from automation.channels.filebox import FileOutbox
 from automation.channels.http import make_client
 from automation.channels.sms import TwilioSms
 from automation.channels.task import TaskChannel
-from automation.channels.webhook import WebhookChannel
+from automation.channels.webhook import (
+    MAX_KEY_BYTES,
+    MIN_KEY_BYTES,
+    NEW_SECRET_COMMAND,
+    WebhookChannel,
+    secret_key,
+)
 from automation.config import Settings
 from automation.errors import ConfigError
 from automation.ratelimit import Rate, parse_rate
@@ -68,6 +74,32 @@ class Channels:
             await client.aclose()
 
 
+def _webhook_secret(env: Mapping[str, str]) -> str:
+    """``AUTOMATION_WEBHOOK_SECRET``, checked before anything is opened: a missing or malformed secret
+    stops start-up with a ``ConfigError`` instead of signing requests no receiver can verify."""
+    secret = env.get("AUTOMATION_WEBHOOK_SECRET")
+    if not secret:
+        raise ConfigError(
+            "webhooks are signed: set AUTOMATION_WEBHOOK_SECRET to whsec_ followed by the base64 of "
+            f"{MIN_KEY_BYTES} to {MAX_KEY_BYTES} random bytes; make one with: {NEW_SECRET_COMMAND}"
+        )
+    secret_key(secret, source="AUTOMATION_WEBHOOK_SECRET")
+    return secret
+
+
+def _webhook_settings(env: Mapping[str, str], providers: bool) -> str | None:
+    """The webhook secret when webhooks go over HTTP, None when they go to files; every webhook setting
+    is checked here, before any connection is opened, so bad ones fail start-up and leak nothing."""
+    mode = env.get("AUTOMATION_WEBHOOKS", "http" if providers else "folder")
+    if mode not in ("http", "folder"):
+        raise ConfigError(f"AUTOMATION_WEBHOOKS={mode!r}: use http or folder")
+    if mode == "folder":
+        if env.get("AUTOMATION_TASK_WEBHOOK_URL"):
+            raise ConfigError("AUTOMATION_TASK_WEBHOOK_URL needs AUTOMATION_WEBHOOKS=http and a secret")
+        return None
+    return _webhook_secret(env)
+
+
 def build_channels(settings: Settings, engine: Engine, environ: Mapping[str, str] | None = None) -> Channels:
     """The channels for this process, from ``environ`` (default: the settings' environment)."""
     env = dict(settings.environ if environ is None else environ)
@@ -78,6 +110,8 @@ def build_channels(settings: Settings, engine: Engine, environ: Mapping[str, str
     clients: list[httpx.AsyncClient] = []
 
     smtp_url = env.get("AUTOMATION_SMTP_URL")
+    sms_url = env.get("AUTOMATION_SMS_URL")
+    secret = _webhook_settings(env, bool(smtp_url or sms_url))
     if smtp_url:
         smtp = SmtpSettings.from_url(smtp_url)
         channels["email"] = SmtpChannel(smtp, from_address=env.get("AUTOMATION_EMAIL_FROM"))
@@ -86,7 +120,6 @@ def build_channels(settings: Settings, engine: Engine, environ: Mapping[str, str
         channels["email"] = _Named(folder, "email")
         describe["email"] = f"files in {folder.directory}/email"
 
-    sms_url = env.get("AUTOMATION_SMS_URL")
     if sms_url:
         client = make_client()
         clients.append(client)
@@ -102,14 +135,8 @@ def build_channels(settings: Settings, engine: Engine, environ: Mapping[str, str
         channels["sms"] = _Named(folder, "sms")
         describe["sms"] = f"files in {folder.directory}/sms"
 
-    mode = env.get("AUTOMATION_WEBHOOKS", "http" if (smtp_url or sms_url) else "folder")
-    if mode not in ("http", "folder"):
-        raise ConfigError(f"AUTOMATION_WEBHOOKS={mode!r}: use http or folder")
     webhook: WebhookChannel | None = None
-    if mode == "http":
-        secret = env.get("AUTOMATION_WEBHOOK_SECRET")
-        if not secret:
-            raise ConfigError("webhooks are signed: set AUTOMATION_WEBHOOK_SECRET (e.g. whsec_<base64>)")
+    if secret is not None:
         client = make_client(max_connections=int(env.get("AUTOMATION_WEBHOOK_CONCURRENCY", "20")))
         clients.append(client)
         webhook = WebhookChannel(client, secret=secret)
@@ -120,9 +147,7 @@ def build_channels(settings: Settings, engine: Engine, environ: Mapping[str, str
         describe["webhook"] = f"files in {folder.directory}/webhook"
 
     crm_url = env.get("AUTOMATION_TASK_WEBHOOK_URL")
-    if crm_url:
-        if webhook is None:
-            raise ConfigError("AUTOMATION_TASK_WEBHOOK_URL needs AUTOMATION_WEBHOOKS=http and a secret")
+    if crm_url and webhook is not None:
         channels["task"] = TaskChannel(engine, notifier=webhook, notify_via="webhook", crm_url=crm_url)
         describe["task"] = f"task table, CRM webhook to {httpx.URL(crm_url).host}"
     else:

@@ -9,8 +9,10 @@ Every request is a ``POST`` of the rendered JSON body, byte for byte as signed, 
     webhook-signature: v1,<base64>     base64(HMAC-SHA256(key, "<webhook-id>.<webhook-timestamp>.<body>"))
     Idempotency-Key: <idempotency key>
 
-The secret is either ``whsec_<base64>`` (the key is the decoded bytes, as the convention says) or any
-other string (the key is its UTF-8 bytes). Receivers check requests with :func:`verify`.
+The secret is ``whsec_<base64>``, as the convention serialises symmetric secrets: the key is the decoded
+bytes, which the specification wants random and 24 to 64 bytes long. Nothing else is accepted, so every
+receiver using a Standard Webhooks library (``standardwebhooks`` on PyPI and its siblings) verifies what we
+send. Receivers check requests with :func:`verify`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import hmac
 import json as jsonlib
 import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -32,6 +35,9 @@ from automation.channels.http import Answer, raise_for_delivery, send_errors
 from automation.errors import ConfigError, PermanentDeliveryError
 
 __all__ = [
+    "MAX_KEY_BYTES",
+    "MIN_KEY_BYTES",
+    "NEW_SECRET_COMMAND",
     "SECRET_PREFIX",
     "WebhookChannel",
     "message_id",
@@ -42,27 +48,47 @@ __all__ = [
 ]
 
 SECRET_PREFIX = "whsec_"
+MIN_KEY_BYTES = 24  # the specification: "at least 24 bytes (192 bits, 512 maximum)"
+MAX_KEY_BYTES = 64
+NEW_SECRET_COMMAND = (
+    "python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+)
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 DEFAULT_TOLERANCE = 300  # seconds a receiver accepts between the signed timestamp and its clock
 _URL_CACHE = 256  # parsed webhook URLs kept per channel
 
 log = logging.getLogger(__name__)
 
 
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a secret: base64-decoded after ``whsec_``, else the string's UTF-8 bytes.
+def secret_key(secret: str, *, source: str = "the webhook secret") -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret: the decoded bytes (24 to 64 of them).
 
-    Raises ``ConfigError`` for an empty secret or a ``whsec_`` secret that is not valid base64."""
-    if not secret:
-        raise ConfigError("the webhook secret is empty")
-    if secret.startswith(SECRET_PREFIX):
-        try:
-            key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ConfigError("the webhook secret starts with whsec_ but the rest is not base64") from exc
-        if not key:
-            raise ConfigError("the webhook secret is empty after whsec_")
-        return key
-    return secret.encode("utf-8")
+    Anything else raises ``ConfigError`` naming ``source`` and saying how to make a good secret: a
+    receiver's Standard Webhooks library decodes every secret this way, so a secret it would read
+    differently (no prefix, URL-safe base64, stray characters) or a key too short for the specification
+    would make every signature fail on the other side. Base64 padding may be left out, as the libraries
+    accept that too."""
+    if not secret.startswith(SECRET_PREFIX):
+        shown = "is empty" if not secret else "does not start with whsec_"
+        raise _bad_secret(source, shown)
+    encoded = secret[len(SECRET_PREFIX) :]
+    if not _BASE64.fullmatch(encoded):
+        raise _bad_secret(source, "is not standard base64 after whsec_")
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad_secret(source, "is not standard base64 after whsec_") from None
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise _bad_secret(source, f"decodes to {len(key)} bytes")
+    return key
+
+
+def _bad_secret(source: str, what: str) -> ConfigError:
+    """The one error for every unusable secret: what is wrong, the rule, and a command that makes one."""
+    return ConfigError(
+        f"{source} {what}: it must be whsec_ followed by the base64 of {MIN_KEY_BYTES} to {MAX_KEY_BYTES} "
+        f"random bytes (Standard Webhooks); make one with: {NEW_SECRET_COMMAND}"
+    )
 
 
 def message_id(idempotency_key: str) -> str:

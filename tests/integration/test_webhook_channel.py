@@ -6,20 +6,32 @@ import asyncio
 import base64
 import gzip
 import json
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from automation.channels.base import Delivery, DeliveryResult
 from automation.channels.http import _DeliveryClient, make_client, raise_for_delivery
-from automation.channels.webhook import WebhookChannel, message_id, secret_key, sign, verify
+from automation.channels.webhook import (
+    NEW_SECRET_COMMAND,
+    WebhookChannel,
+    message_id,
+    secret_key,
+    sign,
+    verify,
+)
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from automation.rendering import RenderedMessage
 from tests.http_server import LocalServer, Reply, closed_port, serve
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"another key, also 32 bytes long.").decode()
 BODY = '{"event": "welcome", "customer": {"id": "c1", "name": "Zoë"}, "amount": 12.5}'
 
 
@@ -76,7 +88,7 @@ def test_tampered_body_wrong_secret_and_stale_timestamps_do_not_verify(server: L
     assert verify(SECRET, request.headers, request.body, now=stamp + 300)
     assert not verify(SECRET, request.headers, request.body.replace(b"12.5", b"99.5"))
     assert not verify(SECRET, request.headers, request.body + b" ")
-    assert not verify("whsec_" + base64.b64encode(b"another key").decode(), request.headers, request.body)
+    assert not verify(OTHER_SECRET, request.headers, request.body)
     assert not verify(SECRET, request.headers, request.body, now=stamp + 301)  # too old
     assert not verify(SECRET, request.headers, request.body, now=stamp - 301)  # from the future
     assert not verify(SECRET, request.headers, request.body, tolerance=10, now=stamp + 11)
@@ -91,7 +103,7 @@ def test_verify_accepts_one_valid_signature_among_several() -> None:
     body = b'{"a":1}'
     now = int(time.time())
     good = sign(SECRET, "msg_1", now, body)
-    stale = sign("whsec_" + base64.b64encode(b"old").decode(), "msg_1", now, body)
+    stale = sign(OTHER_SECRET, "msg_1", now, body)
     headers = {
         "webhook-id": "msg_1",
         "webhook-timestamp": str(now),
@@ -102,34 +114,80 @@ def test_verify_accepts_one_valid_signature_among_several() -> None:
     assert not verify(SECRET, headers, body)
 
 
-def test_whsec_secrets_sign_with_the_decoded_key_plain_secrets_with_their_bytes() -> None:
-    raw = b"\x00\xffbinary key bytes"
+def test_whsec_secrets_sign_with_the_decoded_key() -> None:
+    raw = b"\x00\xffbinary key bytes, 32 long."
     whsec = "whsec_" + base64.b64encode(raw).decode()
     assert secret_key(whsec) == raw
-    assert secret_key("plain secret") == b"plain secret"
     assert sign(whsec, "msg_1", 1, b"x") == sign(raw, "msg_1", 1, b"x")
-    assert sign(whsec, "msg_1", 1, b"x") != sign(whsec[6:], "msg_1", 1, b"x")
-    with pytest.raises(ConfigError, match="not base64"):
+    assert sign(whsec, "msg_1", 1, b"x") != sign(whsec[6:].encode(), "msg_1", 1, b"x")
+    with pytest.raises(ConfigError, match="not standard base64"):
         secret_key("whsec_not*base64")
     with pytest.raises(ConfigError, match="empty"):
         secret_key("")
 
 
-def test_a_plain_string_secret_is_signed_with_its_utf8_bytes() -> None:
-    with serve(secret="plain-secret-ü") as srv:
-        asyncio.run(send(hook(srv.url), secret="plain-secret-ü"))
-        [request] = srv.requests
-    assert request.signature_ok is True
-    assert verify("plain-secret-ü", request.headers, request.body)
-    assert not verify(SECRET, request.headers, request.body)
+def test_a_plain_string_secret_is_refused_and_verifies_nothing(server: LocalServer) -> None:
+    with pytest.raises(ConfigError, match="does not start with whsec_"):
+        asyncio.run(send(hook(server.url), secret="plain-secret-ü-long-enough-for-any-rule"))
+    assert server.requests == []
+    asyncio.run(send(hook(server.url)))
+    [request] = server.requests
+    assert not verify("plain-secret-ü-long-enough-for-any-rule", request.headers, request.body)
 
 
 def test_a_receiver_that_checks_signatures_rejects_a_wrong_secret_permanently() -> None:
     with serve(secret=SECRET, reject_bad_signatures=True) as srv:
         with pytest.raises(PermanentDeliveryError, match="HTTP 401"):
-            asyncio.run(send(hook(srv.url), secret="some other secret"))
+            asyncio.run(send(hook(srv.url), secret=OTHER_SECRET))
         asyncio.run(send(hook(srv.url)))
         assert [r.outcome for r in srv.requests] == ["bad-signature", "ok"]
+
+
+# ------------------------------------------------- the official Standard Webhooks library as receiver
+
+
+def test_the_standard_webhooks_library_verifies_what_both_client_paths_send(server: LocalServer) -> None:
+    asyncio.run(send(hook(server.url + "/fast", key="k-fast")))
+    plain = httpx.AsyncClient(timeout=5)  # no aiohttp fast path: the httpx request path
+    answered = asyncio.run(send_with(plain, hook(server.url + "/httpx", key="k-httpx")))
+    assert isinstance(answered, DeliveryResult)
+
+    fast, slow = server.requests
+    assert fast.path == "/fast" and slow.path == "/httpx"
+    for request in (fast, slow):
+        assert Webhook(SECRET).verify(request.body, request.headers) == json.loads(BODY)
+        assert Webhook(SECRET).verify(request.body.decode(), request.headers, json_parse=False) is None
+
+
+def test_the_standard_webhooks_library_rejects_a_tampered_request(server: LocalServer) -> None:
+    asyncio.run(send(hook(server.url)))
+    [request] = server.requests
+    receiver = Webhook(SECRET)
+    receiver.verify(request.body, request.headers)  # the untouched request is fine
+    for body, headers in (
+        (request.body.replace(b"12.5", b"99.5"), request.headers),
+        (request.body + b" ", request.headers),
+        (request.body, {**request.headers, "webhook-id": "msg_other"}),
+    ):
+        with pytest.raises(WebhookVerificationError):
+            receiver.verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(OTHER_SECRET).verify(request.body, request.headers)
+
+
+def test_a_secret_made_by_the_documented_command_and_its_unpadded_form_verify_with_the_library(
+    server: LocalServer,
+) -> None:
+    command = NEW_SECRET_COMMAND.replace("python", shlex.quote(sys.executable), 1)
+    made = subprocess.run(command, shell=True, capture_output=True, text=True, check=True).stdout.strip()
+    assert made.startswith("whsec_") and len(secret_key(made)) == 32
+    unpadded = made.rstrip("=")
+    assert unpadded != made and secret_key(unpadded) == secret_key(made)  # 32 bytes: one "=" of padding
+    for key, secret in enumerate((made, unpadded)):
+        asyncio.run(send(hook(server.url, key=f"k{key}"), secret=secret))
+        request = server.requests[-1]
+        assert Webhook(secret).verify(request.body, request.headers) == json.loads(BODY)
+        assert verify(secret, request.headers, request.body)
 
 
 # ------------------------------------------------------------------------------ ids and idempotency
