@@ -63,6 +63,9 @@ class Daemon:
         except PlaybookError as exc:
             log.error("reload refused, the previous playbooks keep running:\n%s", exc)
             return False
+        except Exception:  # a defect, not bad input: keep running what works, with the trace to report
+            log.exception("reload failed, the previous playbooks keep running")
+            return False
         log.info(
             "reloaded %d playbook(s): %s", len(loaded.playbooks), ", ".join(p.name for p in loaded.playbooks)
         )

@@ -52,10 +52,24 @@ class Problem:
                 where += f":{self.column}"
         text = f"{where}: {self.message}"
         if self.source_line is not None and self.line:
-            text += "\n    " + self.source_line.rstrip("\n")
-            if self.column:
-                text += "\n    " + " " * (self.column - 1) + "^"
+            shown, column = _clip(self.source_line.rstrip("\n"), self.column)
+            text += "\n    " + shown
+            if column:
+                text += "\n    " + " " * (column - 1) + "^"
         return text
+
+
+SHOWN_LINE = 100  # characters of a source line shown under a problem
+
+
+def _clip(line: str, column: int) -> tuple[str, int]:
+    """At most ``SHOWN_LINE`` characters of ``line`` around ``column``, and the column within them."""
+    if len(line) <= SHOWN_LINE:
+        return line, column
+    start = max(0, min(column - 1 - SHOWN_LINE // 2, len(line) - SHOWN_LINE)) if column else 0
+    end = start + SHOWN_LINE
+    head, tail = ("..." if start else ""), ("..." if end < len(line) else "")
+    return head + line[start:end] + tail, (column - start + len(head) if column else 0)
 
 
 class PlaybookError(InputError):

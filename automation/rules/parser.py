@@ -1,4 +1,11 @@
-"""Parse rule text into the syntax tree of ``automation.rules.ast`` (lark, LALR)."""
+"""Parse rule text into the syntax tree of ``automation.rules.ast`` (lark, LALR).
+
+A rule is at most ``MAX_RULE_LENGTH`` (4,000) characters and nests at most ``MAX_RULE_DEPTH`` (32)
+levels: every open parenthesis or bracket and every ``not`` that applies to what follows it counts
+one. Both are checked on the tokens before anything is built, so a rule of thousands of ``(`` or
+``not`` is a clean error found at once, and every later step (which walks the tree recursively) sees
+shallow trees only.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from automation.rules import ast
 from automation.rules.ast import RuleError, parse_duration
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
+MAX_RULE_LENGTH = 4_000
+MAX_RULE_DEPTH = 32
 
 _EXPECTED_WORDS = {
     "NAME": "a field or function name",
@@ -168,11 +177,46 @@ def _describe(error: UnexpectedInput, text: str) -> RuleSyntaxError:
     return RuleSyntaxError(str(error), 0)
 
 
+def _check_depth(text: str) -> None:
+    """Refuse a rule nested deeper than ``MAX_RULE_DEPTH``, from its tokens alone.
+
+    ``chains`` holds, per open bracket level, how many ``not`` in a row are waiting for their operand;
+    any other token at that level ends the chain. The depth at a token is the open brackets plus the
+    waiting ``not``s of every level, which is never less than the tree's nesting there.
+    """
+    chains = [0]
+    for token in _parser().lex(text):
+        kind = token.type
+        if kind == "_NOT":
+            chains[-1] += 1
+        elif kind in ("LPAR", "LSQB"):
+            chains.append(0)
+        elif kind in ("RPAR", "RSQB"):
+            if len(chains) > 1:
+                chains.pop()
+            chains[-1] = 0
+            continue
+        else:
+            chains[-1] = 0
+            continue
+        if len(chains) - 1 + sum(chains) > MAX_RULE_DEPTH:
+            raise RuleSyntaxError(
+                f"the rule nests more than {MAX_RULE_DEPTH} levels deep (parentheses, brackets and "
+                "'not'); split it or simplify it",
+                token.start_pos or 0,
+            )
+
+
 def parse(text: str) -> ast.Node:
     """Parse ``text``; raise ``RuleSyntaxError`` with the offset of the problem."""
     if not text.strip():
         raise RuleSyntaxError("the rule is empty", 0)
+    if len(text) > MAX_RULE_LENGTH:
+        raise RuleSyntaxError(
+            f"the rule is {len(text):,} characters long; the limit is {MAX_RULE_LENGTH:,}", MAX_RULE_LENGTH
+        )
     try:
+        _check_depth(text)
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
         raise _describe(exc, text) from None

@@ -291,6 +291,24 @@ def test_sighup_with_a_broken_playbook_keeps_the_previous_version_then_reloads(
     proc.signal(signal.SIGHUP)
     refused(f"{where}:6:", "touch")
 
+    # 4. hostile YAML: an alias bomb, nesting 20,000 levels deep, a Python tag; a rule nested 400 deep
+    bomb = "".join(
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else '"lol"'] * 9) + "]\n" for i in range(9)
+    )
+    path.write_text(good + bomb)
+    proc.signal(signal.SIGHUP)
+    refused(f"{where}:{len(good.splitlines()) + 6}:", "once aliases are expanded")
+    path.write_text(good + "deep: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    proc.signal(signal.SIGHUP)
+    refused(f"{where}:{len(good.splitlines()) + 1}:", "nested more than 50 levels deep")
+    path.write_text(good + "hook: !!python/object/apply:os.system [touch pwned]\n")
+    proc.signal(signal.SIGHUP)
+    refused(f"{where}:{len(good.splitlines()) + 1}:", "!!python/object/apply:os.system is not allowed")
+    path.write_text(good.replace(line, "    when: " + "(" * 400 + "orders_count >= 2" + ")" * 400))
+    proc.signal(signal.SIGHUP)
+    refused(f"{where}:{number}:", "nests more than 32 levels deep")
+    assert not (project / "pwned").exists()
+
     # the previous version still runs: a customer imported now gets its program (email + webhook)
     import_customer(project, env, "new_loyal", "new.loyal@example.net", orders=5)
     wait_until(lambda: messages_to(smtp, "new.loyal@example.net"), WAIT, "the new customer's email")
@@ -317,7 +335,8 @@ def test_sighup_with_a_broken_playbook_keeps_the_previous_version_then_reloads(
 
     stop(proc)
     records = check_json_logs(proc.lines, json_plain)
-    assert [r["level"] for r in records].count("error") == 3
+    assert [r["level"] for r in records].count("error") == 7
+    assert "Traceback" not in proc.stderr and "Exception in callback" not in proc.stderr
     assert "boss.person@" not in proc.stderr
 
 
