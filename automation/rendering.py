@@ -101,6 +101,8 @@ _HTML = "html:"  # loader-name prefix: the same file compiled with HTML autoesca
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9][A-Za-z0-9_.\-]*)*$")
 _MAX_SEQUENCE = 100_000  # longest string/list a template may build with *
 _MAX_EXPONENT = 1_000
+#: A template file is at most this many bytes of UTF-8 (Gmail clips HTML mail after about 100 KB).
+MAX_TEMPLATE_BYTES = 262_144
 
 T = TypeVar("T")
 
@@ -499,7 +501,22 @@ class _Loader(FileSystemLoader):
     """Loads ``html:<file>`` from ``<file>``: the HTML-autoescaped compilation of the same source."""
 
     def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        return super().get_source(environment, template.removeprefix(_HTML))
+        """The file's text, refused as a syntax error (line 1) when too large or not UTF-8."""
+        fname = template.removeprefix(_HTML)
+        for folder in self.searchpath:
+            path = Path(folder, *fname.split("/"))
+            if path.is_file():
+                size = path.stat().st_size
+                if size > MAX_TEMPLATE_BYTES:
+                    message = f"the file is {size:,} bytes; the limit is {MAX_TEMPLATE_BYTES:,}"
+                    raise TemplateSyntaxError(message, 1, fname, str(path))
+                try:
+                    path.read_bytes().decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    message = f"not valid UTF-8 (byte {exc.start + 1})"
+                    raise TemplateSyntaxError(message, 1, fname, str(path)) from None
+                break
+        return super().get_source(environment, fname)
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -510,6 +527,26 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         render copies them into its context, and a dict copies several times faster. The store never
         changes the environment's globals after it is built."""
         return {**self.globals, **(d or {})}
+
+    def compile(  # one signature for both of Jinja's overloads
+        self,
+        source: str | nodes.Template,
+        name: str | None = None,
+        filename: str | None = None,
+        raw: bool = False,
+        defer_init: bool = False,
+    ) -> Any:
+        """Jinja's compile; a template nested too deeply for the parser or for Python (hundreds of
+        nested blocks, parentheses or chained operators, or more than 20 nested loops) is a syntax
+        error at its deepest line, not a RecursionError."""
+        try:
+            return super().compile(source, name, filename, raw, defer_init)  # type: ignore[call-overload]
+        except (RecursionError, SyntaxError) as exc:
+            if isinstance(exc, TemplateSyntaxError):
+                raise
+            line = _deepest_line(self, source) if isinstance(source, str) else 1
+            message = "the template is nested too deeply to compile; use fewer nested blocks or expressions"
+            raise TemplateSyntaxError(message, line, name, filename) from None
 
     def join_path(self, template: str, parent: str) -> str:
         """Templates extended or included from an HTML compilation are compiled for HTML too."""
@@ -529,6 +566,28 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+_OPENING_TAGS = frozenset({"if", "for", "block", "macro", "call", "filter", "with", "autoescape", "trans"})
+
+
+def _deepest_line(env: Environment, source: str) -> int:
+    """The line where blocks and brackets are nested deepest (1 when the source does not lex)."""
+    depth, deepest, line, after_begin = 0, -1, 1, False
+    try:
+        for lineno, kind, value in env.lex(source):
+            if kind == "operator" and value in "([{":
+                depth += 1
+            elif kind == "operator" and value in ")]}":
+                depth = max(depth - 1, 0)
+            elif after_begin and kind == "name":
+                depth = depth + 1 if value in _OPENING_TAGS else max(depth - value.startswith("end"), 0)
+            after_begin = kind == "block_begin"
+            if depth > deepest:
+                deepest, line = depth, lineno
+    except TemplateSyntaxError:
+        return 1
+    return line
+
+
 def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
@@ -537,6 +596,8 @@ def _source_line(path: Path, line: int) -> str | None:
     if line <= 0:
         return None
     try:
+        if path.stat().st_size > MAX_TEMPLATE_BYTES:
+            return None
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return None
