@@ -2,7 +2,9 @@
 
 Headers set on every message:
 
-* ``From``, ``To``, ``Subject`` (non-ASCII text is RFC 2047 encoded), ``Date`` (RFC 5322, from ``now``)
+* ``From``, ``To``, ``Subject`` (non-ASCII text is RFC 2047 encoded), ``Date`` (RFC 5322, from ``now``);
+  a Subject that contains ``=?`` is encoded whole, so text from customer data that looks like an encoded
+  word (``=?utf-8?q?=41dmin?=``) reads as typed instead of being decoded by mail clients
 * ``Message-ID``: ``<first 32 hex digits of sha256(idempotency key)@domain>``, so a message sent again
   after a crash carries the same id and receivers can drop the repeat
 * ``X-Automation-Key``: the idempotency key, for tracing a received mail back to its outbox row
@@ -21,6 +23,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
+from email.header import Header
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import Policy, compat32
@@ -49,6 +52,48 @@ class _VerbatimHeader(UnstructuredHeader, BaseHeader):
         if value.isascii() and len(line) <= 998 and not any(c in value for c in "\r\n"):
             return line + policy.linesep
         return super().fold(policy=policy)
+
+
+class _TypedTextHeader(UnstructuredHeader, BaseHeader):
+    """An unstructured header whose value is the text exactly as typed.
+
+    The modern email package decodes RFC 2047 encoded words when a header is set and writes ASCII text
+    unencoded, so a rendered ``=?utf-8?q?=41dmin?=`` would reach the reader as "Admin". Made with
+    :func:`_typed_text`, this header keeps such text as it is and, when it contains ``=?``, writes the
+    whole value as encoded words, which a parser decodes back to the typed text.
+    """
+
+    @classmethod
+    def parse(cls, value: str, kwds: dict[str, object]) -> None:
+        super().parse(value, kwds)
+        kwds["decoded"] = value  # not decoded: the value is the text to show
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if not _looks_encoded(value):
+            return super().fold(policy=policy)
+        limit = policy.max_line_length or 78
+        encoded = Header(value, "utf-8", header_name=self.name).encode(
+            linesep=policy.linesep, maxlinelen=limit
+        )
+        return f"{self.name}: {encoded}{policy.linesep}"
+
+
+def _looks_encoded(value: str) -> bool:
+    """Whether a reader could take part of ``value`` for an RFC 2047 encoded word."""
+    return "=?" in value
+
+
+def _one_line(name: str, value: str) -> str:
+    """``value`` for a header; ValueError when it holds a line break (it would end the header)."""
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"the {name} contains a line break")
+    return value
+
+
+def _typed_text(name: str, value: str) -> _TypedTextHeader:
+    """A ``name`` header showing ``value`` as typed (see :class:`_TypedTextHeader`)."""
+    return _TypedTextHeader(name, _one_line(name, value))
 
 
 _HEADERS = HeaderRegistry()  # our own registry: mapping types must not change the shared default one
@@ -113,7 +158,7 @@ def build_email(delivery: Delivery, *, from_address: str, domain: str, now: date
     try:
         message["From"] = from_address
         message["To"] = delivery.to.strip()
-        message["Subject"] = rendered.subject or ""
+        message["Subject"] = _typed_text("Subject", rendered.subject or "")
         message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
         message["Message-ID"] = message_id(delivery.idempotency_key, domain)
         message["X-Automation-Key"] = delivery.idempotency_key
@@ -147,7 +192,6 @@ def build_email_bytes(
     quoted-printable UTF-8), and the ASCII List-Unsubscribe* and X-Automation-Key headers unfolded.
     """
     from email.charset import QP, Charset
-    from email.header import Header
     from email.mime.multipart import MIMEMultipart
     from email.mime.nonmultipart import MIMENonMultipart
     from email.utils import formataddr, parseaddr
@@ -162,6 +206,10 @@ def build_email_bytes(
         recipient = envelope_address(to)
     except ValueError as exc:
         raise PermanentDeliveryError(str(exc)) from exc
+    try:
+        subject = _one_line("Subject", rendered.subject or "")
+    except ValueError as exc:
+        raise PermanentDeliveryError(f"cannot build the email: {mask_text(str(exc))}") from exc
     url = (delivery.unsubscribe_url or "").strip()
     if any(c in url for c in "<>\r\n \t"):
         raise PermanentDeliveryError(
@@ -176,8 +224,10 @@ def build_email_bytes(
         body.set_payload(text if text.endswith("\n") else text + "\n", charset=charset)
         return body
 
-    def header(value: str) -> str:
-        return value if value.isascii() else Header(value, "utf-8").encode(linesep="\r\n")
+    def header(name: str, value: str) -> str:
+        if value.isascii() and not _looks_encoded(value):
+            return value
+        return Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
 
     def address(value: str) -> str:
         name, addr = parseaddr(value)
@@ -193,7 +243,7 @@ def build_email_bytes(
     ident = message_id(delivery.idempotency_key, domain)
     message["From"] = address(from_address)
     message["To"] = address(to)
-    message["Subject"] = header(rendered.subject or "")
+    message["Subject"] = header("Subject", subject)
     message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
     message["Message-ID"] = ident
     message["X-Automation-Key"] = delivery.idempotency_key

@@ -134,6 +134,19 @@ def test_marketing_mail_arrives_with_both_parts_and_all_headers(smtp: SmtpTestSe
     assert f"List-Unsubscribe: <{UNSUBSCRIBE}>\r\n".encode() in raw
 
 
+def test_a_subject_that_looks_like_encoded_words_arrives_as_typed(smtp: SmtpTestServer) -> None:
+    typed = "Hallo =?utf-8?q?=41dmin?=, your =?UTF-8?B?QWNjb3VudA==?= — 10 % off"
+    ch = channel(smtp.url)
+    built = ch.build(delivery(subject=typed))  # the message the file outbox writes, from the same data
+    send_all(ch, delivery(subject=typed))
+
+    [received] = smtp.messages
+    assert received.message["Subject"] == typed
+    assert built["Subject"] == typed
+    assert received.raw.isascii()
+    assert b"=?utf-8?q?=41dmin?=" not in received.raw
+
+
 def test_mail_without_unsubscribe_url_has_no_list_headers(smtp: SmtpTestServer) -> None:
     send_all(channel(smtp.url), delivery(unsubscribe_url=None, html=None, subject="Your order"))
 
