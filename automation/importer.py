@@ -6,11 +6,25 @@ line number) and never stops the good rows. A file-level problem (missing or unr
 unknown format, empty file, unknown, repeated or missing CSV column) raises
 :class:`~automation.errors.InputError` before any row is written. JSON Lines has no header, so
 there an unknown key rejects its row. Formats are chosen by extension: ``.csv`` (a header row;
-empty cells are null; JSON columns hold JSON text) or ``.jsonl``/``.ndjson`` (one object a line).
+JSON columns hold JSON text) or ``.jsonl``/``.ndjson`` (one object a line).
 
-Customers are upserted by ``id``: the columns present in the file replace the stored values,
-columns absent from the file keep them (new customers get the defaults). Events are appended and
-must name a customer that is already stored.
+Sizes are bounded in every format: a physical line holds at most ``MAX_LINE_BYTES`` bytes (its
+line ending not counted; a longer line is skipped without being read whole and rejects its row),
+and so are a JSON Lines row, an ``attributes`` or ``properties`` JSON value and a CSV field (one
+spanning lines too: a longer field rejects its row). Text columns hold at most their
+``String(length)`` of :mod:`automation.db.tables`, checked before any other validation. Ids
+(customer ``id``, event ``customer_id``) must not contain control characters (Unicode category Cc,
+U+2028, U+2029).
+
+Customers are upserted by ``id``, rows in file order. A value that is not given -- an empty CSV
+cell, a whitespace-only text, a JSON null, or a column absent from the file or the object -- keeps
+what is stored; a new customer gets the column's default (``timezone`` UTC, ``orders_count`` 0,
+``attributes`` {}, the others null). A given value replaces the stored one. The pseudo-column
+``clear`` sets nullable columns to null: a CSV cell listing column names separated by spaces or
+commas (``email phone``), or a JSON list (``"clear": ["email", "phone"]``). Clearing ``id``, a
+column with a default (write the value instead), an unknown column, or a column the same row gives a
+value rejects the row; :func:`customer_columns` holds these rules. Events are appended and must name
+a customer that is already stored.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache, partial
@@ -31,7 +45,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, String, Table, select
+from sqlalchemy import Engine, String, Table, TypeDecorator, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -44,6 +58,10 @@ BATCH_SIZE = 2_000
 MAX_STORED_PROBLEMS = 1_000
 PROGRESS_EVERY = 1_000  # rows between progress callbacks
 INT32_MAX = 2_147_483_647
+MAX_LINE_BYTES = 131_072  # 128 KiB a physical line, its line ending not counted
+_SKIP_CHUNK = 65_536  # bytes read at a time when skipping the rest of a longer line
+_PHONE_INPUT_MAX = 64  # characters of a phone number as written; stored E.164 is at most 16
+_SHOWN_MAX = 80  # characters of a bad value quoted in a problem
 
 #: ``progress(rows_processed, bytes_read, total_bytes)``
 ProgressCallback = Callable[[int, int, int], None]
@@ -57,6 +75,10 @@ EVENT_TABLE: Table = Event.__table__  # type: ignore[attr-defined]
 CUSTOMER_FIELDS: tuple[str, ...] = tuple(c.name for c in CUSTOMER_TABLE.columns if c.name != "updated_at")
 #: Importable event fields (the surrogate key ``id`` is generated).
 EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENT_TABLE.columns if c.name != "id")
+#: The pseudo-column of a customer row naming the columns to set to null.
+CLEAR = "clear"
+#: What a customer row may hold.
+CUSTOMER_INPUT_FIELDS: tuple[str, ...] = (*CUSTOMER_FIELDS, CLEAR)
 
 CUSTOMER_DEFAULTS: dict[str, Any] = {"timezone": "UTC", "orders_count": 0, "attributes": {}}
 
@@ -65,6 +87,9 @@ _INVALID_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of u
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _INT_RE = re.compile(r"[+-]?\d+")
 _LOCALE_RE = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # Unicode category Cc, line/paragraph separators
+_CLEAR_SEPARATORS = re.compile(r"[\s,]+")
+_LONG_LINE = f"the line is longer than {MAX_LINE_BYTES:,} bytes"
 
 
 @dataclass
@@ -74,9 +99,19 @@ class ImportReport:
     path: Path
     kind: Kind
     read: int = 0
-    imported: int = 0
+    imported: int = 0  # events written, or distinct customers written
     rejected: int = 0
     problems: list[Problem] = field(default_factory=list)  # at most MAX_STORED_PROBLEMS
+    repeated: int = 0  # customer ids given by more than one imported row
+    _ids: set[str] = field(default_factory=set, repr=False)  # customer ids written
+    _repeated: set[str] = field(default_factory=set, repr=False)
+
+    def count_customers(self, ids: Collection[str], repeated: Iterable[str]) -> None:
+        """Count the ids of a written batch; ``repeated``: those more than one row of the batch gave."""
+        again = {i for i in ids if i in self._ids}.union(repeated) - self._repeated
+        self._repeated |= again
+        self._ids.update(ids)
+        self.imported, self.repeated = len(self._ids), len(self._repeated)
 
     def reject(self, line: int, message: str) -> None:
         """Count a rejected row; keep its problem while under the cap."""
@@ -90,10 +125,14 @@ class ImportReport:
         return self.rejected == 0
 
     def summary(self) -> str:
-        """One line, e.g. ``imported 2,998 customers, rejected 2 rows``."""
+        """One line, e.g. ``imported 2,998 customers (1 repeated id: the last row wins), rejected 2 rows``."""
         kind = self.kind if self.imported != 1 else self.kind.removesuffix("s")
         rows = "row" if self.rejected == 1 else "rows"
-        return f"imported {self.imported:,} {kind}, rejected {self.rejected:,} {rows}"
+        repeated = ""
+        if self.repeated:
+            ids = "id" if self.repeated == 1 else "ids"
+            repeated = f" ({self.repeated:,} repeated {ids}: the last row wins)"
+        return f"imported {self.imported:,} {kind}{repeated}, rejected {self.rejected:,} {rows}"
 
 
 class RowError(ValueError):
@@ -130,21 +169,50 @@ def import_events(engine: Engine, path: Path | str, progress: ProgressCallback |
 
 
 class _ByteCounter:
-    """Yields the decoded lines of a binary file and counts the bytes read so far."""
+    """Yields the decoded lines of a binary file and counts the bytes read so far.
 
-    def __init__(self, fh: Iterable[bytes]) -> None:
+    A line longer than ``MAX_LINE_BYTES`` is never held whole: the rest of it is skipped in chunks,
+    an empty line is yielded in its place, and its number is kept for :meth:`take_long_lines`.
+    """
+
+    def __init__(self, fh: BinaryIO) -> None:
         self._fh = fh
         self.bytes_read = 0
+        self.line = 0  # number of the last line yielded
+        self._long: list[int] = []
+
+    def take_long_lines(self) -> list[int]:
+        """Numbers of the too long lines yielded since the last call."""
+        taken, self._long = self._long, []
+        return taken
 
     def __iter__(self) -> Iterator[str]:
-        first = True
-        for raw in self._fh:
+        while raw := self._fh.readline(MAX_LINE_BYTES + 2):  # room for a CRLF line ending
             self.bytes_read += len(raw)
-            if first:
+            self.line += 1
+            if self.line == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # UTF-8 byte order mark
-                first = False
+            if _content_length(raw) > MAX_LINE_BYTES:
+                if not raw.endswith(b"\n"):
+                    self._skip_rest_of_line()
+                self._long.append(self.line)
+                yield "\n"
+                continue
             # Invalid UTF-8 becomes lone surrogates, so the row holding it is rejected, not the file.
             yield raw.decode("utf-8", errors="surrogateescape")
+
+    def _skip_rest_of_line(self) -> None:
+        while chunk := self._fh.readline(_SKIP_CHUNK):
+            self.bytes_read += len(chunk)
+            if chunk.endswith(b"\n"):
+                return
+
+
+def _content_length(raw: bytes) -> int:
+    """Bytes of a line without its line ending."""
+    if raw.endswith(b"\r\n"):
+        return len(raw) - 2
+    return len(raw) - raw.endswith(b"\n")
 
 
 def _format(path: Path) -> Literal["csv", "jsonl"]:
@@ -158,7 +226,7 @@ def _format(path: Path) -> Literal["csv", "jsonl"]:
 
 
 def _unknown_field(name: str, fields: tuple[str, ...]) -> str:
-    text = f"unknown column {name!r}"
+    text = f"unknown column {_shown(name)}"
     close = difflib.get_close_matches(name.strip().lower(), fields, n=1, cutoff=0.6)
     if close:
         return text + f" (did you mean {close[0]!r}?)"
@@ -169,11 +237,30 @@ def _csv_rows(
     path: Path, lines: _ByteCounter, fields: tuple[str, ...], required: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """``(line, row, error)`` per data row; file-level problems raise InputError."""
-    reader = csv.reader(lines)
+    # No field can be longer than a line, unless it spans lines (a quote left open, say).
+    previous_limit = csv.field_size_limit(MAX_LINE_BYTES)
+    try:
+        reader = csv.reader(lines)
+        names = _csv_header(path, reader, lines, fields, required)
+        yield from _csv_records(path, reader, lines, names)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _csv_header(
+    path: Path,
+    reader: Iterator[list[str]],
+    lines: _ByteCounter,
+    fields: tuple[str, ...],
+    required: tuple[str, ...],
+) -> list[str]:
+    """The column names of the header row; a bad header raises InputError."""
     try:
         header = next(reader, None)
     except csv.Error as exc:
         raise InputError(f"{path}:1: cannot read the CSV header: {exc}") from exc
+    if lines.take_long_lines():
+        raise InputError(f"{path}:1: the header line is longer than {MAX_LINE_BYTES:,} bytes")
     if header is None:
         raise InputError(f"{path}: the file is empty; expected a header row naming the columns")
     names = [h.strip() for h in header]
@@ -189,24 +276,42 @@ def _csv_rows(
     missing = [r for r in required if r not in seen]
     if missing:
         raise InputError(f"{path}:1: missing required column(s): {', '.join(missing)}")
+    return names
 
-    last_line = reader.line_num
+
+def _csv_records(
+    path: Path, reader: Iterator[list[str]], lines: _ByteCounter, names: list[str]
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """``(line, row, error)`` per data row after the header."""
+    last_line = lines.line
     while True:
+        error = None
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise InputError(
-                f"{path}:{last_line + 1}: cannot read the CSV file: {exc} (the rows before were imported)"
-            ) from exc
-        line, last_line = last_line + 1, reader.line_num
-        if not cells:  # blank line
+            cells, error = [], _csv_error(exc)
+            if lines.line == last_line:  # nothing was read: do not try again forever
+                raise InputError(f"{path}:{last_line + 1}: cannot read the CSV file: {exc}") from exc
+        line, last_line = last_line + 1, lines.line
+        long_lines = lines.take_long_lines()
+        if long_lines:
+            yield long_lines[0], None, _LONG_LINE
+        elif error is not None:
+            yield line, None, error
+        elif not cells:  # blank line
             continue
-        if len(cells) != len(names):
+        elif len(cells) != len(names):
             yield line, None, f"has {len(cells)} fields, the header has {len(names)}"
-            continue
-        yield line, {n: (c if c != "" else None) for n, c in zip(names, cells, strict=True)}, None
+        else:
+            yield line, {n: (c if c != "" else None) for n, c in zip(names, cells, strict=True)}, None
+
+
+def _csv_error(exc: csv.Error) -> str:
+    if "field larger than field limit" in str(exc):
+        return f"a field is longer than {MAX_LINE_BYTES:,} characters (is a quote left open?)"
+    return f"cannot read the CSV row: {exc}"
 
 
 def _reject_constant(name: str) -> Any:
@@ -221,7 +326,11 @@ def _jsonl_rows(
     lines: _ByteCounter, fields: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """``(line, row, error)`` per non-blank line."""
-    for line, text in enumerate(lines, start=1):
+    for text in lines:
+        line = lines.line
+        if lines.take_long_lines():
+            yield line, None, _LONG_LINE
+            continue
         if not text.strip():
             continue
         if _INVALID_UTF8.search(text):
@@ -261,6 +370,20 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: problems quote bad values without holding long ones."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
+
+
+def _max_length(table: Table, name: str) -> int | None:
+    """The ``String(length)`` of a column (also behind a TypeDecorator such as AutoString)."""
+    col_type = table.c[name].type
+    if isinstance(col_type, TypeDecorator):
+        col_type = col_type.impl_instance
+    return col_type.length if isinstance(col_type, String) else None
+
+
 def _text(name: str, value: Any, max_length: int | None) -> str | None:
     if value is None:
         return None
@@ -269,10 +392,10 @@ def _text(name: str, value: Any, max_length: int | None) -> str | None:
     text = value.strip()
     if not text:
         return None
+    if max_length is not None and len(text) > max_length:  # before any costlier check
+        raise RowError(f"{name}: longer than {max_length} characters")
     if _BAD_CHARS.search(text):
         raise RowError(f"{name}: contains a NUL character or invalid UTF-8")
-    if max_length is not None and len(text) > max_length:
-        raise RowError(f"{name}: longer than {max_length} characters")
     return text
 
 
@@ -283,20 +406,21 @@ def _normalized_email(text: str) -> str:
 
 
 def _email(name: str, value: Any) -> str | None:
-    text = _text(name, value, None)
+    limit = _max_length(CUSTOMER_TABLE, name)
+    text = _text(name, value, limit)
     if text is None:
         return None
     try:
         normalized = _normalized_email(text)
     except EmailNotValidError as exc:
         raise RowError(f"{name}: invalid email address {text!r}: {exc}") from None
-    if len(normalized) > 320:
-        raise RowError(f"{name}: longer than 320 characters")
+    if limit is not None and len(normalized) > limit:  # normalizing may lengthen a domain
+        raise RowError(f"{name}: longer than {limit} characters")
     return normalized
 
 
 def _phone(value: Any, region: str | None) -> str | None:
-    text = _text("phone", value, 64)
+    text = _text("phone", value, _PHONE_INPUT_MAX)
     if text is None:
         return None
     if not text.startswith("+") and region is None:
@@ -323,17 +447,15 @@ def _zone_ok(name: str) -> bool:
     return True
 
 
-def _timezone(value: Any) -> str:
-    text = _text("timezone", value, 64)
-    if text is None:
-        return "UTC"
-    if not _zone_ok(text):
+def _timezone(value: Any) -> str | None:
+    text = _text("timezone", value, _max_length(CUSTOMER_TABLE, "timezone"))
+    if text is not None and not _zone_ok(text):
         raise RowError(f"timezone: unknown time zone {text!r} (use an IANA name such as Europe/Berlin)")
     return text
 
 
 def _locale(value: Any) -> str | None:
-    text = _text("locale", value, 35)
+    text = _text("locale", value, _max_length(CUSTOMER_TABLE, "locale"))
     if text is not None and not _LOCALE_RE.fullmatch(text):
         raise RowError(f"locale: {text!r} is not a locale tag such as en-US")
     return text
@@ -350,11 +472,11 @@ def _number(name: str, value: Any) -> float | None:
         try:
             result = float(value.strip())
         except ValueError:
-            raise RowError(f"{name}: {value!r} is not a number") from None
+            raise RowError(f"{name}: {_shown(value)} is not a number") from None
     else:
         raise RowError(f"{name}: expected a number, got {_json_type(value)}")
     if not math.isfinite(result):
-        raise RowError(f"{name}: {value!r} is not a finite number")
+        raise RowError(f"{name}: {_shown(value)} is not a finite number")
     return result
 
 
@@ -367,12 +489,12 @@ def _integer(name: str, value: Any, low: int, high: int) -> int | None:
         result = value
     elif isinstance(value, float) and value.is_integer():
         result = int(value)
-    elif isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        result = int(value.strip())
+    elif isinstance(value, str) and len(value) <= 40 and _INT_RE.fullmatch(value.strip()):
+        result = int(value.strip())  # at most 40 characters: int() refuses thousands of digits
     else:
-        raise RowError(f"{name}: {value!r} is not a whole number")
+        raise RowError(f"{name}: {_shown(value)} is not a whole number")
     if not low <= result <= high:
-        raise RowError(f"{name}: {result} is out of range ({low} to {high})")
+        raise RowError(f"{name}: {_shown(result)} is out of range ({low} to {high})")
     return result
 
 
@@ -389,7 +511,7 @@ def _timestamp(name: str, value: Any, required: bool = False) -> datetime | None
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         raise RowError(
-            f"{name}: {value!r} is not an ISO 8601 timestamp (e.g. 2024-05-01T12:30:00Z)"
+            f"{name}: {_shown(value)} is not an ISO 8601 timestamp (e.g. 2024-05-01T12:30:00Z)"
         ) from None
 
 
@@ -402,11 +524,11 @@ def _date(name: str, value: Any) -> date | None:
             raise ValueError
         return date.fromisoformat(text)
     except ValueError:
-        raise RowError(f"{name}: {text!r} is not a date in the form YYYY-MM-DD") from None
+        raise RowError(f"{name}: {_shown(text)} is not a date in the form YYYY-MM-DD") from None
 
 
 def _object(name: str, value: Any, from_text: bool) -> dict[str, Any]:
-    """A JSON object; ``from_text``: a CSV cell holding its JSON text."""
+    """A JSON object; ``from_text``: a CSV cell holding its JSON text (bounded by the line limit)."""
     if value is None or (from_text and not value.strip()):
         return {}
     if from_text:
@@ -428,19 +550,17 @@ def _object(name: str, value: Any, from_text: bool) -> dict[str, Any]:
 def _id(name: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # JSON Lines may carry numeric ids
-    text = _text(name, value, 255)
+    text = _text(name, value, _max_length(CUSTOMER_TABLE, "id"))
     if text is None:
         raise RowError(f"{name}: missing (required)")
+    control = _CONTROL.search(text)
+    if control:
+        raise RowError(f"{name}: contains a control character (U+{ord(control.group()):04X})")
     return text
 
 
-def _max_length(table: Table, name: str) -> int | None:
-    col_type = table.c[name].type
-    return col_type.length if isinstance(col_type, String) else None
-
-
 def _customer_value(name: str, value: Any, region: str | None, from_text: bool) -> Any:
-    """The stored form of one customer field, or RowError."""
+    """The stored form of one given customer field, or RowError."""
     match name:
         case "id":
             return _id(name, value)
@@ -455,7 +575,7 @@ def _customer_value(name: str, value: Any, region: str | None, from_text: bool) 
         case "clv":
             return _number(name, value)
         case "orders_count":
-            return _integer(name, value, 0, INT32_MAX) or 0
+            return _integer(name, value, 0, INT32_MAX)
         case "nps":
             return _integer(name, value, 0, 10)
         case "birthday":
@@ -468,10 +588,10 @@ def _customer_value(name: str, value: Any, region: str | None, from_text: bool) 
             return _text(name, value, _max_length(CUSTOMER_TABLE, name))
 
 
-def _collect(fields: Iterable[tuple[str, Callable[[], Any]]]) -> dict[str, Any]:
-    """Convert every field; report all the bad ones of a row at once."""
+def _collect(fields: Iterable[tuple[str, Callable[[], Any]]], problems: Iterable[str] = ()) -> dict[str, Any]:
+    """Convert every field; report all the bad ones of a row at once (after ``problems``, if any)."""
     row: dict[str, Any] = {}
-    errors: list[str] = []
+    errors = list(problems)
     for name, convert in fields:
         try:
             row[name] = convert()
@@ -482,17 +602,90 @@ def _collect(fields: Iterable[tuple[str, Callable[[], Any]]]) -> dict[str, Any]:
     return row
 
 
+def _given(value: Any) -> bool:
+    """False for a value that is not given: null, or a text that is empty or only whitespace."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+@dataclass(frozen=True)
+class CustomerColumns:
+    """What one customer row does to the stored columns (see :func:`customer_columns`)."""
+
+    given: dict[str, Any]  # column -> the value as written, not yet validated
+    cleared: frozenset[str]  # columns to set to null
+    problems: tuple[str, ...]  # ``field: reason`` per bad ``clear`` entry; empty when the row can apply
+
+
+def customer_columns(row: Mapping[str, Any]) -> CustomerColumns:
+    """Which columns a customer row (a mapping of column name to value) sets, and which it clears.
+
+    The same rules hold for every source of customer rows. A value that is not given (null, empty
+    or whitespace-only text) sets nothing: a stored customer keeps the stored value, a new one gets
+    the column's default. ``row["clear"]`` names the columns to set to null: a text of names
+    separated by spaces or commas, or a list of names. An unknown key, and clearing ``id``, a column
+    with a default, an unknown column, or a column the row also gives a value, are problems.
+    """
+    unknown = [name for name in row if name not in CUSTOMER_INPUT_FIELDS]
+    given = {name: value for name, value in row.items() if name in CUSTOMER_FIELDS and _given(value)}
+    names, problems = _clear_names(row.get(CLEAR))
+    problems += [_unknown_field(name, CUSTOMER_INPUT_FIELDS) for name in unknown]
+    cleared: set[str] = set()
+    for name in names:
+        problem = _clear_problem(name)
+        if problem is None and name in given:
+            problem = f"{name}: both given a value and cleared; give one or the other"
+        if problem is None:
+            cleared.add(name)
+        else:
+            problems.append(problem)
+    return CustomerColumns(given, frozenset(cleared), tuple(problems))
+
+
+def _clear_names(value: Any) -> tuple[list[str], list[str]]:
+    """The column names a ``clear`` value lists, and a problem when it is not a list of names."""
+    if not _given(value):
+        return [], []
+    if isinstance(value, str):
+        names = _CLEAR_SEPARATORS.split(value)
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        names = [item.strip() for item in value]
+    else:
+        return [], [f"{CLEAR}: expected a list of column names, got {_json_type(value)} {_shown(value)}"]
+    return list(dict.fromkeys(name for name in names if name)), []
+
+
+def _clear_problem(name: str) -> str | None:
+    if name in _NOT_CLEARABLE:
+        return f"{CLEAR}: {_NOT_CLEARABLE[name]}"
+    if name not in CUSTOMER_FIELDS:
+        return f"{CLEAR}: {_unknown_field(name, CUSTOMER_FIELDS)}"
+    return None
+
+
+def _default_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+#: Columns ``clear`` refuses, and why.
+_NOT_CLEARABLE: dict[str, str] = {"id": "id cannot be cleared (it identifies the customer)"} | {
+    name: f"{name} has a default; write the value instead ({name}: write {_default_text(value)})"
+    for name, value in CUSTOMER_DEFAULTS.items()
+}
+
+
 def _customer_row(raw: Mapping[str, Any], region: str | None, from_text: bool) -> dict[str, Any]:
-    """Validate one customer row; only the keys present in ``raw`` are returned."""
-    if "id" not in raw:
-        raise RowError("id: missing (required)")
-    return _collect(
-        (name, partial(_customer_value, name, value, region, from_text)) for name, value in raw.items()
-    )
+    """Validate one customer row: the given columns converted, the cleared ones None."""
+    columns = customer_columns(raw)
+    fields = [("id", partial(_id, "id", columns.given.get("id")))] + [
+        (name, partial(_customer_value, name, value, region, from_text))
+        for name, value in columns.given.items()
+        if name != "id"
+    ]
+    return _collect(fields, columns.problems) | dict.fromkeys(columns.cleared)
 
 
 def _event_name(value: Any) -> str:
-    name = _text("name", value, 255)
+    name = _text("name", value, _max_length(EVENT_TABLE, "name"))
     if name is None:
         raise RowError("name: missing (required)")
     return name
@@ -580,6 +773,72 @@ def _open(path: Path) -> tuple[BinaryIO, int]:
     return fh, os.fstat(fh.fileno()).st_size
 
 
+@dataclass
+class _Batch:
+    """Valid rows waiting for the next write, and the lines they were read from.
+
+    Customers are keyed by id: a later row for an id already in the batch is merged into the earlier
+    one, its columns replacing, as writing the two rows one after the other would.
+    """
+
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repeated: set[str] = field(default_factory=set)  # ids given by more than one row of the batch
+    events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    rows: int = 0  # valid rows, customers merged by id still counted
+    first_line: int = 0
+    last_line: int = 0
+
+    def add(self, kind: Kind, line: int, row: dict[str, Any]) -> None:
+        self.rows += 1
+        self.first_line = self.first_line or line
+        self.last_line = line
+        if kind == "events":
+            self.events.append((line, row))
+            return
+        earlier = self.customers.pop(row["id"], None)  # added again last: file order
+        if earlier is not None:
+            self.repeated.add(row["id"])
+            row = earlier | row
+        self.customers[row["id"]] = row
+
+    def clear(self) -> None:
+        self.customers.clear()
+        self.repeated.clear()
+        self.events.clear()
+        self.rows = self.first_line = self.last_line = 0
+
+
+def _flush(engine: Engine, path: Path, kind: Kind, batch: _Batch, report: ImportReport) -> None:
+    """Write the batch in one transaction and count what was written."""
+    if not batch.rows:
+        return
+    try:
+        with engine.begin() as conn:
+            if kind == "customers":
+                _write_customers(conn, batch.customers.values())
+            else:
+                report.imported += _write_events(conn, batch.events, report)
+    except DBAPIError as exc:
+        first, last = batch.first_line, batch.last_line
+        raise DatabaseError(
+            f"{path}: the database refused the rows of lines {first}-{last} "
+            f"(rows before line {first} were imported): {exc.orig}"
+        ) from exc
+    if kind == "customers":
+        report.count_customers(batch.customers.keys(), batch.repeated)
+    batch.clear()
+
+
+def _rows(
+    path: Path, fmt: Literal["csv", "jsonl"], kind: Kind, lines: _ByteCounter
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    fields: tuple[str, ...] = CUSTOMER_INPUT_FIELDS
+    required: tuple[str, ...] = ("id",)
+    if kind == "events":
+        fields, required = EVENT_FIELDS, ("customer_id", "name", "occurred_at")
+    return _csv_rows(path, lines, fields, required) if fmt == "csv" else _jsonl_rows(lines, fields)
+
+
 def _run(
     engine: Engine,
     path: Path,
@@ -590,63 +849,27 @@ def _run(
     fmt = _format(path)
     fh, total = _open(path)
     report = ImportReport(path=path, kind=kind)
-    fields = CUSTOMER_FIELDS if kind == "customers" else EVENT_FIELDS
-    required = ("id",) if kind == "customers" else ("customer_id", "name", "occurred_at")
-    # Valid rows waiting for the next write, with their line numbers. Customers are keyed by id:
-    # a later row for the same id replaces an earlier one of the same batch.
-    customers: dict[str, tuple[int, dict[str, Any]]] = {}
-    events: list[tuple[int, dict[str, Any]]] = []
-    pending = 0  # valid rows in the batch (customers collapsed by id still count)
-
-    def flush() -> None:
-        nonlocal pending
-        if not pending:
-            return
-        lines = [line for line, _row in (customers.values() if kind == "customers" else events)]
-        try:
-            with engine.begin() as conn:
-                if kind == "customers":
-                    _write_customers(conn, (row for _line, row in customers.values()))
-                    report.imported += pending
-                else:
-                    report.imported += _write_events(conn, events, report)
-        except DBAPIError as exc:
-            raise DatabaseError(
-                f"{path}: the database refused the rows of lines {min(lines)}-{max(lines)} "
-                f"(rows before line {min(lines)} were imported): {exc.orig}"
-            ) from exc
-        customers.clear()
-        events.clear()
-        pending = 0
-
+    batch = _Batch()
     with fh:
         lines = _ByteCounter(fh)
-        rows = _csv_rows(path, lines, fields, required) if fmt == "csv" else _jsonl_rows(lines, fields)
         try:
-            for line, raw, error in rows:
+            for line, raw, error in _rows(path, fmt, kind, lines):
                 report.read += 1
                 if error is None and raw is not None:
                     try:
-                        row = validate(raw, from_text=fmt == "csv")
+                        batch.add(kind, line, validate(raw, from_text=fmt == "csv"))
                     except RowError as exc:
                         error = str(exc)
-                    else:
-                        pending += 1
-                        if kind == "customers":
-                            customers.pop(row["id"], None)  # keep file order for the replacement
-                            customers[row["id"]] = (line, row)
-                        else:
-                            events.append((line, row))
-                        if pending >= BATCH_SIZE:
-                            flush()
                 if error is not None:
                     report.reject(line, error)
+                if batch.rows >= BATCH_SIZE:
+                    _flush(engine, path, kind, batch, report)
                 if progress is not None and report.read % PROGRESS_EVERY == 0:
                     progress(report.read, lines.bytes_read, total)
         except InputError:
-            flush()  # a CSV file broken mid-way: the valid rows before the break are kept
+            _flush(engine, path, kind, batch, report)  # a CSV file broken mid-way: keep the rows before
             raise
-        flush()
+        _flush(engine, path, kind, batch, report)
     if progress is not None:
         progress(report.read, lines.bytes_read, max(total, lines.bytes_read))
     # Unknown customers are found when a batch is written: put the problems back in file order.

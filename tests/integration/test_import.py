@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from automation import importer
 from automation.db.tables import Customer, Event
@@ -144,7 +144,8 @@ def test_a_repeated_id_is_upserted_in_file_order_across_batches(
 
     report = import_customers(engine, path, progress=lambda *args: seen.append(args))
 
-    assert (report.read, report.imported, report.rejected) == (10, 10, 0)
+    assert (report.read, report.imported, report.rejected, report.repeated) == (10, 7, 0, 2)
+    assert report.summary() == "imported 7 customers (2 repeated ids: the last row wins), rejected 0 rows"
     stored = customers(engine)
     assert len(stored) == 7
     assert stored["r1"]["clv"] == 101.0  # the last row for an id wins
@@ -372,11 +373,281 @@ def test_events_from_csv(engine: Engine, tmp_path: Path) -> None:
         import_events(engine, write(tmp_path / "typo.csv", "customer_id,name,occured_at\n"))
 
 
-def test_a_csv_file_broken_mid_way_keeps_the_rows_before_the_break(engine: Engine, tmp_path: Path) -> None:
-    huge = "x" * 200_000  # longer than the csv module accepts in one field
+def test_a_csv_line_longer_than_the_limit_rejects_only_its_row(engine: Engine, tmp_path: Path) -> None:
+    huge = "x" * 200_000  # longer than a line may be
     path = write(tmp_path / "c.csv", f"id,first_name\nb1,Ann\nb2,{huge}\nb3,Cy\n")
-    with pytest.raises(
-        InputError, match=r"c\.csv:3: cannot read the CSV file: field larger than field limit"
-    ):
-        import_customers(engine, path)
-    assert set(customers(engine)) == {"b1"}
+    report = import_customers(engine, path)
+
+    assert (report.read, report.imported, report.rejected) == (3, 2, 1)
+    assert problems(report) == [(3, "the line is longer than 131,072 bytes")]
+    assert report.problems[0].render() == f"{path}:3: the line is longer than 131,072 bytes"
+    assert {k: v["first_name"] for k, v in customers(engine).items()} == {"b1": "Ann", "b3": "Cy"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Values not given, and `clear`
+
+STORED = {
+    "id": "s1",
+    "email": "kept@example.com",
+    "phone": "+14155550123",
+    "first_name": "Kim",
+    "timezone": "Europe/Berlin",
+    "owner_email": "owner@example.com",
+    "plan": "pro",
+    "clv": 250.5,
+    "orders_count": 7,
+    "nps": 9,
+    "birthday": "1990-12-10",
+    "attributes": {"tier": "gold"},
+}
+KEPT = {
+    "email": "kept@example.com",
+    "phone": "+14155550123",
+    "first_name": "Kim",
+    "timezone": "Europe/Berlin",
+    "owner_email": "owner@example.com",
+    "plan": "pro",
+    "clv": 250.5,
+    "orders_count": 7,
+    "nps": 9,
+    "birthday": date(1990, 12, 10),
+    "attributes": {"tier": "gold"},
+}
+DEFAULTS = {
+    "email": None,
+    "phone": None,
+    "first_name": None,
+    "timezone": "UTC",
+    "owner_email": None,
+    "plan": None,
+    "clv": None,
+    "orders_count": 0,
+    "nps": None,
+    "birthday": None,
+    "attributes": {},
+}
+
+
+def picked(row: dict[str, Any], names: dict[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in names}
+
+
+def not_given_file(tmp_path: Path, fmt: str) -> Path:
+    """Rows for the stored s1 and a new n1 whose every value is empty, blank or null."""
+    names = [name for name in STORED if name != "id"]
+    if fmt == "csv":
+        blank = ["", " ", "\t"]
+        cells = [blank[i % 3] for i in range(len(names))]
+        text = (
+            "id," + ",".join(names) + "\n" + "".join(f"{i}," + ",".join(cells) + "\n" for i in ("s1", "n1"))
+        )
+        return write(tmp_path / "blank.csv", text)
+    values: list[Any] = [None, "", "   "]
+    rows = [{"id": i} | {n: values[k % 3] for k, n in enumerate(names)} for i in ("s1", "n1")]
+    return jsonl(tmp_path / "blank.jsonl", *rows)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_values_not_given_keep_what_is_stored_and_give_new_customers_the_defaults(
+    engine: Engine, tmp_path: Path, fmt: str
+) -> None:
+    assert import_customers(engine, jsonl(tmp_path / "stored.jsonl", STORED)).imported == 1
+
+    report = import_customers(engine, not_given_file(tmp_path, fmt))
+
+    assert (report.read, report.imported, report.rejected, report.problems) == (2, 2, 0, [])
+    assert report.summary() == "imported 2 customers, rejected 0 rows"
+    stored = customers(engine)
+    assert picked(stored["s1"], KEPT) == KEPT
+    assert picked(stored["n1"], DEFAULTS) == DEFAULTS
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_clear_sets_the_named_columns_to_null(engine: Engine, tmp_path: Path, fmt: str) -> None:
+    assert (
+        import_customers(engine, jsonl(tmp_path / "stored.jsonl", STORED, STORED | {"id": "s2"})).imported
+        == 2
+    )
+    if fmt == "csv":
+        path = write(
+            tmp_path / "clear.csv",
+            'id,plan,clear\ns1,enterprise,"email phone"\ns2,,"nps,clv, birthday"\nn1,free,owner_email\n',
+        )
+    else:
+        path = jsonl(
+            tmp_path / "clear.jsonl",
+            {"id": "s1", "plan": "enterprise", "clear": ["email", "phone"]},
+            {"id": "s2", "clear": "nps,clv, birthday"},
+            {"id": "n1", "plan": "free", "clear": ["owner_email"]},
+        )
+    statements: list[str] = []
+    listen = event.listens_for(engine, "before_execute")(
+        lambda _c, clause, *_a: statements.append(str(clause))
+    )
+
+    report = import_customers(engine, path)
+
+    event.remove(engine, "before_execute", listen)
+    assert (report.read, report.imported, report.rejected, report.problems) == (3, 3, 0, [])
+    stored = customers(engine)
+    assert picked(stored["s1"], KEPT) == KEPT | {"email": None, "phone": None, "plan": "enterprise"}
+    assert picked(stored["s2"], KEPT) == KEPT | {"nps": None, "clv": None, "birthday": None}
+    assert picked(stored["n1"], DEFAULTS) == DEFAULTS | {"plan": "free"}
+    assert "clear" not in stored["s1"]
+    # One upsert per set of columns the rows carry: three rows, three column sets.
+    assert sum(s.startswith("INSERT INTO customer ") for s in statements) == 3
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_clear_refuses_id_defaulted_unknown_and_given_columns(
+    engine: Engine, tmp_path: Path, fmt: str
+) -> None:
+    assert import_customers(engine, jsonl(tmp_path / "stored.jsonl", STORED)).imported == 1
+    rows: list[tuple[str, str]] = [  # (email, clear)
+        ("", "id"),
+        ("", "orders_count"),
+        ("", "timezone attributes"),
+        ("", "emial"),
+        ("new@example.com", "email"),
+        ("", "plan"),  # the good row
+    ]
+    if fmt == "csv":
+        text = "id,email,clear\n" + "".join(f's1,{email},"{clear}"\n' for email, clear in rows)
+        path = write(tmp_path / "bad.csv", text)
+    else:
+        path = jsonl(
+            tmp_path / "bad.jsonl",
+            *({"id": "s1", "email": email or None, "clear": clear.split()} for email, clear in rows),
+        )
+    report = import_customers(engine, path)
+
+    assert (report.read, report.imported, report.rejected) == (6, 1, 5)
+    header = 1 if fmt == "csv" else 0
+    assert [(line - header, message) for line, message in problems(report)] == [
+        (1, "clear: id cannot be cleared (it identifies the customer)"),
+        (2, "clear: orders_count has a default; write the value instead (orders_count: write 0)"),
+        (
+            3,
+            "clear: timezone has a default; write the value instead (timezone: write UTC); "
+            "clear: attributes has a default; write the value instead (attributes: write {})",
+        ),
+        (4, "clear: unknown column 'emial' (did you mean 'email'?)"),
+        (5, "email: both given a value and cleared; give one or the other"),
+    ]
+    assert picked(customers(engine)["s1"], KEPT) == KEPT | {"plan": None}
+
+
+def test_clear_must_be_column_names_and_events_have_no_clear(engine: Engine, tmp_path: Path) -> None:
+    path = jsonl(
+        tmp_path / "c.jsonl",
+        {"id": "c1", "clear": 3},
+        {"id": "c2", "clear": ["email", 7]},
+        {"id": "c3", "clear": None, "nps": 11},
+        {"id": "c4", "clear": [], "plan": "pro"},
+    )
+    report = import_customers(engine, path)
+
+    assert problems(report) == [
+        (1, "clear: expected a list of column names, got a number 3"),
+        (2, "clear: expected a list of column names, got an array ['email', 7]"),
+        (3, "nps: 11 is out of range (0 to 10)"),
+    ]
+    assert {k: v["plan"] for k, v in customers(engine).items()} == {"c4": "pro"}
+    with pytest.raises(InputError, match="unknown column 'clear'"):
+        import_events(engine, write(tmp_path / "e.csv", "customer_id,name,occurred_at,clear\n"))
+
+
+def test_the_row_rules_take_any_mapping() -> None:
+    columns = importer.customer_columns(
+        {"id": "a", "email": None, "plan": " ", "nps": 3, "clear": "phone, locale"}
+    )
+    assert columns == importer.CustomerColumns(
+        given={"id": "a", "nps": 3}, cleared=frozenset({"phone", "locale"}), problems=()
+    )
+    refused = importer.customer_columns({"id": "a", "nps": 3, "clear": ["nps", "id", "plan"]})
+    assert refused.problems == (
+        "nps: both given a value and cleared; give one or the other",
+        "clear: id cannot be cleared (it identifies the customer)",
+    )
+    assert refused.cleared == {"plan"}
+    unknown = importer.customer_columns({"id": "a", "emial": "a@example.com", "updated_at": "x"})
+    assert unknown.given == {"id": "a"}
+    assert unknown.problems == (
+        "unknown column 'emial' (did you mean 'email'?)",
+        "unknown column 'updated_at'; known columns: " + ", ".join(importer.CUSTOMER_INPUT_FIELDS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids, repeated ids
+
+
+def test_ids_with_control_characters_are_rejected(engine: Engine, tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.csv",
+        'id,plan\ngood,pro\n"a\nb",pro\n"a\rb",pro\n"tab\there",pro\nbell\x07,pro\nx\u0085y,pro\n',
+    )
+    path_jsonl = jsonl(
+        tmp_path / "c.jsonl", {"id": "line\u2028sep"}, {"id": "para\u2029sep"}, {"id": "del\x7f"}
+    )
+    report = import_customers(engine, path)
+    report_jsonl = import_customers(engine, path_jsonl)
+
+    assert problems(report) == [
+        (3, "id: contains a control character (U+000A)"),
+        (5, "id: contains a control character (U+000D)"),
+        (6, "id: contains a control character (U+0009)"),
+        (7, "id: contains a control character (U+0007)"),
+        (8, "id: contains a control character (U+0085)"),
+    ]
+    assert problems(report_jsonl) == [
+        (1, "id: contains a control character (U+2028)"),
+        (2, "id: contains a control character (U+2029)"),
+        (3, "id: contains a control character (U+007F)"),
+    ]
+    assert set(customers(engine)) == {"good"}
+
+    events_path = jsonl(
+        tmp_path / "e.jsonl",
+        {"customer_id": "good", "name": "activated", "occurred_at": "2024-01-01T00:00:00Z"},
+        {"customer_id": "go\nod", "name": "activated", "occurred_at": "2024-01-01T00:00:00Z"},
+    )
+    report_events = import_events(engine, events_path)
+    assert problems(report_events) == [(2, "customer_id: contains a control character (U+000A)")]
+    assert [e["customer_id"] for e in events(engine)] == ["good"]
+
+
+def test_repeated_ids_are_counted_once_and_named_in_the_summary(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path / "c.csv", "id,plan\nd1,free\nd2,free\nd1,pro\n")
+    report = import_customers(engine, path)
+
+    assert (report.read, report.imported, report.rejected, report.repeated) == (3, 2, 0, 1)
+    assert report.summary() == "imported 2 customers (1 repeated id: the last row wins), rejected 0 rows"
+    assert {k: v["plan"] for k, v in customers(engine).items()} == {"d1": "pro", "d2": "free"}
+
+    single = import_customers(engine, write(tmp_path / "one.csv", "id,plan\nd1,a\nd1,b\nd1,c\nbad,\n,x\n"))
+    assert single.summary() == "imported 2 customers (1 repeated id: the last row wins), rejected 1 row"
+
+
+def test_rows_for_one_id_apply_in_file_order_within_a_batch(engine: Engine, tmp_path: Path) -> None:
+    assert import_customers(engine, jsonl(tmp_path / "stored.jsonl", STORED)).imported == 1
+    path = jsonl(
+        tmp_path / "c.jsonl",
+        {"id": "s1", "email": "first@example.com", "clear": ["phone"]},
+        {"id": "s1", "plan": "starter", "phone": "+14155550199"},
+        {"id": "s1", "clear": ["email"], "nps": 3},
+        {"id": "m1", "plan": "free"},
+        {"id": "m1", "first_name": "Mo"},
+    )
+    report = import_customers(engine, path)
+
+    assert report.summary() == "imported 2 customers (2 repeated ids: the last row wins), rejected 0 rows"
+    stored = customers(engine)
+    assert picked(stored["s1"], KEPT) == KEPT | {
+        "email": None,
+        "phone": "+14155550199",
+        "plan": "starter",
+        "nps": 3,
+    }
+    assert picked(stored["m1"], DEFAULTS) == DEFAULTS | {"plan": "free", "first_name": "Mo"}
