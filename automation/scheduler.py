@@ -8,19 +8,30 @@ in a worker thread so the dispatch loop keeps sending meanwhile.
 Signals: SIGHUP re-validates playbooks and templates (a broken one is reported and the previous set
 keeps running); SIGTERM and SIGINT stop claiming, let in-flight messages finish or release them, and
 exit within ``shutdown_timeout`` seconds.
+
+A tick in progress when the worker stops may finish within that time too; one that does not is given
+up: its one transaction is rolled back (the tick runs again at the next start) and the log says so in
+one line. Ticks therefore run on daemon threads of their own, not in the loop's executor, which
+``asyncio.run`` and the interpreter would wait for at exit however long the tick takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import sqlite3
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine, event
 
 from automation.daemon import Daemon
 from automation.dispatch import DispatchStats
@@ -28,9 +39,151 @@ from automation.outbox import next_due, release
 
 log = logging.getLogger("automation.scheduler")
 
+#: Seconds a stopping worker still gives a tick it finds in the middle of its commit.
+COMMIT_GRACE = 1.0
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class TickAbandoned(Exception):
+    """Raised on the thread of a tick the stopping worker gave up on, so that its transaction rolls back."""
+
+
+@dataclass(eq=False)
+class TickRun:
+    """One tick running on a daemon thread of its own, and what a stopping worker may do with it.
+
+    ``future`` resolves in the loop when the thread is done (with the tick's exception if it failed).
+    ``abandon`` stops the tick where it is: the statement it runs is interrupted and every later
+    statement or commit on its thread raises ``TickAbandoned`` (see ``install_tick_gate``). Its one
+    transaction is then rolled back, and the database lock it held is free for the worker's own last
+    writes (on SQLite, releasing claimed messages would otherwise wait for the whole tick).
+    """
+
+    name: str
+    future: asyncio.Future[None]
+    task: asyncio.Task[Any] | None = None
+    abandoned: bool = False
+    committing: bool = False  # a commit began since the thread's transaction did: it may be landing now
+    running: Any = None  # the DBAPI connection of the statement the tick thread runs now
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def began(self) -> None:
+        with self.lock:
+            self.committing = False
+
+    def executing(self, dbapi_connection: Any) -> None:
+        with self.lock:
+            if self.abandoned:
+                raise TickAbandoned(f"{self.name}: the worker is stopping; the tick is rolled back")
+            self.running = dbapi_connection
+
+    def executed(self) -> None:
+        with self.lock:
+            self.running = None
+
+    def commit(self) -> None:
+        with self.lock:
+            if self.abandoned:
+                raise TickAbandoned(f"{self.name}: the worker is stopping; the tick is rolled back")
+            self.committing = True
+
+    def abandon(self) -> bool:
+        """Give the tick up unless its commit is under way (then False: it may be written already)."""
+        with self.lock:
+            if self.committing:
+                return False
+            self.abandoned = True
+            if self.running is not None:  # under the lock: the connection is still the tick's
+                _interrupt(self.running)
+        if not self.future.done():
+            self.future.set_result(None)
+        return True
+
+
+def _interrupt(dbapi_connection: Any) -> None:
+    """Abort the statement running on ``dbapi_connection`` (from another thread; never raises)."""
+    with contextlib.suppress(Exception):
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.interrupt()
+        elif callable(cancel := getattr(dbapi_connection, "cancel_safe", None)):  # psycopg
+            cancel(timeout=1.0)
+
+
+_current = threading.local()  # .run: the TickRun of the tick thread, unset on every other thread
+
+
+def _run_here() -> TickRun | None:
+    run: TickRun | None = getattr(_current, "run", None)
+    return run
+
+
+def _on_begin(conn: object) -> None:
+    if (run := _run_here()) is not None:
+        run.began()
+
+
+def _on_execute(conn: object, cursor: Any, *args: object) -> None:
+    if (run := _run_here()) is not None:
+        run.executing(cursor.connection)
+
+
+def _on_executed(*args: object) -> None:
+    if (run := _run_here()) is not None:
+        run.executed()
+
+
+def _on_commit(conn: object) -> None:
+    if (run := _run_here()) is not None:
+        run.commit()
+
+
+_GATE: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("begin", _on_begin),
+    ("before_cursor_execute", _on_execute),
+    ("after_cursor_execute", _on_executed),
+    ("handle_error", _on_executed),
+    ("commit", _on_commit),
+)
+
+
+def install_tick_gate(engine: Engine) -> None:
+    """Let ``TickRun.abandon`` stop a tick's statements and commit on ``engine``. The listeners act only
+    on tick threads and stay installed: an abandoned tick's thread may run on after the worker is gone."""
+    for name, listener in _GATE:
+        if not event.contains(engine, name, listener):
+            event.listen(engine, name, listener)
+
+
+def start_tick(loop: asyncio.AbstractEventLoop, name: str, tick: Callable[[], object]) -> TickRun:
+    """Run ``tick`` on a new daemon thread; its ``TickRun`` resolves in ``loop`` when it is done."""
+    run = TickRun(name, loop.create_future())
+
+    def settle(error: Exception | None) -> None:
+        if run.future.done():  # abandoned: the worker stopped waiting
+            return
+        if error is None:
+            run.future.set_result(None)
+        else:
+            run.future.set_exception(error)
+
+    def target() -> None:
+        _current.run = run
+        error: Exception | None = None
+        try:
+            tick()
+        except TickAbandoned:
+            pass
+        except Exception as exc:
+            error = exc
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker stopped without it
+                loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=target, name=f"tick {name}", daemon=True).start()
+    return run
 
 
 class Worker:
@@ -54,6 +207,7 @@ class Worker:
         self.wake = asyncio.Event()
         self.scheduler: AsyncIOScheduler | None = None
         self.totals = DispatchStats()
+        self.ticks: set[TickRun] = set()  # the ticks running now
 
     def schedule_jobs(self) -> None:
         assert self.scheduler is not None and self.daemon.loaded is not None
@@ -84,11 +238,21 @@ class Worker:
                 job.remove()
 
     async def _tick(self, name: str) -> None:
-        loop = asyncio.get_running_loop()
+        """The job of playbook ``name``: one tick on a thread of its own (``start_tick``), awaited here so
+        the loop keeps dispatching; a failed tick is logged and runs again at its next time."""
+        if self.stop.is_set():  # submitted just before the scheduler was paused
+            return
+        log.info("%s: tick started", name)
+        now = self.clock()
+        run = start_tick(asyncio.get_running_loop(), name, lambda: self.daemon.tick(name, now))
+        run.task = asyncio.current_task()
+        self.ticks.add(run)
         try:
-            await loop.run_in_executor(None, self.daemon.tick, name, self.clock())
+            await run.future
         except Exception:
             log.exception("%s: tick failed; it runs again at the next scheduled time", name)
+        finally:
+            self.ticks.discard(run)
         self.wake.set()  # new messages may be due now
 
     def _reload(self) -> None:
@@ -100,6 +264,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        install_tick_gate(self.daemon.engine)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.start()
         self.schedule_jobs()
@@ -107,11 +272,14 @@ class Worker:
             "running %d playbook(s); dispatching",
             len(self.daemon.loaded.playbooks) if self.daemon.loaded else 0,
         )
+        deadline = float("inf")  # loop time by which a stopping worker is gone, once it is stopping
         try:
             while not self.stop.is_set():
                 draining = asyncio.ensure_future(self.daemon.drain(self.clock, self.stop))
                 stopping = asyncio.ensure_future(self.stop.wait())
                 await asyncio.wait([draining, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if self.stop.is_set():
+                    deadline = loop.time() + self.shutdown_timeout
                 if not draining.done():  # stopping: let the batch in flight finish, for a bounded time
                     await asyncio.wait([draining], timeout=self.shutdown_timeout)
                 if draining.done():
@@ -133,9 +301,47 @@ class Worker:
                 for waiter in waits:
                     waiter.cancel()
         finally:
+            self.scheduler.pause()  # no tick starts while stopping
+            await self._finish_ticks(min(deadline, loop.time() + self.shutdown_timeout))
             self.scheduler.shutdown(wait=False)
             self._release()
         return self.totals
+
+    async def _finish_ticks(self, deadline: float) -> None:
+        """Let the ticks in progress finish until ``deadline`` (loop time), then give up the others; one
+        line per tick says which. Their jobs then end without cancellation, so the scheduler's shutdown
+        has nothing to cancel (it would log a ``CancelledError`` traceback per job)."""
+        runs = sorted(self.ticks, key=lambda r: r.name)
+        if not runs:
+            return
+        loop = asyncio.get_running_loop()
+        await asyncio.wait([r.future for r in runs], timeout=max(deadline - loop.time(), 0.0))
+        for run in runs:
+            await self._settle(run)
+        await asyncio.wait([r.task for r in runs if r.task is not None])
+
+    async def _settle(self, run: TickRun) -> None:
+        """Log what became of ``run`` at the shutdown deadline, giving it up if it is still running."""
+        if not run.future.done() and not run.abandon():  # its commit is under way: a moment more
+            await asyncio.wait([run.future], timeout=COMMIT_GRACE)
+            if not run.future.done() and not run.abandon():
+                log.warning(
+                    "stopping: the tick of %s was committing when %.0fs ran out; it is written whole or "
+                    "not at all (it runs again at the next start)",
+                    run.name,
+                    self.shutdown_timeout,
+                )
+                run.future.set_result(None)
+                return
+        if run.abandoned:
+            log.warning(
+                "stopping: the tick of %s in progress did not finish within %.0fs and is rolled back "
+                "(it runs again at the next start)",
+                run.name,
+                self.shutdown_timeout,
+            )
+        elif run.future.exception() is None:
+            log.info("stopping: the tick of %s in progress finished first", run.name)
 
     def _idle_wait(self) -> float:
         """Seconds to sleep before looking at the outbox again: until the next message is due (or a lease
