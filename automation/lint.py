@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,12 @@ from automation.playbooks import (
     step_channel,
     step_template,
 )
-from automation.rendering import CUSTOMER_FIELDS, RenderError, TemplateStore, build_context
+from automation.rendering import CUSTOMER_FIELDS, TemplateStore
 from automation.rules import ast
-from automation.validation import template_problems
+from automation.validation import SAMPLE_NOW, sample_customers, template_problems, trial_render
 
 ERROR, WARNING = "error", "warning"
-LINT_NOW = datetime(2026, 6, 15, 9, 30, tzinfo=UTC)  # fixed, so lint output does not depend on the day
+LINT_NOW = SAMPLE_NOW  # fixed, so lint output does not depend on the day
 AnyStep = EmailStep | SmsStep | WebhookStep | TaskStep | WaitStep
 
 
@@ -377,46 +376,6 @@ def _sources(templates: TemplateStore, path: Path, seen: set[Path] | None = None
     return out
 
 
-def sample_customers() -> list[dict[str, Any]]:
-    """A handful of synthetic customers: complete, bare (every optional field None), and in between."""
-    full: dict[str, Any] = {
-        "id": "lint-full",
-        "email": "ada@example.com",
-        "phone": "+14155550100",
-        "first_name": "Ada",
-        "last_name": "Lovelace",
-        "timezone": "America/New_York",
-        "locale": "en-US",
-        "owner_email": "owner@example.com",
-        "plan": "pro",
-        "clv": 12500.5,
-        "orders_count": 12,
-        "signed_up_at": datetime(2024, 3, 1, 12, tzinfo=UTC),
-        "last_order_at": datetime(2026, 6, 1, 8, tzinfo=UTC),
-        "last_seen_at": datetime(2026, 6, 14, 18, tzinfo=UTC),
-        "birthday": date(1990, 6, 15),
-        "nps": 9,
-        "attributes": {"company": "Analytical Engines", "industry": "software"},
-    }
-    bare: dict[str, Any] = {**dict.fromkeys(CUSTOMER_FIELDS), "id": "lint-bare"}
-    bare.update(email="bare@example.com", phone="+14155550101", attributes={}, orders_count=0)
-    bare["timezone"] = None
-    mixed: dict[str, Any] = {
-        **bare,
-        "id": "lint-mixed",
-        "first_name": "Jörg",
-        "timezone": "Europe/Berlin",
-        "locale": "de-DE",
-        "plan": "enterprise",
-        "clv": None,
-        "orders_count": 1,
-        "signed_up_at": datetime(2026, 6, 10, tzinfo=UTC),
-        "nps": 3,
-        "attributes": {"company": None},
-    }
-    return [full, bare, mixed]
-
-
 def template_findings(
     loaded: LoadedPlaybook, steps: list[_LocatedStep], templates: TemplateStore
 ) -> list[Finding]:
@@ -461,19 +420,10 @@ def _render_findings(
 ) -> list[Finding]:
     findings: list[Finding] = []
     for customer in sample_customers():
-        context = build_context(
-            customer,
-            playbook=playbook,
-            segment=None,
-            touch=located.touch,
-            stage=located.stage,
-            step=name,
-            now=LINT_NOW,
-            unsubscribe_url="https://unsubscribe.example.com/u/lint-token",
+        exc = trial_render(
+            templates, name, channel, customer, playbook=playbook, stage=located.stage, touch=located.touch
         )
-        try:
-            templates.render(name, channel, context)
-        except RenderError as exc:
+        if exc is not None:
             problem = Problem(
                 exc.path,
                 exc.line,

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -125,3 +127,125 @@ def test_scaffold_journeys_pass_when_automation_test_exists(project: Path) -> No
     result = run("test", cwd=project)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "shop_lifecycle.test.yaml: ok" in result.stdout
+
+
+# ------------------------------------------------- validate: templates the sandbox refuses at send time
+
+REFUSED_PLAYBOOK = """\
+name: refused
+segments:
+  - name: everyone
+    touch: none
+stages:
+  - name: new
+    when: orders_count == 0
+programs:
+  new:
+    none:
+      - sms: class_peek
+      - wait: 1d
+      - sms: huge_range
+      - wait: 1d
+      - task: init_peek
+      - wait: 1d
+      - sms: fine_for_some
+"""
+
+REFUSED_TEMPLATES = {
+    "class_peek.sms.j2": "Hi {{ customer.first_name }}\n{{ ''.__class__.__mro__ }}\nReply STOP to opt out.\n",
+    "huge_range.sms.j2": "Hi\nReply STOP to opt out.\n{{ range(10**9)|list|length }}\n",
+    "init_peek.task.j2": (
+        "{% block title %}Call{% endblock %}\n{% block body %}{{ customer.__init__ }}{% endblock %}\n"
+    ),
+    # fails only for customers without the attribute: lint's business, not a validate error
+    "fine_for_some.sms.j2": "Seats: {{ customer.attributes.seats }}\nReply STOP to opt out.\n",
+}
+
+
+def refused_project(base: Path, **templates: str) -> Path:
+    (base / "playbooks").mkdir()
+    (base / "templates").mkdir()
+    (base / "playbooks" / "refused.yaml").write_text(REFUSED_PLAYBOOK)
+    for name, text in {**REFUSED_TEMPLATES, **templates}.items():
+        (base / "templates" / name).write_text(text)
+    return base
+
+
+def test_validate_reports_templates_the_sandbox_refuses_at_their_line(tmp_path: Path) -> None:
+    project = refused_project(tmp_path)
+    result = run("validate", cwd=project)
+    assert result.returncode == 2, result.stdout + result.stderr
+    err = result.stderr
+    assert "Traceback" not in err
+    assert (
+        "templates/class_peek.sms.j2:2: sms template 'class_peek' (used at playbooks/refused.yaml:11:" in err
+    )
+    assert "access to attribute '__class__' of 'str' object is unsafe" in err
+    assert "    {{ ''.__class__.__mro__ }}" in err
+    assert "templates/huge_range.sms.j2:3: sms template 'huge_range'" in err
+    assert "Range too big" in err
+    assert "templates/init_peek.task.j2:2: task template 'init_peek'" in err
+    assert "access to attribute '__init__'" in err
+    assert "fine_for_some" not in err  # depends on the customer's data: lint reports it
+    assert "refused.yaml: ok" not in result.stdout
+
+
+def test_validate_passes_once_the_templates_are_fixed(tmp_path: Path) -> None:
+    project = refused_project(
+        tmp_path,
+        **{
+            "class_peek.sms.j2": "Hi {{ customer.first_name }}\nReply STOP to opt out.\n",
+            "huge_range.sms.j2": "Hi\nReply STOP to opt out.\n{{ range(3)|list|length }}\n",
+            "init_peek.task.j2": "{% block title %}Call{% endblock %}\n{% block body %}Hi{% endblock %}\n",
+        },
+    )
+    result = run("validate", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "playbooks/refused.yaml: ok" in result.stdout
+    lint = run("lint", cwd=project)
+    assert lint.returncode == 2 and "fine_for_some" in lint.stdout  # the data-dependent one, found by lint
+
+
+def test_the_worker_does_not_start_with_a_template_the_sandbox_refuses(tmp_path: Path) -> None:
+    project = refused_project(tmp_path)
+    db = ["--database-url", f"sqlite:///{tmp_path / 'a.db'}"]
+    assert run(*db, "db", "upgrade", cwd=project).returncode == 0
+    result = run(*db, "run", "--once", cwd=project)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "templates/class_peek.sms.j2:2:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_renders_each_template_once_across_playbooks(tmp_path: Path) -> None:
+    from automation.rendering import RenderedMessage, TemplateStore
+    from automation.validation import validate_paths
+
+    class Counting(TemplateStore):
+        calls: ClassVar[list[tuple[str, str]]] = []
+
+        def render(self, name: str, channel: str, context: Mapping[str, Any]) -> RenderedMessage:
+            self.calls.append((name, channel))
+            return super().render(name, channel, context)
+
+    project = refused_project(
+        tmp_path,
+        **{
+            "class_peek.sms.j2": "Hi\nReply STOP to opt out.\n",
+            "huge_range.sms.j2": "Hi\nReply STOP to opt out.\n",
+            "init_peek.task.j2": "{% block title %}Call{% endblock %}\n{% block body %}Hi{% endblock %}\n",
+        },
+    )
+    twice = REFUSED_PLAYBOOK.replace("name: refused", "name: again") + "      - sms: class_peek\n"
+    (project / "playbooks" / "again.yaml").write_text(twice)
+    compiled = validate_paths([project / "playbooks"], Counting(project / "templates"))
+    assert sorted(c.name for c in compiled) == ["again", "refused"]
+    assert sorted(Counting.calls) == sorted(
+        [("class_peek", "sms"), ("huge_range", "sms"), ("init_peek", "task"), ("fine_for_some", "sms")]
+    )
+
+
+def test_the_shipped_playbooks_still_validate() -> None:
+    root = Path(__file__).resolve().parents[2]
+    result = run("validate", "playbooks/", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "playbooks/lifecycle.yaml: ok" in result.stdout
