@@ -421,7 +421,10 @@ def _run(test: PlaybookTest, engine: Any, templates_dir: Path) -> TestResult:
             conn.execute(insert(EVENT), test.events)
     clock = [test.start]
     channels = {name: RecordingChannel(name, clock) for name in CHANNELS}
-    text = test.playbook.read_text(encoding="utf-8")
+    try:  # only to find the ${VAR}s it names; loading it below reports what is wrong with it
+        text = test.playbook.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
     environ = dict(os.environ)
     for name in re.findall(r"\$\{(\w+)\}", text):
         environ.setdefault(name, f"http://127.0.0.1/{name.lower()}")
