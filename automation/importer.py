@@ -38,14 +38,14 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import lru_cache, partial
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, String, Table, TypeDecorator, select
+from sqlalchemy import Engine, Executable, String, Table, TypeDecorator, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -376,6 +376,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
 
 
+@cache
 def _max_length(table: Table, name: str) -> int | None:
     """The ``String(length)`` of a column (also behind a TypeDecorator such as AutoString)."""
     col_type = table.c[name].type
@@ -716,8 +717,7 @@ def _check_region(region: str | None) -> str | None:
 # Writing
 
 
-def _dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    name = conn.dialect.name
+def _dialect_insert(name: str, table: Table) -> postgresql.Insert | sqlite.Insert:
     if name == "postgresql":
         return postgresql.insert(table)
     if name == "sqlite":
@@ -736,9 +736,15 @@ def _write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
     for row in rows:
         groups.setdefault(tuple(sorted(row)), []).append(_CUSTOMER_BLANK | row | {"updated_at": now})
     for columns, params in groups.items():
-        insert = _dialect_insert(conn, CUSTOMER_TABLE)
-        updates = {c: insert.excluded[c] for c in (*columns, "updated_at") if c != "id"}
-        conn.execute(insert.on_conflict_do_update(index_elements=[CUSTOMER_TABLE.c.id], set_=updates), params)
+        conn.execute(_customer_upsert(conn.dialect.name, columns), params)
+
+
+@lru_cache(maxsize=512)  # rows without a value for some columns make a few dozen column sets a file
+def _customer_upsert(dialect: str, columns: tuple[str, ...]) -> Executable:
+    """The upsert that replaces ``columns`` (and ``updated_at``) of a stored customer."""
+    insert = _dialect_insert(dialect, CUSTOMER_TABLE)
+    updates = {c: insert.excluded[c] for c in (*columns, "updated_at") if c != "id"}
+    return insert.on_conflict_do_update(index_elements=[CUSTOMER_TABLE.c.id], set_=updates)
 
 
 def _write_events(conn: Connection, batch: list[tuple[int, dict[str, Any]]], report: ImportReport) -> int:
