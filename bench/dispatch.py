@@ -201,7 +201,7 @@ def bench_webhook(count: int, concurrency: int, repeat: int = 1) -> dict[str, An
 
                 channel = WebhookChannel(
                     make_client(max_connections=concurrency),
-                    secret="whsec_YmVuY2gtc2VjcmV0",
+                    secret="whsec_YmVuY2gtc2VjcmV0LTAxMjM0NTY3ODlhYmNkZWZnaCE=",
                     owns_client=True,
                 )
                 elapsed = run_dispatcher(engine, channel, "webhook", concurrency, {"BENCH_SINK_URL": url})

@@ -21,7 +21,10 @@ from tests.e2e.test_cli_playbooks import EXE, run
 
 AT = "2026-11-22T12:00:00Z"
 LATER = "2026-11-22T12:30:00Z"
-HTTP_WEBHOOKS = {"AUTOMATION_WEBHOOKS": "http", "AUTOMATION_WEBHOOK_SECRET": "whsec_dGVzdC1zZWNyZXQ="}
+HTTP_WEBHOOKS = {
+    "AUTOMATION_WEBHOOKS": "http",
+    "AUTOMATION_WEBHOOK_SECRET": "whsec_dGVzdC1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZmdoISE=",
+}
 # a full address, not masked as automation.masking does it ("j***@example.com")
 UNMASKED_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]*[A-Za-z0-9_%+\-]{2}@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 

@@ -19,7 +19,7 @@ from tests.http_server import Reply, fake_twilio, serve
 from tests.integration.known import NOW, TEMPLATES
 
 OUTBOX = metadata.tables["outbox"]
-SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHM="
+SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OSE="
 
 
 def env_for(url: str, tmp_path: Path) -> dict[str, str]:
