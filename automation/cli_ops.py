@@ -120,15 +120,25 @@ def suppress_list(app: App, customer_id: str | None, channel: str | None) -> Non
 @pass_app
 @handle_errors
 def serve_cmd(app: App, host: str, port: int) -> None:
-    """Serve one-click unsubscribe links (AUTOMATION_PUBLIC_URL should point here) and /healthz."""
+    """Serve one-click unsubscribe links (AUTOMATION_PUBLIC_URL should point here) and /healthz.
+
+    Requests are not logged one by one (their paths hold unsubscribe tokens); a request the HTTP
+    parser refuses (an over-long URL or header) is answered 400 and logged as one warning.
+    """
+    import logging
+
     from aiohttp import web
 
+    from automation import logs
     from automation.web import make_app
 
+    logs.setup("text", logging.INFO)
+    logs.quiet_bad_requests()
     web.run_app(
         make_app(app.migrated_engine(), app.settings.secret_key),
         host=host,
         port=port,
+        access_log=None,
         print=lambda text: click.echo(f"serving unsubscribe links on http://{host}:{port}"),
     )
 

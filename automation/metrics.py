@@ -37,6 +37,7 @@ from sqlalchemy import Engine, text
 
 from automation.dispatch import DispatchStats
 from automation.errors import ConfigError
+from automation.logs import quiet_bad_requests
 from automation.status import playbook_status, queue_status
 
 log = logging.getLogger("automation.metrics")
@@ -197,7 +198,9 @@ def make_metrics_app(
 
 
 async def start_metrics_server(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve ``app`` on ``host:port`` in the running event loop; ``await runner.cleanup()`` stops it."""
+    """Serve ``app`` on ``host:port`` in the running event loop; ``await runner.cleanup()`` stops it.
+    A request the HTTP parser refuses is logged as one warning (``logs.BadRequestFilter``)."""
+    quiet_bad_requests()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

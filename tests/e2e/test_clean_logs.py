@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.e2e.worker_tools import EXE, Proc, cli_env
+from tests.e2e.worker_tools import EXE, Proc, cli_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +141,106 @@ def test_sigterm_during_a_tick_is_one_clean_line(
         for table in ("run_log", "customer_state", "stage_history", "enrollment", "outbox", "tick_cursor"):
             assert query(project, f"SELECT count(*) FROM {table}") == 0, table
     assert logged[-1]["message"] == "stopped"
+
+
+# -- a request aiohttp's parser refuses -----------------------------------------------------------
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def exchange(port: int, head: bytes) -> bytes:
+    """Send ``head`` to 127.0.0.1:``port`` and read the answer until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path, procs: list[Proc]) -> tuple[Proc, int]:
+    """``automation serve`` on a free port of 127.0.0.1, answering /healthz."""
+    env = cli_env(AUTOMATION_TEMPLATES_DIR=str(ROOT / "templates"), AUTOMATION_SECRET_KEY="clean-logs")
+    cli("db", "upgrade", cwd=tmp_path, env=env)
+    port = free_port()
+    proc = Proc(
+        ["serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=tmp_path / "serve.out",
+    )
+    procs.append(proc)
+    wait_until(lambda: f"127.0.0.1:{port}" in proc.stdout or not proc.alive(), WAIT, "the server to listen")
+    assert proc.alive(), proc.stderr
+    return proc, port
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        pytest.param(
+            b"GET /unsubscribe/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            "request line too long (limit 8190 bytes)",
+            id="long-url",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"b" * 20_000 + b"\r\n\r\n",
+            "header too long (limit 8190 bytes)",
+            id="long-header",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"".join(b"X-H%d: 1\r\n" % n for n in range(200))
+            + b"\r\n",
+            "too many headers received",
+            id="many-headers",
+        ),
+    ],
+)
+def test_a_request_the_parser_refuses_is_a_4xx_and_one_warning(
+    server: tuple[Proc, int], head: bytes, reason: str
+) -> None:
+    proc, port = server
+    answer = exchange(port, head)
+    assert 400 <= status_of(answer) < 500, answer[:200]
+    line = proc.wait_for_line(lambda text: "bad request from" in text, WAIT, "the warning")
+    assert f"WARNING aiohttp.server: bad request from 127.0.0.1: {reason}" in line
+    ok = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert status_of(ok) == 200  # the server goes on serving
+    proc.signal(signal.SIGINT)
+    assert proc.wait(WAIT) == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error handling request" not in proc.stderr, proc.stderr
+    assert [text for text in proc.lines if "bad request from" in text] == [line]
+
+
+def test_the_metrics_server_logs_an_over_long_url_as_one_warning(tmp_path: Path, procs: list[Proc]) -> None:
+    env = cli_env(AUTOMATION_TEMPLATES_DIR=str(ROOT / "templates"))
+    cli("db", "upgrade", cwd=tmp_path, env=env)
+    (tmp_path / "playbooks").mkdir()
+    shutil.copy(ROOT / "playbooks" / "lifecycle.yaml", tmp_path / "playbooks" / "lifecycle.yaml")
+    port = free_port()
+    proc = Proc(
+        ["run", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=tmp_path / "run.out",
+    )
+    procs.append(proc)
+    proc.wait_for_line(lambda text: f"127.0.0.1:{port}/metrics" in text, WAIT, "the metrics server")
+    answer = exchange(port, b"GET /metrics?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert 400 <= status_of(answer) < 500, answer[:200]
+    line = proc.wait_for_line(lambda text: "bad request from" in text, WAIT, "the warning")
+    assert (
+        "WARNING aiohttp.server: bad request from 127.0.0.1: request line too long (limit 8190 bytes)" in line
+    )
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(WAIT) == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error handling request" not in proc.stderr, proc.stderr
