@@ -2,8 +2,9 @@
 
 * ``automation run`` stopped by SIGTERM while a tick is running: the tick either finishes within
   ``--shutdown-timeout`` or its transaction is rolled back, and the log says which in one line;
-* ``automation serve`` sent a request line or header too long for its HTTP parser: the client gets a
-  4xx and the log gets one warning.
+* ``automation serve``, or the metrics server of ``automation run``, sent a request its HTTP parser
+  refuses (a request line or header over the size limit, too many headers): the client gets a 4xx and
+  the log gets one warning.
 
 Everything listens on and talks to 127.0.0.1 only.
 """
