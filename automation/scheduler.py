@@ -68,6 +68,7 @@ class TickRun:
     abandoned: bool = False
     committing: bool = False  # a commit began since the thread's transaction did: it may be landing now
     running: Any = None  # the DBAPI connection of the statement the tick thread runs now
+    stopped_statement: bool = False  # SQLite: the running statement was aborted once (see _progress)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def began(self) -> None:
@@ -104,12 +105,27 @@ class TickRun:
 
 
 def _interrupt(dbapi_connection: Any) -> None:
-    """Abort the statement running on ``dbapi_connection`` (from another thread; never raises)."""
+    """Abort the statement running on ``dbapi_connection`` (from another thread; never raises).
+
+    On PostgreSQL the server cancels the query. SQLite's own ``interrupt()`` would also abort the
+    rollback that follows (it holds until every statement of the connection is reset), keeping the
+    write lock; there the tick's progress handler (``_progress``) aborts the one statement instead."""
     with contextlib.suppress(Exception):
-        if isinstance(dbapi_connection, sqlite3.Connection):
-            dbapi_connection.interrupt()
-        elif callable(cancel := getattr(dbapi_connection, "cancel_safe", None)):  # psycopg
+        if callable(cancel := getattr(dbapi_connection, "cancel_safe", None)):  # psycopg
             cancel(timeout=1.0)
+
+
+_PROGRESS_EVERY = 10_000  # SQLite virtual machine steps between looks at whether the tick is given up
+
+
+def _progress() -> int:
+    """SQLite's progress handler on a tick's connection: non-zero once, to abort the statement running
+    when the tick was given up; the rollback after it then runs."""
+    run = _run_here()
+    if run is None or not run.abandoned or run.stopped_statement:
+        return 0
+    run.stopped_statement = True
+    return 1
 
 
 _current = threading.local()  # .run: the TickRun of the tick thread, unset on every other thread
@@ -128,6 +144,8 @@ def _on_begin(conn: object) -> None:
 def _on_execute(conn: object, cursor: Any, *args: object) -> None:
     if (run := _run_here()) is not None:
         run.executing(cursor.connection)
+        if isinstance(cursor.connection, sqlite3.Connection):
+            cursor.connection.set_progress_handler(_progress, _PROGRESS_EVERY)
 
 
 def _on_executed(*args: object) -> None:
