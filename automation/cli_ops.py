@@ -599,7 +599,7 @@ def retry_dead_cmd(
 @handle_errors
 def schema_cmd(output: Path | None) -> None:
     """Print the JSON Schema of the playbook format (for editor completion and checks)."""
-    from automation.schema import schema_json
+    from automation.playbook.schema import schema_json
 
     text = schema_json()
     if output is None:

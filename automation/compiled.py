@@ -13,7 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from automation.db.tables import metadata
 from automation.errors import PlaybookError, Problem
-from automation.playbooks import (
+from automation.playbook.models import (
     TOUCH_MODELS,
     EmailStep,
     LoadedPlaybook,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from automation.errors import ConfigError
 
 if TYPE_CHECKING:
-    from automation.playbooks import FrequencyCap
+    from automation.playbook.models import FrequencyCap
 
 DEFAULT_DATABASE_URL = "sqlite:///automation.db"
 #: How often a tick evaluates every customer even when nothing says it must (AUTOMATION_FULL_TICK_EVERY).
@@ -66,7 +66,7 @@ def _cap(text: str | None) -> FrequencyCap | None:
         return None
     from pydantic_core import PydanticCustomError
 
-    from automation.playbooks import parse_frequency_cap
+    from automation.playbook.models import parse_frequency_cap
 
     try:
         return parse_frequency_cap(text)

@@ -35,7 +35,7 @@ from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
 from automation.outbox import CLAIMED_COLUMNS, claim, mark_failed, mark_sent
-from automation.playbooks import parse_quiet_hours
+from automation.playbook.models import parse_quiet_hours
 from automation.ratelimit import Rate, TokenBucket
 from automation.rendering import RenderError, TemplateStore, build_context
 from automation.unsubscribe import unsubscribe_url

@@ -42,7 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from automation.compiled import AnyStep, CompiledPlaybook
 from automation.db.lists import PgArray, among
 from automation.db.tables import metadata
-from automation.playbooks import (
+from automation.playbook.models import (
     FrequencyCap,
     Playbook,
     QuietHours,

@@ -25,7 +25,7 @@ from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
 from automation.engine import PlannedAction, plan
 from automation.errors import InputError
-from automation.playbooks import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
+from automation.playbook.models import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
 from automation.preview import PreviewSink
 from automation.rules import ast
 from automation.rules.ast import RuleError, format_duration, parse_duration

@@ -34,7 +34,7 @@ from automation.config import Settings
 from automation.engine import CUSTOMER, PlannedAction, evaluate, plan
 from automation.errors import InputError
 from automation.masking import mask_email, mask_phone, mask_text
-from automation.playbooks import WaitStep, step_channel, step_template
+from automation.playbook.models import WaitStep, step_channel, step_template
 from automation.preview import Preview, PreviewSink, render_action
 from automation.rendering import TemplateStore
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from automation.compiled import compile_playbook
 from automation.errors import PlaybookError, Problem
-from automation.playbooks import (
+from automation.playbook.models import (
     EmailStep,
     LoadedPlaybook,
     Rule,

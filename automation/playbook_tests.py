@@ -48,9 +48,9 @@ from automation.db.engine import make_engine, upgrade
 from automation.db.tables import metadata
 from automation.dispatch import DispatchConfig
 from automation.errors import PlaybookError, Problem
-from automation.playbooks import CHANNELS
+from automation.playbook.models import CHANNELS
+from automation.playbook.source import Source, load
 from automation.rules.ast import format_duration, parse_duration
-from automation.yamlsource import Source, load
 
 CUSTOMER = metadata.tables["customer"]
 EVENT = metadata.tables["event"]

@@ -19,7 +19,7 @@ from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
 from automation.engine import CHANGES, Alongside, materialize, plan
 from automation.outbox import OutboxSink
-from automation.playbooks import FrequencyCap
+from automation.playbook.models import FrequencyCap
 
 RUN_LOG = metadata.tables["run_log"]
 log = logging.getLogger("automation.tick")

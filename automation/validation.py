@@ -18,7 +18,7 @@ from jinja2.exceptions import SecurityError
 
 from automation.compiled import CompiledPlaybook, compile_playbook
 from automation.errors import PlaybookError, Problem
-from automation.playbooks import (
+from automation.playbook.models import (
     EmailStep,
     LoadedPlaybook,
     SmsStep,

@@ -300,7 +300,7 @@ Cells = dict[tuple[str | None, str | None], int]
 def run_library(conn: Any) -> Cells:
     from automation.compiled import compile_playbook
     from automation.engine import evaluate
-    from automation.playbooks import load_playbook
+    from automation.playbook.models import load_playbook
 
     return dict(evaluate(conn, compile_playbook(load_playbook(PLAYBOOK), NOW)).matrix)
 
@@ -325,7 +325,7 @@ def _library_query(
 
     from automation.compiled import compile_playbook
     from automation.engine import CUSTOMER
-    from automation.playbooks import load_playbook
+    from automation.playbook.models import load_playbook
     from automation.rules.compiler import EVENT
 
     compiled = compile_playbook(load_playbook(PLAYBOOK), NOW)
@@ -737,7 +737,7 @@ def child(what: str, url: str) -> None:
     # everything the evaluation needs is imported before the baseline is taken
     import automation.compiled
     import automation.engine
-    import automation.playbooks  # noqa: F401
+    import automation.playbook.models  # noqa: F401
     from automation.db.engine import make_engine
 
     engine = make_engine(url)

@@ -22,7 +22,7 @@ from automation import incremental
 from automation.compiled import CompiledPlaybook, compile_playbook
 from automation.db.tables import metadata
 from automation.engine import transitions
-from automation.playbooks import load_playbook
+from automation.playbook.models import load_playbook
 from automation.tick import TickResult, run_tick
 from tests.conftest import ROOT
 

@@ -156,7 +156,7 @@ def test_quiet_hours_across_the_dst_change_defer_to_local_eight(engine: Engine) 
 
 
 def test_frequency_cap_defers_to_the_first_moment_it_fits(engine: Engine) -> None:
-    from automation.playbooks import FrequencyCap
+    from automation.playbook.models import FrequencyCap
 
     with engine.begin() as conn:
         conn.execute(

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from automation import collector, incremental
 from automation.compiled import compile_playbook
-from automation.playbooks import load_playbook
+from automation.playbook.models import load_playbook
 from automation.tick import run_tick
 from tests.conftest import ROOT
 

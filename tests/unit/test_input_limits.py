@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from automation.errors import PlaybookError, Problem
+from automation.playbook.source import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_VALUES, load
 from automation.rules.ast import RuleError
 from automation.rules.parser import MAX_RULE_DEPTH, MAX_RULE_LENGTH, parse
-from automation.yamlsource import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_VALUES, load
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from automation.compiled import compile_playbook
 from automation.errors import PlaybookError
-from automation.playbooks import EmailStep, TaskStep, WaitStep, WebhookStep, load_playbook
+from automation.playbook.models import EmailStep, TaskStep, WaitStep, WebhookStep, load_playbook
 from automation.rendering import TemplateStore
 from automation.validation import check_playbook, validate_paths
 from tests.conftest import ROOT

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from ruamel.yaml import YAML
 
 from automation.cli import main
-from automation.schema import playbook_schema
+from automation.playbook.schema import playbook_schema
 from tests.conftest import ROOT
 
 PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.yaml"))

@@ -1,8 +1,9 @@
 """``automation schema``: a JSON Schema of the playbook format, for editors (completion, hover, checks).
 
-The schema comes from the pydantic models in ``automation.playbooks``; this module adds what editors show
-(a title, descriptions of every field) and fixes what pydantic cannot know: defaults are written the way a
-playbook writes them (``3d``, not ``P3D``) and a rule may be a YAML boolean (``when: true``).
+The schema comes from the pydantic models in ``automation.playbook.models``; this module adds what
+editors show (a title, descriptions of every field) and fixes what pydantic cannot know: defaults are
+written the way a playbook writes them (``3d``, not ``P3D``) and a rule may be a YAML boolean
+(``when: true``).
 
 The schema checks the shape only. Rule syntax and types, template names and references between names
 are checked by ``automation validate``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from automation.playbooks import (
+from automation.playbook.models import (
     EmailStep,
     Playbook,
     Recurring,

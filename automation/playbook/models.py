@@ -1,7 +1,7 @@
 """Playbooks: YAML files parsed into frozen, validated models, with file:line:column on every error.
 
 Loading happens in three passes, each reporting every problem it finds:
-1. YAML syntax (``automation.yamlsource``);
+1. YAML syntax (``automation.playbook.source``);
 2. shape and values (pydantic models below, ``extra="forbid"``), with rule syntax parsed on the way;
 3. meaning: names that refer to each other, and rules type-checked against the customer fields
    (``automation.validation`` adds the templates).
@@ -34,10 +34,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from automation.errors import PlaybookError, Problem
+from automation.playbook.source import PosStr, Source, load
 from automation.rules import ast as rule_ast
 from automation.rules.ast import RuleError, format_duration, parse_duration
 from automation.rules.parser import parse
-from automation.yamlsource import PosStr, Source, load
 
 TOUCH_MODELS = ("high", "low", "none")
 CHANNELS = ("email", "sms", "webhook", "task")
