@@ -11,8 +11,8 @@ from rich.table import Table
 
 from automation import suppressions
 from automation.cli import App, handle_errors, main, parse_at, pass_app
-from automation.compiled import compile_playbook
 from automation.rendering import TemplateStore
+from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick
 from automation.validation import validate_paths
 

@@ -20,11 +20,11 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from automation.channels.base import Channel
-from automation.compiled import CompiledPlaybook, compile_playbook
 from automation.config import Settings
 from automation.dispatch import DispatchConfig, Dispatcher, DispatchStats
 from automation.errors import PlaybookError
 from automation.rendering import TemplateStore
+from automation.rules.compiled import CompiledPlaybook, compile_playbook
 from automation.tick import TickResult, run_tick
 from automation.validation import validate_paths
 

@@ -39,7 +39,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.compiled import AnyStep, CompiledPlaybook
 from automation.db.lists import PgArray, among
 from automation.db.tables import metadata
 from automation.playbook.models import (
@@ -51,6 +50,7 @@ from automation.playbook.models import (
     step_channel,
     step_template,
 )
+from automation.rules.compiled import AnyStep, CompiledPlaybook
 
 CUSTOMER: Table = metadata.tables["customer"]
 STATE: Table = metadata.tables["customer_state"]

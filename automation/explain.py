@@ -21,7 +21,6 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal, not_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
 from automation.engine import PlannedAction, plan
 from automation.errors import InputError
@@ -29,6 +28,7 @@ from automation.playbook.models import FrequencyCap, Rule, TaskStep, WaitStep, s
 from automation.preview import PreviewSink
 from automation.rules import ast
 from automation.rules.ast import RuleError, format_duration, parse_duration
+from automation.rules.compiled import CompiledPlaybook
 from automation.rules.compiler import FIELD_TYPES, Binding, Scope, compile_rule
 
 CUSTOMER = metadata.tables["customer"]

@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, select_autoescape
 from sqlalchemy import Connection, select
 
-from automation.compiled import CompiledPlaybook
 from automation.config import Settings
 from automation.engine import CUSTOMER, PlannedAction, evaluate, plan
 from automation.errors import InputError
@@ -37,6 +36,7 @@ from automation.masking import mask_email, mask_phone, mask_text
 from automation.playbook.models import WaitStep, step_channel, step_template
 from automation.preview import Preview, PreviewSink, render_action
 from automation.rendering import TemplateStore
+from automation.rules.compiled import CompiledPlaybook
 
 DAYS = 7
 SAMPLES = 3

@@ -43,11 +43,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.compiled import CompiledPlaybook
 from automation.config import DEFAULT_FULL_TICK_EVERY
 from automation.db.tables import metadata
 from automation.engine import _aware, _period
 from automation.rules.ast import format_duration
+from automation.rules.compiled import CompiledPlaybook
 from automation.rules.compiler import (
     Anniversary,
     DaysBoundary,

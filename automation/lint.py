@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from automation.compiled import compile_playbook
 from automation.errors import PlaybookError, Problem
 from automation.playbook.models import (
     EmailStep,
@@ -46,6 +45,7 @@ from automation.playbook.models import (
 )
 from automation.rendering import CUSTOMER_FIELDS, TemplateStore
 from automation.rules import ast
+from automation.rules.compiled import compile_playbook
 from automation.validation import SAMPLE_NOW, sample_customers, template_problems, trial_render
 
 ERROR, WARNING = "error", "warning"

@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from automation.compiled import CompiledPlaybook
 from automation.config import Settings
 from automation.engine import (
     CUSTOMER,
@@ -27,6 +26,7 @@ from automation.engine import (
 )
 from automation.errors import InputError
 from automation.rendering import RenderError, TemplateStore, build_context
+from automation.rules.compiled import CompiledPlaybook
 from automation.unsubscribe import unsubscribe_url
 
 

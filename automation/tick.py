@@ -15,11 +15,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from automation import collector, incremental
-from automation.compiled import CompiledPlaybook
 from automation.db.tables import metadata
 from automation.engine import CHANGES, Alongside, materialize, plan
 from automation.outbox import OutboxSink
 from automation.playbook.models import FrequencyCap
+from automation.rules.compiled import CompiledPlaybook
 
 RUN_LOG = metadata.tables["run_log"]
 log = logging.getLogger("automation.tick")

@@ -16,7 +16,6 @@ from typing import Any
 
 from jinja2.exceptions import SecurityError
 
-from automation.compiled import CompiledPlaybook, compile_playbook
 from automation.errors import PlaybookError, Problem
 from automation.playbook.models import (
     EmailStep,
@@ -31,6 +30,7 @@ from automation.playbook.models import (
     step_template,
 )
 from automation.rendering import CUSTOMER_FIELDS, RenderError, TemplateStore, build_context
+from automation.rules.compiled import CompiledPlaybook, compile_playbook
 
 SAMPLE_NOW = datetime(2026, 6, 15, 9, 30, tzinfo=UTC)  # fixed, so trial renders do not depend on the day
 SAMPLE_UNSUBSCRIBE_URL = "https://unsubscribe.example.com/u/lint-token"

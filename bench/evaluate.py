@@ -298,9 +298,9 @@ Cells = dict[tuple[str | None, str | None], int]
 
 
 def run_library(conn: Any) -> Cells:
-    from automation.compiled import compile_playbook
     from automation.engine import evaluate
     from automation.playbook.models import load_playbook
+    from automation.rules.compiled import compile_playbook
 
     return dict(evaluate(conn, compile_playbook(load_playbook(PLAYBOOK), NOW)).matrix)
 
@@ -323,9 +323,9 @@ def _library_query(
     from sqlalchemy.sql import visitors
     from sqlalchemy.sql.selectable import Exists
 
-    from automation.compiled import compile_playbook
     from automation.engine import CUSTOMER
     from automation.playbook.models import load_playbook
+    from automation.rules.compiled import compile_playbook
     from automation.rules.compiler import EVENT
 
     compiled = compile_playbook(load_playbook(PLAYBOOK), NOW)
@@ -735,7 +735,6 @@ def peak_memory(b: Backend, what: str) -> dict[str, Any]:
 
 def child(what: str, url: str) -> None:
     # everything the evaluation needs is imported before the baseline is taken
-    import automation.compiled
     import automation.engine
     import automation.playbook.models  # noqa: F401
     from automation.db.engine import make_engine

@@ -220,8 +220,8 @@ def analyze_outbox_sink() -> type:
 
 # -- timing -----------------------------------------------------------------------------------------
 def compiled_at(now: datetime) -> Any:
-    from automation.compiled import compile_playbook
     from automation.playbook.models import load_playbook
+    from automation.rules.compiled import compile_playbook
 
     return compile_playbook(load_playbook(PLAYBOOK), now)
 

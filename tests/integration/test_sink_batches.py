@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
 from automation import outbox
-from automation.compiled import compile_playbook
 from automation.db.tables import metadata
 from automation.playbook.models import load_playbook
+from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick
 from tests.conftest import ROOT
 

@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError
 
 from automation import engine as engine_module
 from automation import outbox
-from automation.compiled import compile_playbook
 from automation.db.tables import metadata
+from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick
 from tests.integration.test_sink_batches import LIFECYCLE, START, clear, walk
 

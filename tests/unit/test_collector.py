@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine
 
 from automation import collector, incremental
-from automation.compiled import compile_playbook
 from automation.playbook.models import load_playbook
+from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick
 from tests.conftest import ROOT
 

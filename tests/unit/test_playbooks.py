@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from automation.compiled import compile_playbook
 from automation.errors import PlaybookError
 from automation.playbook.models import EmailStep, TaskStep, WaitStep, WebhookStep, load_playbook
 from automation.rendering import TemplateStore
+from automation.rules.compiled import compile_playbook
 from automation.validation import check_playbook, validate_paths
 from tests.conftest import ROOT
 
