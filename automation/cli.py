@@ -18,7 +18,7 @@ from rich.console import Console
 from sqlalchemy import Engine
 
 from automation.config import Settings
-from automation.db import engine as db
+from automation.db import connect as db
 from automation.errors import AutomationError, InputError
 from automation.preview import run_preview
 from automation.rendering import TemplateStore

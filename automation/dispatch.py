@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, Select, Table, select, update
 
 from automation.channels.base import Channel, Delivery
-from automation.db.lists import among_param
+from automation.db.in_list import among_param
 from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text

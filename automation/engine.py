@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.db.lists import PgArray, among
+from automation.db.in_list import PgArray, among
 from automation.db.tables import metadata
 from automation.playbook.models import (
     FrequencyCap,

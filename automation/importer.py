@@ -50,7 +50,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from automation.db.lists import among_param
+from automation.db.in_list import among_param
 from automation.db.tables import Customer, Event
 from automation.errors import DatabaseError, InputError, Problem
 

@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.db.lists import PgArray
+from automation.db.in_list import PgArray
 from automation.db.tables import PICKABLE, metadata
 from automation.db.types import UTCDateTime
 from automation.engine import CHANGES, EnrollmentChange, PlannedAction, Transition

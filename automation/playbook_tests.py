@@ -44,7 +44,7 @@ from sqlalchemy import func, insert, select, update
 from automation.channels.base import Delivery, DeliveryResult
 from automation.config import Settings
 from automation.daemon import Daemon
-from automation.db.engine import make_engine, upgrade
+from automation.db.connect import make_engine, upgrade
 from automation.db.tables import metadata
 from automation.dispatch import DispatchConfig
 from automation.errors import PlaybookError, Problem

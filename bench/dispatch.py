@@ -95,7 +95,7 @@ def start(target: Callable[[int], None]) -> tuple[multiprocessing.Process, int]:
 def queue_messages(db_url: str, channel: str, count: int) -> Any:
     from sqlalchemy import insert
 
-    from automation.db.engine import make_engine, upgrade
+    from automation.db.connect import make_engine, upgrade
     from automation.db.tables import metadata
 
     engine = make_engine(db_url)

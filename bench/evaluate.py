@@ -458,7 +458,7 @@ def prepare(backend: str, args: argparse.Namespace) -> tuple[Backend, dict[str, 
     """Create (or reuse) the database, load the data, return the backend and generation figures."""
     from sqlalchemy import text
 
-    from automation.db.engine import make_engine, upgrade
+    from automation.db.connect import make_engine, upgrade
 
     if backend == "sqlite":
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -492,7 +492,7 @@ def prepare(backend: str, args: argparse.Namespace) -> tuple[Backend, dict[str, 
     figures: dict[str, Any] = {"reused": False}
     engine = make_engine(b.url)
     total = time.perf_counter()
-    with timed("schema (automation.db.engine.upgrade)", figures, "schema_s"):
+    with timed("schema (automation.db.connect.upgrade)", figures, "schema_s"):
         upgrade(engine)
     d = Dialect(backend)
     with engine.connect() as conn:
@@ -539,7 +539,7 @@ def prepare(backend: str, args: argparse.Namespace) -> tuple[Backend, dict[str, 
 def _has_data(b: Backend, args: argparse.Namespace) -> bool:
     from sqlalchemy import text
 
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
 
     try:
         engine = make_engine(b.url, pool_pre_ping=False) if b.name == "postgresql" else make_engine(b.url)
@@ -555,7 +555,7 @@ def _has_data(b: Backend, args: argparse.Namespace) -> bool:
 def drop(b: Backend) -> None:
     from sqlalchemy import text
 
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
 
     if b.sqlite_file is not None:
         _unlink_sqlite(b.sqlite_file)
@@ -633,7 +633,7 @@ def _plan_line(row: Any, backend: str) -> str:
 
 
 def benchmark(b: Backend, args: argparse.Namespace) -> dict[str, Any]:
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
 
     engine = make_engine(b.url)
     out: dict[str, Any] = {}
@@ -737,7 +737,7 @@ def child(what: str, url: str) -> None:
     # everything the evaluation needs is imported before the baseline is taken
     import automation.engine
     import automation.playbook.models  # noqa: F401
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
 
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -788,7 +788,7 @@ def machine(backends: list[Backend]) -> dict[str, Any]:
     import sqlalchemy
     from sqlalchemy import text
 
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
 
     info: dict[str, Any] = {
         "python": platform.python_version(),

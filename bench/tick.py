@@ -414,7 +414,7 @@ def explain_slowest(engine: Any, backend: str, slowest: list[tuple[float, str, A
 
 # -- one backend ------------------------------------------------------------------------------------
 def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
-    from automation.db.engine import make_engine, upgrade
+    from automation.db.connect import make_engine, upgrade
 
     engine = make_engine(b.url)
     if reused:  # a database kept by an earlier version: bring its schema up to date
@@ -560,7 +560,7 @@ def checkpoint_outside(url: str, compiled: Any, changed: int) -> dict[str, Any]:
     """
     from sqlalchemy import event
 
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
 
     engine = make_engine(url)
 
@@ -883,7 +883,7 @@ def wake_costs(env: dict[str, str], repeat: int = 300) -> dict[str, Any]:
 
     from automation.channels.registry import build_channels
     from automation.config import Settings
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
     from automation.dispatch import DispatchConfig, Dispatcher
     from automation.outbox import claim, next_due
     from automation.rendering import TemplateStore

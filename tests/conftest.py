@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from automation.db.engine import make_engine, upgrade
+from automation.db.connect import make_engine, upgrade
 from automation.db.tables import metadata
 
 PG_ADMIN_URL = os.environ.get("AUTOMATION_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

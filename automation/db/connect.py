@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from automation.db.lists import ArrayLiteralDumper, PgArray
+from automation.db.in_list import ArrayLiteralDumper, PgArray
 from automation.errors import ConfigError, DatabaseError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -39,7 +39,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def _array_literals(dbapi_connection: Any, _record: Any) -> None:
-    """psycopg sends ``PgArray`` parameters as array literals (see ``automation.db.lists``)."""
+    """psycopg sends ``PgArray`` parameters as array literals (see ``automation.db.in_list``)."""
     dbapi_connection.adapters.register_dumper(PgArray, ArrayLiteralDumper)
 
 

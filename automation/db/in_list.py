@@ -29,7 +29,7 @@ from automation.db.types import to_utc_naive
 class PgArray(list[Any]):
     """A list psycopg sends to PostgreSQL as an array literal (``ArrayLiteralDumper``).
 
-    Engines from ``automation.db.engine.make_engine`` register the dumper on each connection; on any
+    Engines from ``automation.db.connect.make_engine`` register the dumper on each connection; on any
     other connection a ``PgArray`` is sent as psycopg sends any list. The element type comes from
     the statement (``%s::text[]``, ``column = ANY(%s)``).
     """

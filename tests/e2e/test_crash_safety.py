@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, insert, select, text
 
-from automation.db.engine import make_engine, upgrade
+from automation.db.connect import make_engine, upgrade
 from automation.db.tables import metadata
 from automation.dispatch import DispatchConfig
 from tests.conftest import PG_ADMIN_URL, ROOT, require_postgres

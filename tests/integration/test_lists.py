@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from psycopg.adapt import PyFormat
 from sqlalchemy import Engine, insert, select
 
-from automation.db.lists import ArrayLiteralDumper, PgArray, among, among_param, array_literal
+from automation.db.in_list import ArrayLiteralDumper, PgArray, among, among_param, array_literal
 from automation.db.tables import metadata
 
 CUSTOMER = metadata.tables["customer"]

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, func, select
 
-from automation.db.engine import make_engine
+from automation.db.connect import make_engine
 from automation.dispatch import DispatchStats
 from automation.errors import ConfigError, PermanentDeliveryError
 from automation.metrics import Family, make_metrics_app, render, serve_metrics

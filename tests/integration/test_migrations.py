@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from automation.db.engine import current_revision, head_revision, upgrade
+from automation.db.connect import current_revision, head_revision, upgrade
 from automation.db.tables import metadata
 
 

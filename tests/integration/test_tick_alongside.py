@@ -254,7 +254,7 @@ def test_without_a_second_connection_the_tick_runs_on_one(
     pg_engine: Engine, pg_url: str, overlaps: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A pool with room for the tick's own connection only: the tick does not wait for a second one."""
-    from automation.db.engine import make_engine
+    from automation.db.connect import make_engine
 
     walk(pg_engine)  # the schema and a first state, through the fixture's engine
     single = make_engine(pg_url, pool_size=1, max_overflow=0, pool_timeout=0.2)

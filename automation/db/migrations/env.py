@@ -1,4 +1,4 @@
-"""Alembic environment: the engine is handed in by ``automation.db.engine.upgrade``."""
+"""Alembic environment: the engine is handed in by ``automation.db.connect.upgrade``."""
 
 from __future__ import annotations
 
