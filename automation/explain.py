@@ -22,8 +22,8 @@ from sqlalchemy import Connection, and_, case, func, literal, not_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.db.tables import metadata
-from automation.engine import PlannedAction, plan
 from automation.errors import InputError
+from automation.plan.planner import PlannedAction, plan
 from automation.playbook.models import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
 from automation.preview import PreviewSink
 from automation.rules import ast

@@ -30,9 +30,9 @@ from jinja2 import Environment, select_autoescape
 from sqlalchemy import Connection, select
 
 from automation.config import Settings
-from automation.engine import CUSTOMER, PlannedAction, evaluate, plan
 from automation.errors import InputError
 from automation.masking import mask_email, mask_phone, mask_text
+from automation.plan.planner import CUSTOMER, PlannedAction, evaluate, plan
 from automation.playbook.models import WaitStep, step_channel, step_template
 from automation.preview import Preview, PreviewSink, render_action
 from automation.rendering import TemplateStore

@@ -48,7 +48,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from automation.db.in_list import PgArray
 from automation.db.tables import PICKABLE, metadata
 from automation.db.types import UTCDateTime
-from automation.engine import CHANGES, EnrollmentChange, PlannedAction, Transition
+from automation.plan.planner import CHANGES, EnrollmentChange, PlannedAction, Transition
 
 OUTBOX: Table = metadata.tables["outbox"]
 STATE: Table = metadata.tables["customer_state"]

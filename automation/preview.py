@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from automation.config import Settings
-from automation.engine import (
+from automation.errors import InputError
+from automation.plan.planner import (
     CUSTOMER,
     Counts,
     EnrollmentChange,
@@ -24,7 +25,6 @@ from automation.engine import (
     evaluate,
     plan,
 )
-from automation.errors import InputError
 from automation.rendering import RenderError, TemplateStore, build_context
 from automation.rules.compiled import CompiledPlaybook
 from automation.unsubscribe import unsubscribe_url

@@ -14,10 +14,11 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from automation import collector, incremental
+from automation import collector
 from automation.db.tables import metadata
-from automation.engine import CHANGES, Alongside, materialize, plan
 from automation.outbox import OutboxSink
+from automation.plan import incremental
+from automation.plan.planner import CHANGES, Alongside, materialize, plan
 from automation.playbook.models import FrequencyCap
 from automation.rules.compiled import CompiledPlaybook
 
@@ -52,7 +53,7 @@ def run_tick(
     State, history, enrollments, outbox rows and the run log are written in one transaction: a tick
     that fails leaves nothing behind, and a tick repeated at the same moment plans nothing new.
     Only customers whose data changed or whose time-dependent rules may have flipped since the last
-    tick are evaluated (``automation.incremental``); ``full`` evaluates everyone. On PostgreSQL a
+    tick are evaluated (``automation.plan.incremental``); ``full`` evaluates everyone. On PostgreSQL a
     second, read-only connection evaluates half of the candidates, and the state, history and planned
     rows are written while the planner plans, reading through it (``alongside=False``: all of it one
     after the other, on one connection).

@@ -235,7 +235,7 @@ def time_tick(engine: Any, compiled: Any) -> tuple[float, dict[str, int]]:
 
 
 def time_evaluate(engine: Any, compiled: Any) -> tuple[float, int]:
-    from automation.engine import evaluate
+    from automation.plan.planner import evaluate
 
     start = time.perf_counter()
     with engine.connect() as conn:
@@ -332,16 +332,16 @@ class StatementClock:
 #: Functions whose cumulative time (cProfile) tells where a tick goes.
 PROFILED = (
     ("automation/tick.py", "run_tick"),
-    ("automation/engine.py", "plan"),
-    ("automation/engine.py", "transitions"),
-    ("automation/engine.py", "leave_and_enter"),
-    ("automation/engine.py", "exit_enrollments"),
-    ("automation/engine.py", "enter"),
-    ("automation/engine.py", "reentry_blocked"),
-    ("automation/engine.py", "run"),
-    ("automation/engine.py", "facts"),
-    ("automation/engine.py", "advance_due"),
-    ("automation/engine.py", "recurring"),
+    ("automation/plan/planner.py", "plan"),
+    ("automation/plan/planner.py", "transitions"),
+    ("automation/plan/planner.py", "leave_and_enter"),
+    ("automation/plan/planner.py", "exit_enrollments"),
+    ("automation/plan/planner.py", "enter"),
+    ("automation/plan/planner.py", "reentry_blocked"),
+    ("automation/plan/planner.py", "run"),
+    ("automation/plan/planner.py", "facts"),
+    ("automation/plan/planner.py", "advance_due"),
+    ("automation/plan/planner.py", "recurring"),
     ("automation/outbox.py", "transition"),
     ("automation/outbox.py", "enrollment"),
     ("automation/outbox.py", "action"),
@@ -615,7 +615,7 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
     """Time the full scans a tick makes, alone, and prototypes of cheaper forms (rolled back)."""
     from sqlalchemy import Column, MetaData, String, Table, and_, insert, or_, select
 
-    from automation.engine import CUSTOMER, STATE, _scan, evaluate, materialize, transitions
+    from automation.plan.planner import CUSTOMER, STATE, _scan, evaluate, materialize, transitions
 
     pb = compiled.loaded.playbook
     cover = "ix_bench_state_cover"
@@ -722,7 +722,7 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
     base = statistics.median(times["evaluate"])
     plans: dict[str, list[str]] = {}
     with engine.connect() as conn:
-        from automation.engine import CHANGES, TRANSITION_COLUMNS
+        from automation.plan.planner import CHANGES, TRANSITION_COLUMNS
 
         sql = str(
             changed_query(conn, False).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})

@@ -53,7 +53,7 @@ class CompiledPlaybook:
     scan_stage: ColumnElement[Any] | None = None
     scan_joins: tuple[Any, ...] = ()
     #: Every part of the segment, stage and recurring rules whose truth depends on ``now``
-    #: (see ``automation.incremental``), and a fingerprint of those rules.
+    #: (see ``automation.plan.incremental``), and a fingerprint of those rules.
     clock: tuple[Any, ...] = ()
     fingerprint: str = ""
     recurring_clock: tuple[Any, ...] = ()  # the same for the recurring rules' own conditions

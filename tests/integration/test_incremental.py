@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.dialects import sqlite
 
-from automation import incremental
 from automation.db.tables import metadata
-from automation.engine import transitions
+from automation.plan import incremental
+from automation.plan.planner import transitions
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
 from automation.tick import TickResult, run_tick

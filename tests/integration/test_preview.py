@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from automation.config import Settings
-from automation.engine import plan, transitions
+from automation.plan.planner import plan, transitions
 from automation.preview import PreviewSink, run_preview
 from automation.validation import check_playbook
 from tests.conftest import ROOT

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from automation import engine as engine_module
 from automation import outbox
 from automation.db.tables import metadata
+from automation.plan import planner as engine_module
 from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick
 from tests.integration.test_sink_batches import LIFECYCLE, START, clear, walk

@@ -45,7 +45,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from automation.config import DEFAULT_FULL_TICK_EVERY
 from automation.db.tables import metadata
-from automation.engine import _aware, _period
+from automation.plan.planner import _aware, _period
 from automation.rules.ast import format_duration
 from automation.rules.compiled import CompiledPlaybook
 from automation.rules.compiler import (

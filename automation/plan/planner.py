@@ -451,7 +451,7 @@ def plan(
     ``materialized=True``; the same ``customer_ids`` and ``only`` must have been given to both.
     ``only`` (a SELECT of customer ids) limits the stage and recurring rules to those customers, and
     ``only_recurring`` (another, or None) adds customers for the recurring rules alone: an incremental
-    tick's candidates (``automation.incremental``). Due program steps run for everyone.
+    tick's candidates (``automation.plan.incremental``). Due program steps run for everyone.
 
     ``alongside``: work for ``conn`` that runs on a thread while the tick is planned, the planner's
     lookups going through ``alongside.reader`` meanwhile (see ``Alongside``).
