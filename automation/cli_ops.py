@@ -9,8 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from automation import suppressions
 from automation.cli import App, handle_errors, main, parse_at, pass_app
+from automation.outbox import suppressions
 from automation.rendering import TemplateStore
 from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick
@@ -159,7 +159,7 @@ def dispatch_cmd(app: App, once: bool, at_text: str | None, poll: float) -> None
     import signal
 
     from automation.channels.registry import build_channels
-    from automation.dispatch import DispatchConfig, Dispatcher, DispatchStats
+    from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
 
     engine = app.migrated_engine()
     fixed = parse_at(at_text) if at_text else None
@@ -213,7 +213,7 @@ def dispatch_cmd(app: App, once: bool, at_text: str | None, poll: float) -> None
 
 
 def _by_status(stats: object) -> dict[str, int]:
-    from automation.dispatch import DispatchStats
+    from automation.outbox.dispatch import DispatchStats
 
     assert isinstance(stats, DispatchStats)
     out: dict[str, int] = {}
@@ -310,7 +310,7 @@ def run_cmd(
     from automation import logs
     from automation.channels.registry import build_channels
     from automation.daemon import Daemon
-    from automation.dispatch import DispatchConfig
+    from automation.outbox.dispatch import DispatchConfig
     from automation.scheduler import Worker
 
     logs.setup(log_format, logging.WARNING if once else logging.INFO)
@@ -373,7 +373,7 @@ def _report_once(app: App, daemon: object, now: object, stats: object) -> None:
 
     from automation.daemon import Daemon
     from automation.db.tables import metadata
-    from automation.dispatch import DispatchStats
+    from automation.outbox.dispatch import DispatchStats
 
     assert isinstance(daemon, Daemon) and isinstance(stats, DispatchStats)
     for name, result in daemon.last_ticks.items():

@@ -35,9 +35,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 from sqlalchemy import Engine, text
 
-from automation.dispatch import DispatchStats
 from automation.errors import ConfigError
 from automation.logs import quiet_bad_requests
+from automation.outbox.dispatch import DispatchStats
 from automation.status import playbook_status, queue_status
 
 log = logging.getLogger("automation.metrics")

@@ -46,8 +46,8 @@ from automation.config import Settings
 from automation.daemon import Daemon
 from automation.db.connect import make_engine, upgrade
 from automation.db.tables import metadata
-from automation.dispatch import DispatchConfig
 from automation.errors import PlaybookError, Problem
+from automation.outbox.dispatch import DispatchConfig
 from automation.playbook.models import CHANNELS
 from automation.playbook.source import Source, load
 from automation.rules.ast import format_duration, parse_duration

@@ -34,8 +34,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event
 
 from automation.daemon import Daemon
-from automation.dispatch import DispatchStats
-from automation.outbox import next_due, release
+from automation.outbox.dispatch import DispatchStats
+from automation.outbox.store import next_due, release
 
 log = logging.getLogger("automation.scheduler")
 

@@ -31,7 +31,7 @@ from automation.db.tables import metadata
 from automation.db.types import UTCDateTime
 from automation.errors import InputError
 from automation.masking import mask_text
-from automation.outbox import CLAIMABLE, DEFAULT_TTL
+from automation.outbox.store import CLAIMABLE, DEFAULT_TTL
 
 OUTBOX: Table = metadata.tables["outbox"]
 RUN_LOG: Table = metadata.tables["run_log"]

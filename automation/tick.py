@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from automation import collector
 from automation.db.tables import metadata
-from automation.outbox import OutboxSink
+from automation.outbox.store import OutboxSink
 from automation.plan import incremental
 from automation.plan.planner import CHANGES, Alongside, materialize, plan
 from automation.playbook.models import FrequencyCap

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 from sqlalchemy import Engine
 
-from automation import suppressions
 from automation.errors import InputError
+from automation.outbox import suppressions
 from automation.unsubscribe import verify
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>

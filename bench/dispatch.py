@@ -11,7 +11,7 @@ and the other in a loaded one; alternating rounds and taking the best of each ev
 
 Webhooks: a local aiohttp sink in its own process (127.0.0.1) answers 200 to every POST. The baseline
 is a raw aiohttp client posting the same number of prebuilt bodies at the same concurrency; the
-library run is ``automation.dispatch.Dispatcher`` with the webhook channel (httpx on the aiohttp
+library run is ``automation.outbox.dispatch.Dispatcher`` with the webhook channel (httpx on the aiohttp
 transport) draining an outbox of that many queued messages.
 
 Email: a local aiosmtpd sink in its own process accepts everything. The baseline is raw aiosmtplib
@@ -142,7 +142,7 @@ def queue_messages(db_url: str, channel: str, count: int) -> Any:
 
 
 def run_dispatcher(engine: Any, channel: Any, name: str, concurrency: int, env: dict[str, str]) -> float:
-    from automation.dispatch import DispatchConfig, Dispatcher
+    from automation.outbox.dispatch import DispatchConfig, Dispatcher
     from automation.rendering import TemplateStore
 
     async def go() -> float:

@@ -198,7 +198,7 @@ PROTOTYPES = {
 
 def analyze_outbox_sink() -> type:
     """Prototype (NOT the library): ``OutboxSink`` that refreshes the statistics of what it writes."""
-    from automation.outbox import OutboxSink
+    from automation.outbox.store import OutboxSink
 
     class AnalyzingSink(OutboxSink):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -342,10 +342,10 @@ PROFILED = (
     ("automation/plan/planner.py", "facts"),
     ("automation/plan/planner.py", "advance_due"),
     ("automation/plan/planner.py", "recurring"),
-    ("automation/outbox.py", "transition"),
-    ("automation/outbox.py", "enrollment"),
-    ("automation/outbox.py", "action"),
-    ("automation/outbox.py", "flush"),
+    ("automation/outbox/store.py", "transition"),
+    ("automation/outbox/store.py", "enrollment"),
+    ("automation/outbox/store.py", "action"),
+    ("automation/outbox/store.py", "flush"),
 )
 
 
@@ -875,7 +875,7 @@ def idle_cpu(
 def wake_costs(env: dict[str, str], repeat: int = 300) -> dict[str, Any]:
     """CPU of one wake-up of an idle worker, in this process, on the idle project's outbox.
 
-    ``next_due``: ``automation.outbox.next_due`` (what the worker asks to know how long to sleep);
+    ``next_due``: ``automation.outbox.store.next_due`` (what the worker asks to know how long to sleep);
     ``drain``: what it does when it wakes (``Daemon.drain``: a new Dispatcher, then ``drain()``: one
     claiming write transaction per lane, each finding nothing); ``claim``: one such transaction.
     """
@@ -884,8 +884,8 @@ def wake_costs(env: dict[str, str], repeat: int = 300) -> dict[str, Any]:
     from automation.channels.registry import build_channels
     from automation.config import Settings
     from automation.db.connect import make_engine
-    from automation.dispatch import DispatchConfig, Dispatcher
-    from automation.outbox import claim, next_due
+    from automation.outbox.dispatch import DispatchConfig, Dispatcher
+    from automation.outbox.store import claim, next_due
     from automation.rendering import TemplateStore
 
     settings = Settings.from_env(env)

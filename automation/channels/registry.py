@@ -36,7 +36,7 @@ from automation.channels.webhook import (
 )
 from automation.config import Settings
 from automation.errors import ConfigError
-from automation.ratelimit import Rate, parse_rate
+from automation.outbox.ratelimit import Rate, parse_rate
 
 DEFAULT_FROM = "Juniper <hello@example.com>"
 CHANNEL_NAMES = ("email", "sms", "webhook", "task")

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, insert, select, text
 
 from automation.db.connect import make_engine, upgrade
 from automation.db.tables import metadata
-from automation.dispatch import DispatchConfig
+from automation.outbox.dispatch import DispatchConfig
 from tests.conftest import PG_ADMIN_URL, ROOT, require_postgres
 from tests.e2e.worker_tools import EXE, FastReceiver, Proc, cli_env, wait_until
 

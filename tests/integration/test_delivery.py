@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 from automation.channels.registry import build_channels
 from automation.config import Settings
 from automation.db.tables import metadata
-from automation.dispatch import DispatchConfig, Dispatcher
+from automation.outbox.dispatch import DispatchConfig, Dispatcher
 from automation.tick import run_tick
 from automation.validation import check_playbook
 from tests.conftest import ROOT

@@ -12,9 +12,9 @@ from sqlalchemy import Engine, func, select, update
 
 from automation.channels.base import Delivery, DeliveryResult
 from automation.db.tables import metadata
-from automation.dispatch import DispatchConfig, Dispatcher
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
-from automation.outbox import claim
+from automation.outbox.dispatch import DispatchConfig, Dispatcher
+from automation.outbox.store import claim
 from automation.tick import run_tick
 from automation.validation import check_playbook
 from tests.conftest import ROOT

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, func, select
 
 from automation.db.connect import make_engine
-from automation.dispatch import DispatchStats
 from automation.errors import ConfigError, PermanentDeliveryError
 from automation.metrics import Family, make_metrics_app, render, serve_metrics
+from automation.outbox.dispatch import DispatchStats
 from tests.integration.known import NOW, T
 from tests.integration.test_dispatch import Recorder, channels
 from tests.integration.test_status import TOKYO_DUE, drain, tick

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from automation.config import Settings
 from automation.daemon import Daemon
-from automation.dispatch import DispatchConfig
+from automation.outbox.dispatch import DispatchConfig
 from automation.scheduler import Worker
 from tests.conftest import ROOT
 from tests.integration.known import NOW

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
-from automation import outbox
 from automation.db.tables import metadata
+from automation.outbox import store as outbox
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick

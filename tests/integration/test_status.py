@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from automation.dispatch import DispatchConfig, Dispatcher, DispatchStats
 from automation.errors import InputError, PermanentDeliveryError, TransientDeliveryError
-from automation.outbox import DEFAULT_TTL
+from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
+from automation.outbox.store import DEFAULT_TTL
 from automation.status import parse_since, playbook_status, queue_status, retry_dead
 from automation.tick import TickResult, run_tick
 from automation.validation import check_playbook

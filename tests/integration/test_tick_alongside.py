@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from automation import outbox
 from automation.db.tables import metadata
+from automation.outbox import store as outbox
 from automation.plan import planner as engine_module
 from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick

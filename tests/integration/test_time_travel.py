@@ -15,7 +15,7 @@ from sqlalchemy import Engine, insert, select, update
 from automation.config import Settings
 from automation.daemon import Daemon
 from automation.db.tables import metadata
-from automation.dispatch import DispatchConfig
+from automation.outbox.dispatch import DispatchConfig
 from tests.conftest import ROOT
 from tests.integration.test_dispatch import Recorder
 

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 
-from automation.dispatch import DispatchConfig
 from automation.errors import ConfigError
 from automation.masking import mask_email, mask_phone, mask_text
-from automation.ratelimit import Rate, TokenBucket, parse_rate
+from automation.outbox.dispatch import DispatchConfig
+from automation.outbox.ratelimit import Rate, TokenBucket, parse_rate
 from automation.rules.ast import format_duration, parse_duration
 
 
