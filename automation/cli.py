@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from automation.config import Settings
 from automation.db import connect as db
 from automation.errors import AutomationError, InputError
+from automation.messages.store import TemplateStore
 from automation.preview import run_preview
-from automation.rendering import TemplateStore
 from automation.report import print_preview
 from automation.validation import check_playbook, validate_paths
 

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from automation.cli import App, handle_errors, main, parse_at, pass_app
+from automation.messages.store import TemplateStore
 from automation.outbox import suppressions
-from automation.rendering import TemplateStore
 from automation.rules.compiled import compile_playbook
 from automation.tick import run_tick
 from automation.validation import validate_paths

@@ -22,8 +22,8 @@ from sqlalchemy import Engine, text
 from automation.channels.base import Channel
 from automation.config import Settings
 from automation.errors import PlaybookError
+from automation.messages.store import TemplateStore
 from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
-from automation.rendering import TemplateStore
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
 from automation.tick import TickResult, run_tick
 from automation.validation import validate_paths

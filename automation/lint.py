@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from automation.errors import PlaybookError, Problem
+from automation.messages.store import CUSTOMER_FIELDS, TemplateStore
 from automation.playbook.models import (
     EmailStep,
     LoadedPlaybook,
@@ -43,7 +44,6 @@ from automation.playbook.models import (
     step_channel,
     step_template,
 )
-from automation.rendering import CUSTOMER_FIELDS, TemplateStore
 from automation.rules import ast
 from automation.rules.compiled import compile_playbook
 from automation.validation import SAMPLE_NOW, sample_customers, template_problems, trial_render

@@ -16,6 +16,8 @@ from sqlalchemy import Connection, select
 
 from automation.config import Settings
 from automation.errors import InputError
+from automation.messages.store import RenderError, TemplateStore, build_context
+from automation.messages.unsubscribe import unsubscribe_url
 from automation.plan.planner import (
     CUSTOMER,
     Counts,
@@ -25,9 +27,7 @@ from automation.plan.planner import (
     evaluate,
     plan,
 )
-from automation.rendering import RenderError, TemplateStore, build_context
 from automation.rules.compiled import CompiledPlaybook
-from automation.unsubscribe import unsubscribe_url
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 from jinja2.exceptions import SecurityError
 
 from automation.errors import PlaybookError, Problem
+from automation.messages.store import CUSTOMER_FIELDS, RenderError, TemplateStore, build_context
 from automation.playbook.models import (
     EmailStep,
     LoadedPlaybook,
@@ -29,7 +30,6 @@ from automation.playbook.models import (
     step_channel,
     step_template,
 )
-from automation.rendering import CUSTOMER_FIELDS, RenderError, TemplateStore, build_context
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
 
 SAMPLE_NOW = datetime(2026, 6, 15, 9, 30, tzinfo=UTC)  # fixed, so trial renders do not depend on the day

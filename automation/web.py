@@ -15,8 +15,8 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from automation.errors import InputError
+from automation.messages.unsubscribe import verify
 from automation.outbox import suppressions
-from automation.unsubscribe import verify
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>

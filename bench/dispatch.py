@@ -142,8 +142,8 @@ def queue_messages(db_url: str, channel: str, count: int) -> Any:
 
 
 def run_dispatcher(engine: Any, channel: Any, name: str, concurrency: int, env: dict[str, str]) -> float:
+    from automation.messages.store import TemplateStore
     from automation.outbox.dispatch import DispatchConfig, Dispatcher
-    from automation.rendering import TemplateStore
 
     async def go() -> float:
         dispatcher = Dispatcher(

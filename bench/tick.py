@@ -884,9 +884,9 @@ def wake_costs(env: dict[str, str], repeat: int = 300) -> dict[str, Any]:
     from automation.channels.registry import build_channels
     from automation.config import Settings
     from automation.db.connect import make_engine
+    from automation.messages.store import TemplateStore
     from automation.outbox.dispatch import DispatchConfig, Dispatcher
     from automation.outbox.store import claim, next_due
-    from automation.rendering import TemplateStore
 
     settings = Settings.from_env(env)
     engine = make_engine(settings.database_url)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from automation.rendering import RenderedMessage
+from automation.messages.store import RenderedMessage
 
 
 @dataclass(frozen=True)

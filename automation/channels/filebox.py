@@ -31,7 +31,7 @@ from typing import Any
 from automation.channels.base import Delivery, DeliveryResult
 from automation.channels.mime import build_email, envelope_address, message_id
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
-from automation.rendering import CHANNELS
+from automation.messages.store import CHANNELS
 
 __all__ = ["FileOutbox", "file_name"]
 

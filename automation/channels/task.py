@@ -43,7 +43,7 @@ from automation.channels.base import Channel, Delivery, DeliveryResult
 from automation.db.tables import Task
 from automation.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
-from automation.rendering import RenderedMessage
+from automation.messages.store import RenderedMessage
 
 __all__ = ["ENV_CRM_URL", "TaskChannel", "complete_task", "list_tasks", "task_email", "task_payload"]
 

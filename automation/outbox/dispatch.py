@@ -34,11 +34,11 @@ from automation.db.in_list import among_param
 from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
+from automation.messages.store import RenderError, TemplateStore, build_context
+from automation.messages.unsubscribe import unsubscribe_url
 from automation.outbox.ratelimit import Rate, TokenBucket
 from automation.outbox.store import CLAIMED_COLUMNS, claim, mark_failed, mark_sent
 from automation.playbook.models import parse_quiet_hours
-from automation.rendering import RenderError, TemplateStore, build_context
-from automation.unsubscribe import unsubscribe_url
 
 log = logging.getLogger("automation.dispatch")
 

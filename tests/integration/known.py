@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from automation.db.tables import metadata
-from automation.rendering import TemplateStore
+from automation.messages.store import TemplateStore
 from tests.conftest import ROOT
 
 # 12:00 UTC: daytime in Europe and the Americas, 21:00 in Tokyo (quiet hours there)

@@ -333,8 +333,8 @@ def test_a_channel_never_has_more_sends_in_flight_than_its_concurrency(
 def test_a_webhook_template_that_prints_the_unsubscribe_link_gets_a_signed_one(
     engine: Engine, tmp_path: Any
 ) -> None:
-    from automation.rendering import TemplateStore
-    from automation.unsubscribe import verify
+    from automation.messages.store import TemplateStore
+    from automation.messages.unsubscribe import verify
 
     (tmp_path / "with_link.webhook.j2").write_text(
         '{"id": {{ customer.id|tojson }}, "u": {{ unsubscribe_url|tojson }}}'

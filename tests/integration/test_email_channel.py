@@ -19,7 +19,7 @@ import pytest
 from automation.channels.base import Delivery, DeliveryResult
 from automation.channels.email import SmtpChannel, SmtpSettings
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
-from automation.rendering import RenderedMessage
+from automation.messages.store import RenderedMessage
 from tests.smtp_server import SmtpTestServer, make_certificate, server_ssl_context
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)

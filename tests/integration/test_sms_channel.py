@@ -11,7 +11,7 @@ from automation.channels.base import Delivery, DeliveryResult
 from automation.channels.http import make_client
 from automation.channels.sms import TwilioSms
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
-from automation.rendering import RenderedMessage
+from automation.messages.store import RenderedMessage
 from tests.http_server import LocalServer, Reply, closed_port, fake_twilio, serve
 
 SID = "AC0123456789abcdef"

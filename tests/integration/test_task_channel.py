@@ -18,7 +18,7 @@ from automation.channels.http import make_client
 from automation.channels.task import TASK, TaskChannel, complete_task, list_tasks
 from automation.channels.webhook import WebhookChannel, message_id, verify
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
-from automation.rendering import RenderedMessage
+from automation.messages.store import RenderedMessage
 from tests.http_server import LocalServer, serve
 
 NOW = datetime(2025, 3, 10, 9, 30, tzinfo=UTC)

@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, select
 
 from automation.db.tables import metadata
-from automation.unsubscribe import token, unsubscribe_url, verify
+from automation.messages.unsubscribe import token, unsubscribe_url, verify
 from automation.web import make_app
 from tests.integration.known import NOW
 

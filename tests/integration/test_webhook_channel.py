@@ -27,7 +27,7 @@ from automation.channels.webhook import (
     verify,
 )
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
-from automation.rendering import RenderedMessage
+from automation.messages.store import RenderedMessage
 from tests.http_server import LocalServer, Reply, closed_port, serve
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

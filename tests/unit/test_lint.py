@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from automation.cli import main
 from automation.lint import LintResult, lint_paths
-from automation.rendering import TemplateStore
+from automation.messages.store import TemplateStore
 from tests.conftest import ROOT
 
 LAYOUT = """{% block subject %}{% endblock %}

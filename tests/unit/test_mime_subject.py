@@ -16,7 +16,7 @@ import pytest
 from automation.channels.base import Delivery
 from automation.channels.mime import build_email, build_email_bytes
 from automation.errors import PermanentDeliveryError
-from automation.rendering import RenderedMessage
+from automation.messages.store import RenderedMessage
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 SENDER = "Shop <news@shop.example>"

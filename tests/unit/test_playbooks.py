@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from automation.errors import PlaybookError
+from automation.messages.store import TemplateStore
 from automation.playbook.models import EmailStep, TaskStep, WaitStep, WebhookStep, load_playbook
-from automation.rendering import TemplateStore
 from automation.rules.compiled import compile_playbook
 from automation.validation import check_playbook, validate_paths
 from tests.conftest import ROOT

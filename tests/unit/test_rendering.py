@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from automation.db.tables import Customer
-from automation.rendering import (
+from automation.messages.store import (
     CHANNELS,
     CUSTOMER_FIELDS,
     RenderError,
@@ -566,7 +566,7 @@ def test_tojson_writes_exactly_what_jinjas_filter_writes(
 ) -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from automation.rendering import _json_default
+    from automation.messages.store import _json_default
 
     reference = ImmutableSandboxedEnvironment()
     reference.policies["json.dumps_kwargs"] = {"default": _json_default, "ensure_ascii": False}

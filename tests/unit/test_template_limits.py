@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from automation.rendering import MAX_TEMPLATE_BYTES, RenderError, TemplateStore
+from automation.messages.store import MAX_TEMPLATE_BYTES, RenderError, TemplateStore
 
 TAIL = "{% block text %}t{% endblock %}{% block html %}h{% endblock %}"
 
