@@ -13,8 +13,8 @@ from automation.cli import App, handle_errors, main, parse_at, pass_app
 from automation.messages.store import TemplateStore
 from automation.outbox import suppressions
 from automation.rules.compiled import compile_playbook
-from automation.tick import run_tick
 from automation.validation import validate_paths
+from automation.worker.tick import run_tick
 
 
 @main.command("tick")
@@ -309,9 +309,9 @@ def run_cmd(
 
     from automation import logs
     from automation.channels.registry import build_channels
-    from automation.daemon import Daemon
     from automation.outbox.dispatch import DispatchConfig
-    from automation.scheduler import Worker
+    from automation.worker.daemon import Daemon
+    from automation.worker.scheduler import Worker
 
     logs.setup(log_format, logging.WARNING if once else logging.INFO)
     engine = app.migrated_engine()
@@ -347,7 +347,7 @@ def run_cmd(
         return
 
     async def forever() -> object:
-        from automation.metrics import serve_metrics
+        from automation.worker.metrics import serve_metrics
 
         worker = Worker(daemon, poll=poll, shutdown_timeout=shutdown_timeout)
         metrics = None
@@ -371,9 +371,9 @@ def _report_once(app: App, daemon: object, now: object, stats: object) -> None:
     """What ``run --once`` did: per playbook the tick, then what was sent, held back and why."""
     from sqlalchemy import func, select
 
-    from automation.daemon import Daemon
     from automation.db.tables import metadata
     from automation.outbox.dispatch import DispatchStats
+    from automation.worker.daemon import Daemon
 
     assert isinstance(daemon, Daemon) and isinstance(stats, DispatchStats)
     for name, result in daemon.last_ticks.items():
@@ -449,7 +449,7 @@ def status_cmd(app: App, fmt: str, dead_limit: int, at_text: str | None) -> None
     """
     import json
 
-    from automation.status import playbook_status, queue_status
+    from automation.worker.status import playbook_status, queue_status
 
     now = parse_at(at_text)
     with app.migrated_engine().connect() as conn:
@@ -467,7 +467,7 @@ def status_cmd(app: App, fmt: str, dead_limit: int, at_text: str | None) -> None
 def _print_status(playbooks: object, queue: object) -> None:
     from rich.text import Text
 
-    from automation.status import NO_STAGE, PlaybookStatus, QueueStatus, ordered_statuses
+    from automation.worker.status import NO_STAGE, PlaybookStatus, QueueStatus, ordered_statuses
 
     assert isinstance(playbooks, list) and isinstance(queue, QueueStatus)
     console = Console(highlight=False)
@@ -573,7 +573,7 @@ def retry_dead_cmd(
     Their last error is kept as "requeued: <error>" until they are sent. Fix the cause first (a
     missing variable, a provider outage): messages that fail permanently again go back to dead.
     """
-    from automation.status import parse_since, retry_dead
+    from automation.worker.status import parse_since, retry_dead
 
     now = parse_at(at_text)
     since = parse_since(since_text, now) if since_text is not None else None

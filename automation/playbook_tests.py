@@ -43,7 +43,6 @@ from sqlalchemy import func, insert, select, update
 
 from automation.channels.base import Delivery, DeliveryResult
 from automation.config import Settings
-from automation.daemon import Daemon
 from automation.db.connect import make_engine, upgrade
 from automation.db.tables import metadata
 from automation.errors import PlaybookError, Problem
@@ -51,6 +50,7 @@ from automation.outbox.dispatch import DispatchConfig
 from automation.playbook.models import CHANNELS
 from automation.playbook.source import Source, load
 from automation.rules.ast import format_duration, parse_duration
+from automation.worker.daemon import Daemon
 
 CUSTOMER = metadata.tables["customer"]
 EVENT = metadata.tables["event"]

@@ -227,7 +227,7 @@ def compiled_at(now: datetime) -> Any:
 
 
 def time_tick(engine: Any, compiled: Any) -> tuple[float, dict[str, int]]:
-    from automation.tick import run_tick
+    from automation.worker.tick import run_tick
 
     start = time.perf_counter()
     result = run_tick(engine, compiled)
@@ -331,7 +331,7 @@ class StatementClock:
 
 #: Functions whose cumulative time (cProfile) tells where a tick goes.
 PROFILED = (
-    ("automation/tick.py", "run_tick"),
+    ("automation/worker/tick.py", "run_tick"),
     ("automation/plan/planner.py", "plan"),
     ("automation/plan/planner.py", "transitions"),
     ("automation/plan/planner.py", "leave_and_enter"),
@@ -351,7 +351,7 @@ PROFILED = (
 
 def profile_tick(engine: Any, backend: str, compiled: Any) -> dict[str, Any]:
     """One tick under cProfile and the statement clock: cumulative time per planner step, per SQL kind."""
-    from automation.tick import run_tick
+    from automation.worker.tick import run_tick
 
     profiler = cProfile.Profile()
     with StatementClock(engine) as clock:
@@ -1067,9 +1067,9 @@ def main() -> None:
         parser.error(f"--repeat must be between 1 and {SLICES - 4}")
     sys.path.insert(0, str(ROOT))
     if "analyze_outbox" in args.prototype:
-        import automation.tick
+        import automation.worker.tick
 
-        automation.tick.OutboxSink = analyze_outbox_sink()  # type: ignore[misc]  # looked up per call
+        automation.worker.tick.OutboxSink = analyze_outbox_sink()  # type: ignore[misc]  # looked up per call
 
     names = {"both": ["sqlite", "postgresql"], "none": []}.get(args.backend, [args.backend])
     results: dict[str, Any] = {

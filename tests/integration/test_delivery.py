@@ -12,8 +12,8 @@ from automation.channels.registry import build_channels
 from automation.config import Settings
 from automation.db.tables import metadata
 from automation.outbox.dispatch import DispatchConfig, Dispatcher
-from automation.tick import run_tick
 from automation.validation import check_playbook
+from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.http_server import Reply, fake_twilio, serve
 from tests.integration.known import NOW, TEMPLATES

@@ -15,8 +15,8 @@ from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.outbox.dispatch import DispatchConfig, Dispatcher
 from automation.outbox.store import claim
-from automation.tick import run_tick
 from automation.validation import check_playbook
+from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.integration.known import NOW, TEMPLATES
 

@@ -12,8 +12,8 @@ from automation.errors import InputError
 from automation.explain import Explanation, RuleExplanation, explain, render_text, unparse
 from automation.preview import run_preview
 from automation.rules.parser import parse
-from automation.tick import run_tick
 from automation.validation import check_playbook
+from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.integration.known import CUSTOMERS, NOW, TEMPLATES
 

@@ -23,7 +23,7 @@ from automation.plan import incremental
 from automation.plan.planner import transitions
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
-from automation.tick import TickResult, run_tick
+from automation.worker.tick import TickResult, run_tick
 from tests.conftest import ROOT
 
 T = metadata.tables

@@ -17,8 +17,8 @@ from sqlalchemy import Engine, func, select
 
 from automation.db.connect import make_engine
 from automation.errors import ConfigError, PermanentDeliveryError
-from automation.metrics import Family, make_metrics_app, render, serve_metrics
 from automation.outbox.dispatch import DispatchStats
+from automation.worker.metrics import Family, make_metrics_app, render, serve_metrics
 from tests.integration.known import NOW, T
 from tests.integration.test_dispatch import Recorder, channels
 from tests.integration.test_status import TOKYO_DUE, drain, tick

@@ -11,9 +11,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from automation.config import Settings
-from automation.daemon import Daemon
 from automation.outbox.dispatch import DispatchConfig
-from automation.scheduler import Worker
+from automation.worker.daemon import Daemon
+from automation.worker.scheduler import Worker
 from tests.conftest import ROOT
 from tests.integration.known import NOW
 

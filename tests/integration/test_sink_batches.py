@@ -13,7 +13,7 @@ from automation.db.tables import metadata
 from automation.outbox import store as outbox
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import compile_playbook
-from automation.tick import run_tick
+from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 
 T = metadata.tables

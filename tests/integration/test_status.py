@@ -1,4 +1,5 @@
-"""``automation.status`` on the known data, on SQLite and PostgreSQL: ticks, stages, outbox, dead letters."""
+"""``automation.worker.status`` on the known data, on SQLite and PostgreSQL: ticks, stages, outbox, dead
+letters."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from sqlalchemy import Engine, func, select, update
 from automation.errors import InputError, PermanentDeliveryError, TransientDeliveryError
 from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
 from automation.outbox.store import DEFAULT_TTL
-from automation.status import parse_since, playbook_status, queue_status, retry_dead
-from automation.tick import TickResult, run_tick
 from automation.validation import check_playbook
+from automation.worker.status import parse_since, playbook_status, queue_status, retry_dead
+from automation.worker.tick import TickResult, run_tick
 from tests.conftest import ROOT
 from tests.integration.known import NOW, TEMPLATES, T
 from tests.integration.test_dispatch import ENV, Recorder, channels

@@ -18,7 +18,7 @@ from automation.db.tables import metadata
 from automation.outbox import store as outbox
 from automation.plan import planner as engine_module
 from automation.rules.compiled import compile_playbook
-from automation.tick import run_tick
+from automation.worker.tick import run_tick
 from tests.integration.test_sink_batches import LIFECYCLE, START, clear, walk
 
 T = metadata.tables
@@ -63,7 +63,7 @@ def test_a_tick_on_two_connections_writes_what_a_tick_on_one_writes(
     clear(engine)
     overlaps.clear()
     threads.clear()
-    monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", -1)  # every tick one step after the other
+    monkeypatch.setattr("automation.worker.tick.ALONGSIDE_UP_TO", -1)  # every tick one step after the other
     in_turn = walk(engine)
     assert not overlaps and not threads
     assert len(alongside["history"]) > 250 and len(alongside["outbox"]) > 200
@@ -99,11 +99,11 @@ def test_rows_written_while_the_planner_plans_are_the_rows_written_after_it(
     monkeypatch.setattr(engine_module._Planner, "leave_and_enter", slowly)
     monkeypatch.setattr(engine_module, "BATCH", 10)
     monkeypatch.setattr(outbox, "WRITE_ALONG_FROM", 1)
-    monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", -1)
+    monkeypatch.setattr("automation.worker.tick.ALONGSIDE_UP_TO", -1)
     in_turn = walk(pg_engine)
     assert "tick-writes" not in flushes
     clear(pg_engine)
-    monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", 20_000)
+    monkeypatch.setattr("automation.worker.tick.ALONGSIDE_UP_TO", 20_000)
     along = walk(pg_engine)
     assert flushes.count("tick-writes") >= 6  # several times in each of the three ticks
     assert along == in_turn
@@ -112,7 +112,7 @@ def test_rows_written_while_the_planner_plans_are_the_rows_written_after_it(
 def test_a_tick_larger_than_the_limit_runs_on_one_connection(
     engine: Engine, overlaps: list[int], threads: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("automation.tick.ALONGSIDE_UP_TO", 100)  # the walk's first tick changes 240
+    monkeypatch.setattr("automation.worker.tick.ALONGSIDE_UP_TO", 100)  # the walk's first tick changes 240
     walk(engine)
     if engine.dialect.name == "postgresql":
         assert len(overlaps) == 2 and max(overlaps) <= 100

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 
 from automation.config import Settings
-from automation.daemon import Daemon
 from automation.db.tables import metadata
 from automation.outbox.dispatch import DispatchConfig
+from automation.worker.daemon import Daemon
 from tests.conftest import ROOT
 from tests.integration.test_dispatch import Recorder
 

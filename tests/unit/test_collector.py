@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from automation import collector
 from automation.plan import incremental
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import compile_playbook
-from automation.tick import run_tick
+from automation.worker import gcpause as collector
+from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 
 

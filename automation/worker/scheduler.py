@@ -33,9 +33,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event
 
-from automation.daemon import Daemon
 from automation.outbox.dispatch import DispatchStats
 from automation.outbox.store import next_due, release
+from automation.worker.daemon import Daemon
 
 log = logging.getLogger("automation.scheduler")
 

@@ -14,13 +14,13 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from automation import collector
 from automation.db.tables import metadata
 from automation.outbox.store import OutboxSink
 from automation.plan import incremental
 from automation.plan.planner import CHANGES, Alongside, materialize, plan
 from automation.playbook.models import FrequencyCap
 from automation.rules.compiled import CompiledPlaybook
+from automation.worker import gcpause as collector
 
 RUN_LOG = metadata.tables["run_log"]
 log = logging.getLogger("automation.tick")
@@ -39,7 +39,7 @@ class TickResult:
     evaluated: str = ""  # whom: "everyone (first tick)", "10,015 customers"
 
 
-@collector.paused()  # rows and plans are freed by reference counting; see automation.collector
+@collector.paused()  # rows and plans are freed by reference counting; see automation.worker.gcpause
 def run_tick(
     engine: Engine,
     compiled: CompiledPlaybook,

@@ -1,10 +1,11 @@
 """Prometheus metrics and a health check over HTTP, for ``automation run --metrics-port``.
 
 ``GET /metrics`` answers in the Prometheus text exposition format (0.0.4), written here by hand.
-Database-backed gauges are computed on each scrape with a few aggregate queries (``automation.status``),
-in a worker thread so the event loop keeps dispatching; dispatch counters come from this process
-(the worker's running ``DispatchStats``, updated after each drain pass). When the database does not
-answer, the scrape still succeeds with ``automation_database_up 0`` and the process counters.
+Database-backed gauges are computed on each scrape with a few aggregate queries
+(``automation.worker.status``), in a worker thread so the event loop keeps dispatching; dispatch
+counters come from this process (the worker's running ``DispatchStats``, updated after each drain
+pass). When the database does not answer, the scrape still succeeds with ``automation_database_up 0``
+and the process counters.
 
 ``GET /healthz`` is 200 ``{"status": "ok"}`` when the database answers ``SELECT 1``, else 503.
 
@@ -38,7 +39,7 @@ from sqlalchemy import Engine, text
 from automation.errors import ConfigError
 from automation.logs import quiet_bad_requests
 from automation.outbox.dispatch import DispatchStats
-from automation.status import playbook_status, queue_status
+from automation.worker.status import playbook_status, queue_status
 
 log = logging.getLogger("automation.metrics")
 

@@ -4,7 +4,7 @@
 playbook (each in its own transaction; on PostgreSQL under an advisory lock, so among several workers
 one ticks a playbook at a time and the others skip it), ``drain(now)`` sends what is due. The clock is
 a parameter everywhere, which is what time-travel tests and ``run --once --at`` use; only
-``automation.scheduler`` reads the real clock.
+``automation.worker.scheduler`` reads the real clock.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from automation.errors import PlaybookError
 from automation.messages.store import TemplateStore
 from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
-from automation.tick import TickResult, run_tick
 from automation.validation import validate_paths
+from automation.worker.tick import TickResult, run_tick
 
 log = logging.getLogger("automation.daemon")
 
@@ -78,7 +78,7 @@ class Daemon:
         compiled = compile_playbook(playbook.loaded, now)
         if self.engine.dialect.name == "postgresql":
             with self.engine.connect() as conn:
-                key = zlib.crc32(f"automation.tick:{name}".encode())
+                key = zlib.crc32(f"automation.worker.tick:{name}".encode())
                 if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                     log.info("%s: another worker is ticking it; skipped", name)
                     return None
