@@ -133,7 +133,7 @@ def import_customers_cmd(app: App, file: str, default_region: str | None) -> Non
 
     Exit 0 when every row was imported, 2 when rows were rejected (the others are imported).
     """
-    from automation.importer import import_customers
+    from automation.ingest.importer import import_customers
 
     _run_import(
         app, file, "customers", lambda e, p: import_customers(e, file, p, default_region=default_region)
@@ -149,7 +149,7 @@ def import_events_cmd(app: App, file: str) -> None:
 
     Exit 0 when every row was imported, 2 when rows were rejected (the others are imported).
     """
-    from automation.importer import import_events
+    from automation.ingest.importer import import_events
 
     _run_import(app, file, "events", lambda e, p: import_events(e, file, p))
 
@@ -207,7 +207,7 @@ def sample_data_cmd(outdir: str, count: int, seed: int, now_text: str | None) ->
     from datetime import datetime
 
     from automation.errors import InputError
-    from automation.sample_data import generate_sample_data
+    from automation.ingest.sample_data import generate_sample_data
 
     now = None
     if now_text is not None:

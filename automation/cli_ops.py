@@ -130,7 +130,7 @@ def serve_cmd(app: App, host: str, port: int) -> None:
     from aiohttp import web
 
     from automation import logs
-    from automation.web import make_app
+    from automation.web.app import make_app
 
     logs.setup("text", logging.INFO)
     logs.quiet_bad_requests()

@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 
 from automation.errors import InputError
+from automation.ingest.sample_data import SampleSummary, generate_sample_data
 from automation.playbook.schema import schema_json
-from automation.sample_data import SampleSummary, generate_sample_data
 
 PLAYBOOK = """\
 # yaml-language-server: $schema=../playbook.schema.json

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select
 
 from automation.db.tables import metadata
 from automation.messages.unsubscribe import token, unsubscribe_url, verify
-from automation.web import make_app
+from automation.web.app import make_app
 from tests.integration.known import NOW
 
 SECRET = "test-secret"
