@@ -17,13 +17,13 @@ import click
 from rich.console import Console
 from sqlalchemy import Engine
 
+from automation.authoring.preview import run_preview
+from automation.authoring.preview_table import print_preview
+from automation.authoring.validate import check_playbook, validate_paths
 from automation.config import Settings
 from automation.db import connect as db
 from automation.errors import AutomationError, InputError
 from automation.messages.store import TemplateStore
-from automation.preview import run_preview
-from automation.report import print_preview
-from automation.validation import check_playbook, validate_paths
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -277,7 +277,7 @@ def preview_cmd(
     now = parse_at(at_text)
     compiled = check_playbook(playbook, _templates(app), now)
     if html_path is not None:
-        from automation.html_report import build_report, write_report
+        from automation.authoring.preview_html import build_report, write_report
 
         if customer_id is not None:
             raise InputError("--html reports on every customer: leave out --customer")

@@ -9,11 +9,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from automation.authoring.validate import validate_paths
 from automation.cli import App, handle_errors, main, parse_at, pass_app
 from automation.messages.store import TemplateStore
 from automation.outbox import suppressions
 from automation.rules.compiled import compile_playbook
-from automation.validation import validate_paths
 from automation.worker.tick import run_tick
 
 
@@ -636,8 +636,8 @@ def explain_cmd(
     """
     import json
 
-    from automation.explain import explain, render_text
-    from automation.validation import check_playbook
+    from automation.authoring.explain import explain, render_text
+    from automation.authoring.validate import check_playbook
 
     now = parse_at(at_text)
     templates = TemplateStore(app.settings.templates_dir)
@@ -670,7 +670,7 @@ def lint_cmd(app: App, paths: tuple[Path, ...], strict: bool) -> None:
     """
     import sys
 
-    from automation.lint import lint_paths
+    from automation.authoring.lint import lint_paths
 
     result = lint_paths(
         list(paths) or [app.settings.playbooks_dir],
@@ -695,7 +695,7 @@ def lint_cmd(app: App, paths: tuple[Path, ...], strict: bool) -> None:
 @handle_errors
 def init_cmd(directory: Path, name: str, customers: int, seed: int) -> None:
     """Create a new project in DIRECTORY (new or empty): a playbook, its templates and sample data."""
-    from automation.scaffold import init_project
+    from automation.authoring.scaffold import init_project
 
     made = init_project(directory, name, customers, seed, with_tests="test" in main.commands)
     for path in made.files:
@@ -719,7 +719,7 @@ def test_cmd(app: App, paths: tuple[Path, ...]) -> None:
     dispatch, with channels that only record. Exit 0 when every checkpoint holds, 1 when one does not
     (expected vs actual, with file:line), 2 for a malformed test file.
     """
-    from automation.playbook_tests import run_tests
+    from automation.authoring.journeys import run_tests
 
     results = run_tests(list(paths) or [app.settings.playbooks_dir], app.settings.templates_dir)
     failed = 0

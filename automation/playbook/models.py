@@ -4,7 +4,7 @@ Loading happens in three passes, each reporting every problem it finds:
 1. YAML syntax (``automation.playbook.source``);
 2. shape and values (pydantic models below, ``extra="forbid"``), with rule syntax parsed on the way;
 3. meaning: names that refer to each other, and rules type-checked against the customer fields
-   (``automation.validation`` adds the templates).
+   (``automation.authoring.validate`` adds the templates).
 """
 
 from __future__ import annotations

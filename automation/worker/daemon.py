@@ -19,13 +19,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from automation.authoring.validate import validate_paths
 from automation.channels.base import Channel
 from automation.config import Settings
 from automation.errors import PlaybookError
 from automation.messages.store import TemplateStore
 from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
-from automation.validation import validate_paths
 from automation.worker.tick import TickResult, run_tick
 
 log = logging.getLogger("automation.daemon")

@@ -217,8 +217,8 @@ def test_the_worker_does_not_start_with_a_template_the_sandbox_refuses(tmp_path:
 
 
 def test_validate_renders_each_template_once_across_playbooks(tmp_path: Path) -> None:
+    from automation.authoring.validate import validate_paths
     from automation.messages.store import RenderedMessage, TemplateStore
-    from automation.validation import validate_paths
 
     class Counting(TemplateStore):
         calls: ClassVar[list[tuple[str, str]]] = []

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
+from automation.authoring.validate import check_playbook
 from automation.channels.registry import build_channels
 from automation.config import Settings
 from automation.db.tables import metadata
 from automation.outbox.dispatch import DispatchConfig, Dispatcher
-from automation.validation import check_playbook
 from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.http_server import Reply, fake_twilio, serve

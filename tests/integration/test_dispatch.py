@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
+from automation.authoring.validate import check_playbook
 from automation.channels.base import Delivery, DeliveryResult
 from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.outbox.dispatch import DispatchConfig, Dispatcher
 from automation.outbox.store import claim
-from automation.validation import check_playbook
 from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.integration.known import NOW, TEMPLATES

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
+from automation.authoring.explain import Explanation, RuleExplanation, explain, render_text, unparse
+from automation.authoring.preview import run_preview
+from automation.authoring.validate import check_playbook
 from automation.config import Settings
 from automation.errors import InputError
-from automation.explain import Explanation, RuleExplanation, explain, render_text, unparse
-from automation.preview import run_preview
 from automation.rules.parser import parse
-from automation.validation import check_playbook
 from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.integration.known import CUSTOMERS, NOW, TEMPLATES

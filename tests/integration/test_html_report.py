@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 from sqlalchemy import Engine
 
+from automation.authoring.preview_html import build_report
+from automation.authoring.validate import check_playbook
 from automation.config import Settings
-from automation.html_report import build_report
-from automation.validation import check_playbook
 from tests.conftest import ROOT
 from tests.integration.known import CUSTOMERS, NOW, TEMPLATES
 from tests.integration.test_preview import table_counts

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from automation.authoring.journeys import load_test, run_test, run_tests
 from automation.errors import PlaybookError
-from automation.playbook_tests import load_test, run_test, run_tests
 from tests.conftest import ROOT
 
 SHIPPED = ROOT / "playbooks" / "lifecycle.test.yaml"

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
+from automation.authoring.preview import PreviewSink, run_preview
+from automation.authoring.validate import check_playbook
 from automation.config import Settings
 from automation.plan.planner import plan, transitions
-from automation.preview import PreviewSink, run_preview
-from automation.validation import check_playbook
 from tests.conftest import ROOT
 from tests.integration.known import NOW, TEMPLATES, T
 

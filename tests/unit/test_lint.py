@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from automation.authoring.lint import LintResult, lint_paths
 from automation.cli import main
-from automation.lint import LintResult, lint_paths
 from automation.messages.store import TemplateStore
 from tests.conftest import ROOT
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from automation.authoring.validate import check_playbook, validate_paths
 from automation.errors import PlaybookError
 from automation.messages.store import TemplateStore
 from automation.playbook.models import EmailStep, TaskStep, WaitStep, WebhookStep, load_playbook
 from automation.rules.compiled import compile_playbook
-from automation.validation import check_playbook, validate_paths
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "playbooks" / "lifecycle.yaml"

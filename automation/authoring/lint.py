@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from automation.authoring.validate import SAMPLE_NOW, sample_customers, template_problems, trial_render
 from automation.errors import PlaybookError, Problem
 from automation.messages.store import CUSTOMER_FIELDS, TemplateStore
 from automation.playbook.models import (
@@ -46,7 +47,6 @@ from automation.playbook.models import (
 )
 from automation.rules import ast
 from automation.rules.compiled import compile_playbook
-from automation.validation import SAMPLE_NOW, sample_customers, template_problems, trial_render
 
 ERROR, WARNING = "error", "warning"
 LINT_NOW = SAMPLE_NOW  # fixed, so lint output does not depend on the day

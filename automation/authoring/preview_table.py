@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from automation.authoring.preview import Preview
 from automation.masking import mask_email, mask_phone
-from automation.preview import Preview
 
 
 def print_preview(console: Console, preview: Preview) -> None:

@@ -29,13 +29,13 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, select_autoescape
 from sqlalchemy import Connection, select
 
+from automation.authoring.preview import Preview, PreviewSink, render_action
 from automation.config import Settings
 from automation.errors import InputError
 from automation.masking import mask_email, mask_phone, mask_text
 from automation.messages.store import TemplateStore
 from automation.plan.planner import CUSTOMER, PlannedAction, evaluate, plan
 from automation.playbook.models import WaitStep, step_channel, step_template
-from automation.preview import Preview, PreviewSink, render_action
 from automation.rules.compiled import CompiledPlaybook
 
 DAYS = 7

@@ -21,11 +21,11 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal, not_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from automation.authoring.preview import PreviewSink
 from automation.db.tables import metadata
 from automation.errors import InputError
 from automation.plan.planner import PlannedAction, plan
 from automation.playbook.models import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
-from automation.preview import PreviewSink
 from automation.rules import ast
 from automation.rules.ast import RuleError, format_duration, parse_duration
 from automation.rules.compiled import CompiledPlaybook
