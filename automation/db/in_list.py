@@ -1,13 +1,13 @@
 """``column IN (values)`` in the form each database answers fastest.
 
-A list of a thousand values written as a thousand parameters costs PostgreSQL about 5 ms to parse
-and plan (more than looking the rows up); one array parameter, ``column = ANY(%s)``, costs almost
+A list of a thousand values written as a thousand parameters costs PostgreSQL more to parse and
+plan than looking the rows up; one array parameter, ``column = ANY(%s)``, costs almost
 nothing. SQLite takes the expanded list, which it parses quickly.
 
 Arrays (``PgArray``) go to PostgreSQL as array literals built here (``array_literal``): strings with
 no quote or backslash in them, which ids, keys and names nearly always are, are joined in one step.
-psycopg's own array dumpers handle one element at a time in Python; for a tick's hundreds of
-thousands of values that costs ten times as much.
+psycopg's own array dumpers handle one element at a time in Python, which for a tick's
+hundreds of thousands of values costs far more.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 A tick allocates hundreds of thousands of short-lived objects (rows, transitions, planned messages)
 that reference counting frees as soon as they are done with. The cyclic collector would still walk
-them, and the objects of the whole process, every few thousand allocations: about 0.1 s of a
-steady-state tick at a million customers. Almost none of them form cycles (fewer than 1,000 per
-10,000 changed customers), so pausing the collector for the tick costs no memory worth counting;
-what cycles there are are collected as usual once the last running tick has finished. The pause is
-process-wide: cycles the dispatcher makes meanwhile (an exception's traceback, say) wait for the end of
-the tick too, which bounds them by the length of a tick.
+them, and the objects of the whole process, every few thousand allocations: a measurable share of a
+steady-state tick (docs/decisions/0013-pause-the-garbage-collector-during-a-tick.md). Almost none of
+them form cycles, so pausing the collector for the tick costs no memory worth counting; what cycles
+there are are collected as usual once the last running tick has finished. The pause is process-wide:
+cycles the dispatcher makes meanwhile (an exception's traceback, say) wait for the end of the tick
+too, which bounds them by the length of a tick.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def run_tick(
         if overlap is None:
             # last: pages written at the end of a tick are left for the database to write out between
             # ticks; written before the lookups, on the same connection, every later lookup of the tick
-            # had to evict them itself (1.85-2.50 s ticks instead of 1.66-2.14 s in alternating runs)
+            # had to evict them itself, which made ticks measurably slower (docs/performance.md)
             sink.write_states(touch_of)
         incremental.finish(conn, compiled, scope)
         seconds = time.perf_counter() - started
