@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from automation.db.types import JSONType, UTCDateTime
@@ -249,3 +249,16 @@ class RunLog(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+# The tables as SQLAlchemy Core objects, named once for every module that builds statements.
+CUSTOMER: Table = metadata.tables["customer"]
+EVENT: Table = metadata.tables["event"]
+CHANGE: Table = metadata.tables["customer_change"]
+CURSOR: Table = metadata.tables["tick_cursor"]
+STATE: Table = metadata.tables["customer_state"]
+HISTORY: Table = metadata.tables["stage_history"]
+ENROLLMENT: Table = metadata.tables["enrollment"]
+OUTBOX: Table = metadata.tables["outbox"]
+SUPPRESSION: Table = metadata.tables["suppression"]
+TASK: Table = metadata.tables["task"]
+RUN_LOG: Table = metadata.tables["run_log"]
