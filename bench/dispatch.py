@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from automation.db.tables import CUSTOMER, OUTBOX
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -96,7 +98,6 @@ def queue_messages(db_url: str, channel: str, count: int) -> Any:
     from sqlalchemy import insert
 
     from automation.db.connect import make_engine, upgrade
-    from automation.db.tables import metadata
 
     engine = make_engine(db_url)
     upgrade(engine)
@@ -136,8 +137,8 @@ def queue_messages(db_url: str, channel: str, count: int) -> Any:
     ]
     with engine.begin() as conn:
         for start in range(0, count, 5000):
-            conn.execute(insert(metadata.tables["customer"]), customers[start : start + 5000])
-            conn.execute(insert(metadata.tables["outbox"]), rows[start : start + 5000])
+            conn.execute(insert(CUSTOMER), customers[start : start + 5000])
+            conn.execute(insert(OUTBOX), rows[start : start + 5000])
     return engine
 
 

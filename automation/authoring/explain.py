@@ -22,7 +22,7 @@ from sqlalchemy import Connection, and_, case, func, literal, not_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.authoring.preview import PreviewSink
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE
 from automation.errors import InputError
 from automation.plan.planner import PlannedAction, plan
 from automation.playbook.models import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
@@ -30,12 +30,6 @@ from automation.rules import ast
 from automation.rules.ast import RuleError, format_duration, parse_duration
 from automation.rules.compiled import CompiledPlaybook
 from automation.rules.compiler import FIELD_TYPES, Binding, Scope, compile_rule
-
-CUSTOMER = metadata.tables["customer"]
-EVENT = metadata.tables["event"]
-STATE = metadata.tables["customer_state"]
-ENROLLMENT = metadata.tables["enrollment"]
-OUTBOX = metadata.tables["outbox"]
 
 
 @dataclass

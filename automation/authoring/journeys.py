@@ -44,7 +44,7 @@ from sqlalchemy import func, insert, select, update
 from automation.channels.base import Delivery, DeliveryResult
 from automation.config import Settings
 from automation.db.connect import make_engine, upgrade
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE
 from automation.errors import PlaybookError, Problem
 from automation.outbox.dispatch import DispatchConfig
 from automation.playbook.models import CHANNELS
@@ -52,11 +52,6 @@ from automation.playbook.source import Source, load
 from automation.rules.ast import format_duration, parse_duration
 from automation.worker.daemon import Daemon
 
-CUSTOMER = metadata.tables["customer"]
-EVENT = metadata.tables["event"]
-STATE = metadata.tables["customer_state"]
-ENROLLMENT = metadata.tables["enrollment"]
-OUTBOX = metadata.tables["outbox"]
 TIME_FIELDS = ("signed_up_at", "last_order_at", "last_seen_at", "updated_at")
 CUSTOMER_FIELDS = tuple(c.name for c in CUSTOMER.columns)
 TOP_KEYS = ("playbook", "start", "step", "customers", "events", "changes", "expect")

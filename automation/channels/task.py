@@ -36,11 +36,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, Row, Table, select, update
+from sqlalchemy import Engine, Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.channels.base import Channel, Delivery, DeliveryResult
-from automation.db.tables import Task
+from automation.db.tables import TASK
 from automation.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
 from automation.messages.store import RenderedMessage
@@ -48,7 +48,6 @@ from automation.messages.store import RenderedMessage
 __all__ = ["ENV_CRM_URL", "TaskChannel", "complete_task", "list_tasks", "task_email", "task_payload"]
 
 ENV_CRM_URL = "AUTOMATION_TASK_WEBHOOK_URL"
-TASK: Table = Task.__table__  # type: ignore[attr-defined]
 
 NotifyVia = Literal["email", "webhook"]
 

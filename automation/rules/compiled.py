@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import case, literal, null
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER
 from automation.errors import PlaybookError, Problem
 from automation.playbook.models import (
     TOUCH_MODELS,
@@ -26,7 +26,6 @@ from automation.playbook.models import (
 from automation.rules.ast import RuleError
 from automation.rules.compiler import Binding, Scope, compile_rule
 
-CUSTOMER = metadata.tables["customer"]
 AnyStep = EmailStep | SmsStep | WebhookStep | TaskStep | WaitStep
 
 

@@ -30,13 +30,10 @@ from zoneinfo import ZoneInfo, available_timezones
 from sqlalchemy import BigInteger, Table, and_, case, exists, false, func, literal, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, EVENT
 from automation.rules import ast
 from automation.rules.ast import RuleError, parse_duration
 from automation.rules.sqlfuncs import json_any, json_bool, json_number, json_text, month_day
-
-CUSTOMER: Table = metadata.tables["customer"]
-EVENT: Table = metadata.tables["event"]
 
 #: Customer fields a rule may use, with their rule types.
 FIELD_TYPES: dict[str, str] = {

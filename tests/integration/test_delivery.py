@@ -11,14 +11,13 @@ from sqlalchemy import Engine, select
 from automation.authoring.validate import check_playbook
 from automation.channels.registry import build_channels
 from automation.config import Settings
-from automation.db.tables import metadata
+from automation.db.tables import OUTBOX
 from automation.outbox.dispatch import DispatchConfig, Dispatcher
 from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.http_server import Reply, fake_twilio, serve
 from tests.integration.known import NOW, TEMPLATES
 
-OUTBOX = metadata.tables["outbox"]
 SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OSE="
 
 

@@ -12,16 +12,14 @@ from sqlalchemy import Engine, func, select, update
 
 from automation.authoring.validate import check_playbook
 from automation.channels.base import Delivery, DeliveryResult
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, OUTBOX, SUPPRESSION, TASK
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.outbox.dispatch import DispatchConfig, Dispatcher
-from automation.outbox.store import claim
+from automation.outbox.lease import claim
 from automation.worker.tick import run_tick
 from tests.conftest import ROOT
 from tests.integration.known import NOW, TEMPLATES
 
-OUTBOX = metadata.tables["outbox"]
-SUPPRESSION = metadata.tables["suppression"]
 ENV = {"LOYALTY_WEBHOOK_URL": "http://127.0.0.1:9/loyalty"}
 
 
@@ -213,7 +211,7 @@ def test_two_dispatchers_at_once_deliver_every_key_once(pg_engine: Engine) -> No
 
     with pg_engine.begin() as conn:
         conn.execute(
-            insert(metadata.tables["customer"]),
+            insert(CUSTOMER),
             [
                 {
                     "id": f"c{i}",
@@ -267,7 +265,7 @@ def queue_webhooks(engine: Engine, count: int, template: str = "loyalty_points")
 
     with engine.begin() as conn:
         conn.execute(
-            insert(metadata.tables["customer"]),
+            insert(CUSTOMER),
             [
                 {"id": f"q{i}", "email": f"q{i}@example.com", "timezone": "UTC", "attributes": {}}
                 for i in range(count)
@@ -384,7 +382,7 @@ def test_an_open_task_holds_only_the_messages_that_ask_for_it(engine: Engine) ->
             ],
         )
         conn.execute(
-            insert(metadata.tables["task"]),
+            insert(TASK),
             [
                 {
                     "idempotency_key": "t:open",

@@ -8,9 +8,8 @@ from psycopg.adapt import PyFormat
 from sqlalchemy import Engine, insert, select
 
 from automation.db.in_list import ArrayLiteralDumper, PgArray, among, among_param, array_literal
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER
 
-CUSTOMER = metadata.tables["customer"]
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 #: ids a text array must carry intact: separators, quotes, braces, backslashes, spaces, non-ASCII
 EAST = timezone(timedelta(hours=-5))

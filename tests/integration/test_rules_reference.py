@@ -19,14 +19,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import DBAPIError
 
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, EVENT
 from automation.rules import ast
 from automation.rules.compiler import Scope, compile_rule
 from automation.rules.parser import parse
 from tests.reference import evaluate, matching_ids
-
-CUSTOMER = metadata.tables["customer"]
-EVENT = metadata.tables["event"]
 
 ZONES = [
     "UTC",
