@@ -5,7 +5,8 @@ customer's program) with its value for the customer, each sub-expression of the 
 SQL column (true, false or unknown), and the field and function values it used; the program and step the
 customer is on; the actions the engine would plan now (``engine.plan`` for this one customer, the
 daemon's path, so the reasons are the daemon's); and what the outbox already holds for the customer.
-Reads the database, writes nothing.
+Reads the database, writes nothing. One module, although long: the trace, the program position and the
+planned actions are one report about one customer, assembled and rendered in one place.
 """
 
 from __future__ import annotations

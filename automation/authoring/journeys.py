@@ -24,6 +24,9 @@ stored segment and stage, and the messages sent since the customer's previous ch
         stage: acquisition
         sent: [{channel: email, template: welcome}]     # exactly these (in any order)
         not_sent: [{channel: email, template: getting_started}]
+
+One module, although long: reading a test file, running its simulated clock and comparing checkpoints
+share the test's own types, and the file format is documented here in one place.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Loading happens in three passes, each reporting every problem it finds:
 2. shape and values (pydantic models below, ``extra="forbid"``), with rule syntax parsed on the way;
 3. meaning: names that refer to each other, and rules type-checked against the customer fields
    (``automation.authoring.validate`` adds the templates).
+
+One module, although long: the models are the playbook format, and a field, its validator and its
+error message read best side by side; ``automation.playbook.schema`` derives the JSON Schema from them.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ Functions:
   anniversary(field)                      the field's month and day is today's in the customer's own
                                           time zone (29 Feb counts on 28 Feb in other years), in a
                                           later year than the field
+
+One module, although long: the type checker and the SQL builder walk the same tree node by node, and
+each node kind's checks and SQL belong next to each other (the SQL functions themselves live in
+``automation.rules.sqlfuncs``).
 """
 
 from __future__ import annotations
