@@ -34,7 +34,8 @@ def at(line: int) -> Callable[[str], int]:
     return lambda _good: line
 
 
-def _bomb(levels: int = 9, width: int = 9) -> str:
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """``l0: &l0 ["lol", ...]``, ``l1: &l1 [*l0, *l0, ...]``, ...: ``width ** levels`` values expanded."""
     lines = []
     for i in range(levels):
         item = f"*l{i - 1}" if i else '"lol"'
@@ -49,7 +50,7 @@ def _rule(good: str, rule: str) -> str:
 RULE_LINE = 18  # `when: orders_count >= 5` in the playbook of `automation init`
 
 PLAYBOOKS: list[Case] = [
-    Case("alias-bomb", _append(_bomb()), after(6), "once aliases are expanded"),
+    Case("alias-bomb", _append(alias_bomb()), after(6), "once aliases are expanded"),
     Case(
         "deep-flow", _append("deep: " + "[" * 20_000 + "]" * 20_000 + "\n"), after(1), "nested more than 50"
     ),
@@ -86,7 +87,7 @@ PLAYBOOKS: list[Case] = [
 ]
 
 TEST_FILES: list[Case] = [
-    Case("test-alias-bomb", _append(_bomb()), after(6), "once aliases are expanded"),
+    Case("test-alias-bomb", _append(alias_bomb()), after(6), "once aliases are expanded"),
     Case(
         "test-deep",
         _append("deep: " + "{a: " * 20_000 + "1" + "}" * 20_000 + "\n"),

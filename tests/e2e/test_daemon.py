@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli_env, wait_until
+from tests.hostile import alias_bomb
 from tests.http_server import LocalServer, Recorded, Reply, serve
 from tests.smtp_server import SmtpTestServer
 
@@ -292,10 +293,7 @@ def test_sighup_with_a_broken_playbook_keeps_the_previous_version_then_reloads(
     refused(f"{where}:6:", "touch")
 
     # 4. hostile YAML: an alias bomb, nesting 20,000 levels deep, a Python tag; a rule nested 400 deep
-    bomb = "".join(
-        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else '"lol"'] * 9) + "]\n" for i in range(9)
-    )
-    path.write_text(good + bomb)
+    path.write_text(good + alias_bomb())
     proc.signal(signal.SIGHUP)
     refused(f"{where}:{len(good.splitlines()) + 6}:", "once aliases are expanded")
     path.write_text(good + "deep: " + "[" * 20_000 + "]" * 20_000 + "\n")

@@ -11,15 +11,7 @@ from automation.errors import PlaybookError, Problem
 from automation.playbook.source import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_VALUES, load
 from automation.rules.ast import RuleError
 from automation.rules.parser import MAX_RULE_DEPTH, MAX_RULE_LENGTH, parse
-
-
-def alias_bomb(levels: int = 9, width: int = 9) -> str:
-    """``l0: &l0 ["lol", ...]``, ``l1: &l1 [*l0, *l0, ...]``, ...: ``width ** levels`` values expanded."""
-    lines = []
-    for i in range(levels):
-        item = f"*l{i - 1}" if i else '"lol"'
-        lines.append(f"l{i}: &l{i} [" + ", ".join([item] * width) + "]")
-    return "\n".join(lines) + "\n"
+from tests.hostile import alias_bomb
 
 
 def problem_of(tmp_path: Path, text: str, name: str = "hostile.yaml") -> Problem:
