@@ -313,4 +313,4 @@ def parse_at(text: str | None) -> datetime:
 
 
 # commands defined in other modules register themselves on ``main``
-from automation import cli_ops  # noqa: E402, F401
+from automation.cli import ops  # noqa: E402, F401
