@@ -198,7 +198,7 @@ PROTOTYPES = {
 
 def analyze_outbox_sink() -> type:
     """Prototype (NOT the library): ``OutboxSink`` that refreshes the statistics of what it writes."""
-    from automation.outbox.store import OutboxSink
+    from automation.outbox.sink import OutboxSink
 
     class AnalyzingSink(OutboxSink):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -342,10 +342,10 @@ PROFILED = (
     ("automation/plan/planner.py", "facts"),
     ("automation/plan/planner.py", "advance_due"),
     ("automation/plan/planner.py", "recurring"),
-    ("automation/outbox/store.py", "transition"),
-    ("automation/outbox/store.py", "enrollment"),
-    ("automation/outbox/store.py", "action"),
-    ("automation/outbox/store.py", "flush"),
+    ("automation/outbox/sink.py", "transition"),
+    ("automation/outbox/sink.py", "enrollment"),
+    ("automation/outbox/sink.py", "action"),
+    ("automation/outbox/sink.py", "flush"),
 )
 
 
@@ -875,7 +875,7 @@ def idle_cpu(
 def wake_costs(env: dict[str, str], repeat: int = 300) -> dict[str, Any]:
     """CPU of one wake-up of an idle worker, in this process, on the idle project's outbox.
 
-    ``next_due``: ``automation.outbox.store.next_due`` (what the worker asks to know how long to sleep);
+    ``next_due``: ``automation.outbox.lease.next_due`` (what the worker asks to know how long to sleep);
     ``drain``: what it does when it wakes (``Daemon.drain``: a new Dispatcher, then ``drain()``: one
     claiming write transaction per lane, each finding nothing); ``claim``: one such transaction.
     """
@@ -886,7 +886,7 @@ def wake_costs(env: dict[str, str], repeat: int = 300) -> dict[str, Any]:
     from automation.db.connect import make_engine
     from automation.messages.store import TemplateStore
     from automation.outbox.dispatch import DispatchConfig, Dispatcher
-    from automation.outbox.store import claim, next_due
+    from automation.outbox.lease import claim, next_due
 
     settings = Settings.from_env(env)
     engine = make_engine(settings.database_url)

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 
 from automation.errors import InputError
-from automation.ingest.importer import CUSTOMER_FIELDS
+from automation.ingest.rows import CUSTOMER_FIELDS
 
 # (time zone, locales, phone region)
 REGIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (

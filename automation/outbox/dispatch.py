@@ -36,8 +36,8 @@ from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
 from automation.messages.store import RenderError, TemplateStore, build_context
 from automation.messages.unsubscribe import unsubscribe_url
+from automation.outbox.lease import CLAIMED_COLUMNS, claim, mark_failed, mark_sent
 from automation.outbox.ratelimit import Rate, TokenBucket
-from automation.outbox.store import CLAIMED_COLUMNS, claim, mark_failed, mark_sent
 from automation.playbook.models import parse_quiet_hours
 
 log = logging.getLogger("automation.dispatch")

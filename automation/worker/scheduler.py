@@ -34,7 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event
 
 from automation.outbox.dispatch import DispatchStats
-from automation.outbox.store import next_due, release
+from automation.outbox.lease import next_due, release
 from automation.worker.daemon import Daemon
 
 log = logging.getLogger("automation.scheduler")

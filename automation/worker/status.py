@@ -31,7 +31,8 @@ from automation.db.tables import metadata
 from automation.db.types import UTCDateTime
 from automation.errors import InputError
 from automation.masking import mask_text
-from automation.outbox.store import CLAIMABLE, DEFAULT_TTL
+from automation.outbox.lease import CLAIMABLE
+from automation.outbox.sink import DEFAULT_TTL
 
 OUTBOX: Table = metadata.tables["outbox"]
 RUN_LOG: Table = metadata.tables["run_log"]

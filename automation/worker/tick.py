@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from automation.db.tables import metadata
-from automation.outbox.store import OutboxSink
+from automation.outbox.sink import OutboxSink
 from automation.plan import incremental
 from automation.plan.planner import CHANGES, Alongside, materialize, plan
 from automation.playbook.models import FrequencyCap

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, event, insert
 
 from automation.db.connect import make_engine, upgrade
-from automation.outbox import store as outbox
+from automation.outbox import lease as outbox
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

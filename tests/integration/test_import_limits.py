@@ -12,8 +12,9 @@ from sqlalchemy import Engine, select
 
 from automation.db.tables import Customer, Event
 from automation.errors import InputError
-from automation.ingest import importer
-from automation.ingest.importer import MAX_LINE_BYTES, ImportReport, import_customers, import_events
+from automation.ingest import rows as row_rules
+from automation.ingest.importer import ImportReport, import_customers, import_events
+from automation.ingest.readers import MAX_LINE_BYTES
 
 CUSTOMER = Customer.__table__  # type: ignore[attr-defined]
 EVENT = Event.__table__  # type: ignore[attr-defined]
@@ -134,7 +135,7 @@ def test_a_csv_header_longer_than_the_limit_is_a_file_error(engine: Engine, tmp_
         import_customers(engine, path)
 
 
-VALIDATE_EMAIL = importer._normalized_email
+VALIDATE_EMAIL = row_rules._normalized_email
 
 
 def _only_short(text: str) -> str:
@@ -164,7 +165,7 @@ def test_column_lengths_are_checked_in_every_format_before_other_checks(
     else:
         path = tmp_path / "c.jsonl"
         path.write_bytes(b"".join(jsonl_line(r) for r in rows))
-    monkeypatch.setattr(importer, "_normalized_email", _only_short)
+    monkeypatch.setattr(row_rules, "_normalized_email", _only_short)
     report = import_customers(engine, path)
 
     first = 2 if fmt == "csv" else 1

@@ -269,7 +269,7 @@ def test_a_daily_recurring_rule_fires_in_each_zone_as_its_day_turns(engine: Engi
 def test_a_large_tick_on_postgresql_refreshes_the_planner_statistics(
     pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from automation.outbox import store as outbox
+    from automation.outbox import sink as outbox
 
     monkeypatch.setattr(outbox, "ANALYZE_FROM", 10)  # as if 10 rows were many
     with pg_engine.begin() as conn:

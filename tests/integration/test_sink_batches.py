@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
 from automation.db.tables import metadata
-from automation.outbox import store as outbox
+from automation.outbox import sink as outbox
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import compile_playbook
 from automation.worker.tick import run_tick

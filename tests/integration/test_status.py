@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, select, update
 from automation.authoring.validate import check_playbook
 from automation.errors import InputError, PermanentDeliveryError, TransientDeliveryError
 from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
-from automation.outbox.store import DEFAULT_TTL
+from automation.outbox.sink import DEFAULT_TTL
 from automation.worker.status import parse_since, playbook_status, queue_status, retry_dead
 from automation.worker.tick import TickResult, run_tick
 from tests.conftest import ROOT

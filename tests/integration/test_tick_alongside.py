@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from automation.db.tables import metadata
-from automation.outbox import store as outbox
+from automation.outbox import sink as outbox
 from automation.plan import planner as engine_module
 from automation.rules.compiled import compile_playbook
 from automation.worker.tick import run_tick

@@ -1,0 +1,72 @@
+"""Writing validated rows: customers upserted by ``id``, events appended to a stored customer.
+
+A customer row replaces exactly the columns it carries (and ``updated_at``); a new customer gets the
+defaults for the others. Rows are grouped by the columns they carry so that each group is one
+statement. Events naming a customer that is not stored are handed back to the caller as rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Executable, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from automation.db.in_list import among_param
+from automation.errors import DatabaseError
+from automation.ingest.rows import CUSTOMER_DEFAULTS, CUSTOMER_FIELDS, CUSTOMER_TABLE, EVENT_TABLE
+
+
+def _dialect_insert(name: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise DatabaseError(f"unsupported database {name!r}")
+
+
+_CUSTOMER_BLANK: dict[str, Any] = {name: None for name in CUSTOMER_FIELDS} | CUSTOMER_DEFAULTS
+
+
+def write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Upsert rows (no id twice: PostgreSQL refuses to update a row twice in one statement)."""
+    now = datetime.now(UTC)
+    # Group rows by the columns they carry: those columns, and only those, replace stored values.
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(_CUSTOMER_BLANK | row | {"updated_at": now})
+    for columns, params in groups.items():
+        conn.execute(_customer_upsert(conn.dialect.name, columns), params)
+
+
+@lru_cache(maxsize=512)  # rows without a value for some columns make a few dozen column sets a file
+def _customer_upsert(dialect: str, columns: tuple[str, ...]) -> Executable:
+    """The upsert that replaces ``columns`` (and ``updated_at``) of a stored customer."""
+    insert = _dialect_insert(dialect, CUSTOMER_TABLE)
+    updates = {c: insert.excluded[c] for c in (*columns, "updated_at") if c != "id"}
+    return insert.on_conflict_do_update(index_elements=[CUSTOMER_TABLE.c.id], set_=updates)
+
+
+def write_events(
+    conn: Connection, batch: list[tuple[int, dict[str, Any]]], reject: Callable[[int, str], None]
+) -> int:
+    """Append a batch of events and return how many were written.
+
+    A row naming a customer that is not stored is not written: it goes to ``reject(line, message)``.
+    """
+    ids = sorted({row["customer_id"] for _line, row in batch})
+    query = select(CUSTOMER_TABLE.c.id).where(among_param(CUSTOMER_TABLE.c.id, "ids", conn.dialect.name))
+    known = set(conn.execute(query, {"ids": ids}).scalars())
+    rows = []
+    for line, row in batch:
+        if row["customer_id"] in known:
+            rows.append(row)
+        else:
+            reject(line, f"unknown customer {row['customer_id']!r}; import customers first")
+    if rows:
+        conn.execute(EVENT_TABLE.insert(), rows)
+    return len(rows)
