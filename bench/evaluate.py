@@ -298,7 +298,7 @@ Cells = dict[tuple[str | None, str | None], int]
 
 
 def run_library(conn: Any) -> Cells:
-    from automation.plan.planner import evaluate
+    from automation.plan.evaluate import evaluate
     from automation.playbook.models import load_playbook
     from automation.rules.compiled import compile_playbook
 
@@ -318,12 +318,12 @@ def run_hand(conn: Any, variant: str) -> Cells:
 def _library_query(
     conn: Any, hoist_events: bool = False, filter_counts: bool = False
 ) -> tuple[Any, Callable[[Any], Cells]]:
-    """A prototype of ``automation.plan.planner.evaluate``'s query, and how to read its result."""
+    """A prototype of ``automation.plan.evaluate.evaluate``'s query, and how to read its result."""
     from sqlalchemy import and_, func, select
     from sqlalchemy.sql import visitors
     from sqlalchemy.sql.selectable import Exists
 
-    from automation.plan.planner import CUSTOMER
+    from automation.db.tables import CUSTOMER
     from automation.playbook.models import load_playbook
     from automation.rules.compiled import compile_playbook
     from automation.rules.compiler import EVENT
@@ -735,7 +735,7 @@ def peak_memory(b: Backend, what: str) -> dict[str, Any]:
 
 def child(what: str, url: str) -> None:
     # everything the evaluation needs is imported before the baseline is taken
-    import automation.plan.planner
+    import automation.plan.evaluate
     import automation.playbook.models  # noqa: F401
     from automation.db.connect import make_engine
 

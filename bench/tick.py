@@ -191,7 +191,7 @@ PROTOTYPES = {
     "analyze_outbox": "PostgreSQL: the tick's OutboxSink runs ANALYZE outbox, enrollment inside the tick's "
     "transaction each time it has inserted more rows than at the previous ANALYZE (from 10,000 on). "
     "Within the first tick's transaction the planner has no statistics for the rows it wrote, so "
-    "_Planner._outbox_rows (customer_id IN 1,000 ids) becomes a (parallel) sequential scan of the "
+    "Planner._outbox_rows (customer_id IN 1,000 ids) becomes a (parallel) sequential scan of the "
     "growing outbox once per batch; ANALYZE counts the transaction's own rows.",
 }
 
@@ -235,7 +235,7 @@ def time_tick(engine: Any, compiled: Any) -> tuple[float, dict[str, int]]:
 
 
 def time_evaluate(engine: Any, compiled: Any) -> tuple[float, int]:
-    from automation.plan.planner import evaluate
+    from automation.plan.evaluate import evaluate
 
     start = time.perf_counter()
     with engine.connect() as conn:
@@ -333,15 +333,16 @@ class StatementClock:
 PROFILED = (
     ("automation/worker/tick.py", "run_tick"),
     ("automation/plan/planner.py", "plan"),
-    ("automation/plan/planner.py", "transitions"),
+    ("automation/plan/evaluate.py", "transitions"),
     ("automation/plan/planner.py", "leave_and_enter"),
     ("automation/plan/planner.py", "exit_enrollments"),
     ("automation/plan/planner.py", "enter"),
     ("automation/plan/planner.py", "reentry_blocked"),
     ("automation/plan/planner.py", "run"),
-    ("automation/plan/planner.py", "facts"),
+    ("automation/plan/alongside.py", "run"),
+    ("automation/plan/guards.py", "facts"),
     ("automation/plan/planner.py", "advance_due"),
-    ("automation/plan/planner.py", "recurring"),
+    ("automation/plan/recurring.py", "recurring"),
     ("automation/outbox/sink.py", "transition"),
     ("automation/outbox/sink.py", "enrollment"),
     ("automation/outbox/sink.py", "action"),
@@ -597,7 +598,7 @@ SCANS = {
     "into a temporary table, then read back in id order (what a tick runs first)",
     "transitions_covering_state": "the same with a prototype index customer_state (playbook, "
     "customer_id, segment, stage), so the state lookup needs no table access",
-    "recurring": "the library's recurring scan (_Planner.recurring): customers matching "
+    "recurring": "the library's recurring scan (Planner.recurring): customers matching "
     "birthday_reward now, ORDER BY id",
     "recurring_unordered": "prototype: the same query without ORDER BY (sorted in Python instead)",
     "one_scan": "prototype: transitions and the recurring rule in one scan (changed OR matching), "
@@ -613,9 +614,10 @@ SCANS = {
 
 def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> dict[str, Any]:
     """Time the full scans a tick makes, alone, and prototypes of cheaper forms (rolled back)."""
-    from sqlalchemy import Column, MetaData, String, Table, and_, insert, or_, select
+    from sqlalchemy import Column, MetaData, String, Table, insert, or_, select
 
-    from automation.plan.planner import CUSTOMER, STATE, _scan, evaluate, materialize, transitions
+    from automation.db.tables import CUSTOMER
+    from automation.plan.evaluate import evaluate, evaluated, materialize, transitions
 
     pb = compiled.loaded.playbook
     cover = "ix_bench_state_cover"
@@ -632,29 +634,9 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
 
     def changed_query(conn: Any, recurring: bool) -> Any:
         """The library's transitions query (and, with ``recurring``, the recurring flags too)."""
-        segment_expr, stage_expr, customers = _scan(conn, compiled, None)
-        joined = customers.outerjoin(
-            STATE, and_(STATE.c.playbook == compiled.name, STATE.c.customer_id == CUSTOMER.c.id)
-        )
-        flags = [compiled.recurring[r.name].label(f"r{i}") for i, r in enumerate(pb.recurring)]
-        flags = flags if recurring else []
-        inner = select(
-            CUSTOMER.c.id.label("customer_id"),
-            segment_expr.label("segment"),
-            stage_expr.label("stage"),
-            STATE.c.segment.label("previous_segment"),
-            STATE.c.stage.label("previous_stage"),
-            STATE.c.customer_id.label("known"),
-            *flags,
-        ).select_from(joined)
-        rows = inner.subquery("evaluated")
-        changed = or_(
-            and_(rows.c.known.is_(None), or_(rows.c.segment.is_not(None), rows.c.stage.is_not(None))),
-            rows.c.segment.is_distinct_from(rows.c.previous_segment),
-            rows.c.stage.is_distinct_from(rows.c.previous_stage),
-            *(rows.c[f"r{i}"] for i in range(len(flags))),
-        )
-        return select(rows).where(changed)
+        rows, changed = evaluated(conn, compiled, None, None, recurring=recurring)
+        flags = [rows.c[f"recurring_{i}"] for i in range(len(pb.recurring))] if recurring else []
+        return select(rows).where(or_(changed, *flags))
 
     def one_scan(conn: Any) -> int:
         query = changed_query(conn, recurring=True)
@@ -722,7 +704,7 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
     base = statistics.median(times["evaluate"])
     plans: dict[str, list[str]] = {}
     with engine.connect() as conn:
-        from automation.plan.planner import CHANGES, TRANSITION_COLUMNS
+        from automation.plan.records import CHANGES, TRANSITION_COLUMNS
 
         sql = str(
             changed_query(conn, False).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
@@ -732,7 +714,7 @@ def scan_prototypes(engine: Any, backend: str, compiled: Any, rounds: int) -> di
         CHANGES.create(conn)
         conn.exec_driver_sql("DROP TABLE IF EXISTS bench_ctas")
         for name, statement in (
-            ("transitions", f"INSERT INTO tick_changes ({', '.join(TRANSITION_COLUMNS[:6])}) {sql}"),
+            ("transitions", f"INSERT INTO tick_changes ({', '.join(TRANSITION_COLUMNS)}) {sql}"),
             ("transitions_ctas", f"CREATE TEMPORARY TABLE bench_ctas AS {sql}"),
         ):
             try:

@@ -25,7 +25,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from automation.authoring.preview import PreviewSink
 from automation.db.tables import CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE
 from automation.errors import InputError
-from automation.plan.planner import PlannedAction, plan
+from automation.plan.planner import plan
+from automation.plan.records import PlannedAction
 from automation.playbook.models import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
 from automation.rules import ast
 from automation.rules.ast import RuleError, format_duration, parse_duration

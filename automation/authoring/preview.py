@@ -15,18 +15,13 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from automation.config import Settings
+from automation.db.tables import CUSTOMER
 from automation.errors import InputError
 from automation.messages.store import RenderError, TemplateStore, build_context
 from automation.messages.unsubscribe import unsubscribe_url
-from automation.plan.planner import (
-    CUSTOMER,
-    Counts,
-    EnrollmentChange,
-    PlannedAction,
-    Transition,
-    evaluate,
-    plan,
-)
+from automation.plan.evaluate import evaluate
+from automation.plan.planner import plan
+from automation.plan.records import Counts, EnrollmentChange, PlannedAction, Transition
 from automation.rules.compiled import CompiledPlaybook
 
 

@@ -31,10 +31,13 @@ from sqlalchemy import Connection, select
 
 from automation.authoring.preview import Preview, PreviewSink, render_action
 from automation.config import Settings
+from automation.db.tables import CUSTOMER
 from automation.errors import InputError
 from automation.masking import mask_email, mask_phone, mask_text
 from automation.messages.store import TemplateStore
-from automation.plan.planner import CUSTOMER, PlannedAction, evaluate, plan
+from automation.plan.evaluate import evaluate
+from automation.plan.planner import plan
+from automation.plan.records import PlannedAction
 from automation.playbook.models import WaitStep, step_channel, step_template
 from automation.rules.compiled import CompiledPlaybook
 

@@ -37,7 +37,7 @@ from automation.db.in_list import PgArray
 from automation.db.tables import metadata
 from automation.db.types import UTCDateTime
 from automation.outbox.lease import CLAIMABLE
-from automation.plan.planner import CHANGES, EnrollmentChange, PlannedAction, Transition
+from automation.plan.records import CHANGES, EnrollmentChange, PlannedAction, Transition
 
 OUTBOX: Table = metadata.tables["outbox"]
 STATE: Table = metadata.tables["customer_state"]

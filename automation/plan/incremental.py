@@ -44,8 +44,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.config import DEFAULT_FULL_TICK_EVERY
-from automation.db.tables import metadata
-from automation.plan.planner import _aware, _period
+from automation.db.tables import CHANGE, CURSOR, CUSTOMER, EVENT
+from automation.plan.timeutil import aware, period
 from automation.rules.ast import format_duration
 from automation.rules.compiled import CompiledPlaybook
 from automation.rules.compiler import (
@@ -56,11 +56,6 @@ from automation.rules.compiler import (
     on_month_days,
     zone_or_utc,
 )
-
-CUSTOMER = metadata.tables["customer"]
-EVENT = metadata.tables["event"]
-CHANGE = metadata.tables["customer_change"]
-CURSOR = metadata.tables["tick_cursor"]
 
 #: How often a tick evaluates everyone even when nothing says it must.
 FULL_EVERY = DEFAULT_FULL_TICK_EVERY
@@ -146,13 +141,13 @@ def begin(
         reason = "first tick"
     elif row.fingerprint != compiled.fingerprint:
         reason = "rules changed"
-    elif now < _aware(row.at):
+    elif now < aware(row.at):
         reason = "clock moved back"
-    elif now - _aware(row.full_at) >= full_every:
+    elif now - aware(row.full_at) >= full_every:
         reason = f"once every {format_duration(full_every)}"
     if reason is not None or row is None:
         return TickScope(None, reason or "first tick", store, now)
-    return TickScope(Window(_aware(row.at), row.change_seq, latest), "changes", store, _aware(row.full_at))
+    return TickScope(Window(aware(row.at), row.change_seq, latest), "changes", store, aware(row.full_at))
 
 
 def finish(conn: Connection, compiled: CompiledPlaybook, scope: TickScope) -> None:
@@ -296,7 +291,7 @@ def _recurring_zones(
     periods = {rule.once_per for rule in pb.recurring}
 
     def turned(zone: ZoneInfo) -> bool:
-        return any(_period(since.astimezone(zone), p) != _period(now.astimezone(zone), p) for p in periods)
+        return any(period(since.astimezone(zone), p) != period(now.astimezone(zone), p) for p in periods)
 
     zones = [zone.key for zone in known_zones() if turned(zone)]
     parts: list[ColumnElement[bool]] = []

@@ -17,7 +17,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from automation.db.tables import metadata
 from automation.outbox.sink import OutboxSink
 from automation.plan import incremental
-from automation.plan.planner import CHANGES, Alongside, materialize, plan
+from automation.plan.alongside import Alongside
+from automation.plan.evaluate import materialize
+from automation.plan.planner import plan
+from automation.plan.records import CHANGES
 from automation.playbook.models import FrequencyCap
 from automation.rules.compiled import CompiledPlaybook
 from automation.worker import gcpause as collector

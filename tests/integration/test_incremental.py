@@ -20,7 +20,7 @@ from sqlalchemy.dialects import sqlite
 
 from automation.db.tables import metadata
 from automation.plan import incremental
-from automation.plan.planner import transitions
+from automation.plan.evaluate import transitions
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
 from automation.worker.tick import TickResult, run_tick

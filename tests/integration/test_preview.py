@@ -11,7 +11,8 @@ from sqlalchemy import Engine, func, insert, select
 from automation.authoring.preview import PreviewSink, run_preview
 from automation.authoring.validate import check_playbook
 from automation.config import Settings
-from automation.plan.planner import plan, transitions
+from automation.plan.evaluate import transitions
+from automation.plan.planner import plan
 from tests.conftest import ROOT
 from tests.integration.known import NOW, TEMPLATES, T
 

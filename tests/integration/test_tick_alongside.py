@@ -16,7 +16,10 @@ from sqlalchemy.exc import IntegrityError
 
 from automation.db.tables import metadata
 from automation.outbox import sink as outbox
-from automation.plan import planner as engine_module
+from automation.plan import alongside as alongside_module
+from automation.plan import evaluate as evaluate_module
+from automation.plan import planner as planner_module
+from automation.plan import recurring as recurring_module
 from automation.rules.compiled import compile_playbook
 from automation.worker.tick import run_tick
 from tests.integration.test_sink_batches import LIFECYCLE, START, clear, walk
@@ -28,16 +31,16 @@ T = metadata.tables
 def overlaps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many transitions each tick planned alongside its state writes (one entry per such tick)."""
     seen: list[int] = []
-    original = engine_module.Alongside.run
+    original = alongside_module.Alongside.run
 
-    def counting(self: engine_module.Alongside, planner: Any, plan: Any) -> None:
+    def counting(self: alongside_module.Alongside, planner: Any, plan: Any) -> None:
         before = planner.sink.transitions
         try:
             original(self, planner, plan)
         finally:
             seen.append(planner.sink.transitions - before)
 
-    monkeypatch.setattr(engine_module.Alongside, "run", counting)
+    monkeypatch.setattr(alongside_module.Alongside, "run", counting)
     return seen
 
 
@@ -45,13 +48,13 @@ def overlaps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the threads the engine started (``tick-evaluation``, ``tick-writes``)."""
     names: list[str] = []
-    original = engine_module._Background.__init__
+    original = alongside_module.Background.__init__
 
     def recording(self: Any, work: Any, name: str) -> None:
         names.append(name)
         original(self, work, name)
 
-    monkeypatch.setattr(engine_module._Background, "__init__", recording)
+    monkeypatch.setattr(alongside_module.Background, "__init__", recording)
     return names
 
 
@@ -89,15 +92,16 @@ def test_rows_written_while_the_planner_plans_are_the_rows_written_after_it(
         flushes.append(threading.current_thread().name)
         original(self)
 
-    planned = engine_module._Planner.leave_and_enter
+    planned = planner_module.Planner.leave_and_enter
 
     def slowly(self: Any, batch: list[Any]) -> set[str]:
         time.sleep(0.02)  # a planner slower than the writes, as at scale: they catch up between batches
         return planned(self, batch)
 
     monkeypatch.setattr(outbox.OutboxSink, "flush", recording)
-    monkeypatch.setattr(engine_module._Planner, "leave_and_enter", slowly)
-    monkeypatch.setattr(engine_module, "BATCH", 10)
+    monkeypatch.setattr(planner_module.Planner, "leave_and_enter", slowly)
+    for module in (evaluate_module, planner_module, recurring_module):  # every batch the planner makes
+        monkeypatch.setattr(module, "BATCH", 10)
     monkeypatch.setattr(outbox, "WRITE_ALONG_FROM", 1)
     monkeypatch.setattr("automation.worker.tick.ALONGSIDE_UP_TO", -1)
     in_turn = walk(pg_engine)
@@ -208,14 +212,14 @@ def test_a_planner_failure_waits_for_the_writes_and_rolls_everything_back(
         history = conn.execute(select(func.count()).select_from(T["stage_history"])).scalar_one()
     overlaps.clear()
     # a lookup through the reader fails while the states are being written on the other thread
-    original = engine_module._Planner.enrollments
+    original = planner_module.Planner.enrollments
 
     def failing(self: Any, ids: list[str]) -> list[Any]:
         assert self.conn is not None
         self.conn.exec_driver_sql("SELECT * FROM no_such_table")
         return original(self, ids)
 
-    monkeypatch.setattr(engine_module._Planner, "enrollments", failing)
+    monkeypatch.setattr(planner_module.Planner, "enrollments", failing)
     with pytest.raises(Exception, match="no_such_table"):
         run_tick(pg_engine, compile_playbook(LIFECYCLE, START + timedelta(days=3, minutes=15)))
     assert len(overlaps) == 1
@@ -228,15 +232,15 @@ def test_the_second_connection_only_reads_and_looks_up_by_key(
     pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, str] = {}
-    original = engine_module.Alongside.run
+    original = alongside_module.Alongside.run
 
-    def showing(self: engine_module.Alongside, planner: Any, plan: Any) -> None:
+    def showing(self: alongside_module.Alongside, planner: Any, plan: Any) -> None:
         for name in ("transaction_read_only", "enable_hashjoin", "enable_mergejoin"):
             seen[name] = self.reader.exec_driver_sql(f"SHOW {name}").scalar_one()
         seen["workers"] = self.reader.exec_driver_sql("SHOW max_parallel_workers_per_gather").scalar_one()
         original(self, planner, plan)
 
-    monkeypatch.setattr(engine_module.Alongside, "run", showing)
+    monkeypatch.setattr(alongside_module.Alongside, "run", showing)
     walk(pg_engine)
     assert seen == {
         "transaction_read_only": "on",
