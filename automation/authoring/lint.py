@@ -31,7 +31,8 @@ from typing import Any
 
 from automation.authoring.validate import SAMPLE_NOW, sample_customers, template_problems, trial_render
 from automation.errors import PlaybookError, Problem
-from automation.messages.store import CUSTOMER_FIELDS, TemplateStore
+from automation.messages.context import CUSTOMER_FIELDS
+from automation.messages.store import TemplateStore
 from automation.playbook.models import (
     EmailStep,
     LoadedPlaybook,

@@ -17,8 +17,8 @@ from sqlalchemy import Connection, select
 from automation.config import Settings
 from automation.db.tables import CUSTOMER
 from automation.errors import InputError
-from automation.messages.store import RenderError, TemplateStore, build_context
-from automation.messages.unsubscribe import unsubscribe_url
+from automation.messages.render import render_for_action
+from automation.messages.store import RenderError, TemplateStore
 from automation.plan.evaluate import evaluate
 from automation.plan.planner import plan
 from automation.plan.records import Counts, EnrollmentChange, PlannedAction, Transition
@@ -214,22 +214,21 @@ def render_action(
     templates: TemplateStore,
     settings: Settings,
 ) -> dict[str, Any]:
-    """The message an action would send, rendered by the channels' own template code."""
-    context = build_context(
-        customer,
-        playbook=compiled.name,
-        segment=action.segment,
-        touch=action.touch,
-        stage=action.stage,
-        step=action.step,
-        now=compiled.now,
-        unsubscribe_url=unsubscribe_url(
-            settings.public_url, settings.secret_key, action.customer_id, action.channel
-        ),
-    )
+    """The message an action would send, rendered as the dispatcher renders it; a template that cannot
+    be rendered gives ``error`` instead of ``message``."""
     out: dict[str, Any] = {"step": action.step, "channel": action.channel, "template": action.template}
     try:
-        out["message"] = templates.render(action.template, action.channel, context).as_payload()
+        message = render_for_action(
+            templates,
+            action,
+            customer,
+            playbook=compiled.name,
+            now=compiled.now,
+            public_url=settings.public_url,
+            secret_key=settings.secret_key,
+            always_sign=True,
+        )
+        out["message"] = message.rendered.as_payload()
     except RenderError as exc:
         out["error"] = str(exc)
     return out

@@ -17,7 +17,8 @@ from typing import Any
 from jinja2.exceptions import SecurityError
 
 from automation.errors import PlaybookError, Problem
-from automation.messages.store import CUSTOMER_FIELDS, RenderError, TemplateStore, build_context
+from automation.messages.context import CUSTOMER_FIELDS, build_context
+from automation.messages.store import RenderError, TemplateStore
 from automation.playbook.models import (
     EmailStep,
     LoadedPlaybook,

@@ -34,8 +34,8 @@ from automation.db.in_list import among_param
 from automation.db.tables import metadata
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
-from automation.messages.store import RenderError, TemplateStore, build_context
-from automation.messages.unsubscribe import unsubscribe_url
+from automation.messages.render import render_for_action
+from automation.messages.store import RenderError, TemplateStore
 from automation.outbox.lease import CLAIMED_COLUMNS, claim, mark_failed, mark_sent
 from automation.outbox.ratelimit import Rate, TokenBucket
 from automation.playbook.models import parse_quiet_hours
@@ -347,20 +347,16 @@ class Dispatcher:
             to = customer["phone"]
         elif channel == "task":
             to = payload.get("assignee")
-        link = ""  # signed only for email (List-Unsubscribe) and templates that print it
-        if channel == "email" or self.templates.reads(row.template, channel, "unsubscribe_url"):
-            link = unsubscribe_url(self.config.public_url, self.config.secret_key, row.customer_id, channel)
-        context = build_context(
+        # the link is signed only for email (List-Unsubscribe) and templates that print it
+        rendered, link = render_for_action(
+            self.templates,
+            row,
             customer,
             playbook=row.playbook,
-            segment=row.segment,
-            touch=row.touch,
-            stage=row.stage,
-            step=row.step,
             now=now,
-            unsubscribe_url=link,
+            public_url=self.config.public_url,
+            secret_key=self.config.secret_key,
         )
-        rendered = self.templates.render(row.template, row.channel, context)
         due = datetime.fromisoformat(payload["due"]) if payload.get("due") else None
         return Delivery(
             message_id=row.id,

@@ -10,14 +10,9 @@ from typing import Any
 import pytest
 
 from automation.db.tables import Customer
-from automation.messages.store import (
-    CHANNELS,
-    CUSTOMER_FIELDS,
-    RenderError,
-    TemplateStore,
-    build_context,
-    sms_segments,
-)
+from automation.messages.context import CUSTOMER_FIELDS, build_context
+from automation.messages.sms import sms_segments
+from automation.messages.store import CHANNELS, RenderError, TemplateStore
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
@@ -566,7 +561,7 @@ def test_tojson_writes_exactly_what_jinjas_filter_writes(
 ) -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from automation.messages.store import _json_default
+    from automation.messages.filters import _json_default
 
     reference = ImmutableSandboxedEnvironment()
     reference.policies["json.dumps_kwargs"] = {"default": _json_default, "ensure_ascii": False}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from automation.messages.store import MAX_TEMPLATE_BYTES, RenderError, TemplateStore
+from automation.messages.sandbox import MAX_TEMPLATE_BYTES
+from automation.messages.store import RenderError, TemplateStore
 
 TAIL = "{% block text %}t{% endblock %}{% block html %}h{% endblock %}"
 
