@@ -1,5 +1,5 @@
-"""What the worker has been doing and what the outbox holds: for ``automation status``, ``retry-dead``
-and the metrics endpoint.
+"""What the worker has been doing and what the outbox holds: for ``automation status``, the report of
+``run --once`` and the metrics endpoint.
 
 Pure functions over a ``Connection`` (a few aggregate queries each; the caller owns the transaction):
 
@@ -7,32 +7,32 @@ Pure functions over a ``Connection`` (a few aggregate queries each; the caller o
   how long, what changed), customers per stage now (``customer_state``) and open enrollments.
 * ``queue_status(conn, now)``: outbox counts by channel and status, what is due now and the oldest
   due message, and the most recent dead letters.
-* ``retry_dead(conn, now, ...)``: put dead letters back in the queue.
+* ``held_back(conn)``: the messages not sent, grouped by channel, status and reason.
+
+Requeueing dead letters (``retry-dead``) changes the outbox, so it lives with it, in
+``automation.outbox.retry``.
 
 Dead letters carry no time of death (the outbox has no such column). ``when`` is the time the message
 was last due: for a permanent failure or exhausted retries that is the attempt that killed it; for an
-expired message it is its original due time (it expired ``DEFAULT_TTL`` later). ``--since`` filters on
-the same column.
+expired message it is its original due time (it expired ``DEFAULT_TTL`` later). ``retry-dead --since``
+filters on the same column.
 
 Personal data is masked in what these functions return (customer ids and error texts go through
-``automation.masking.mask_text``), so their output can be printed or logged as it is.
+``automation.masking.mask_text``), so their output can be printed or logged as it is; the one exception
+is the reasons of ``held_back``, grouped as stored.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, func, literal, select, update
+from sqlalchemy import Connection, Table, func, select
 
 from automation.db.tables import metadata
-from automation.db.types import UTCDateTime
-from automation.errors import InputError
 from automation.masking import mask_text
 from automation.outbox.lease import CLAIMABLE
-from automation.outbox.sink import DEFAULT_TTL
 
 OUTBOX: Table = metadata.tables["outbox"]
 RUN_LOG: Table = metadata.tables["run_log"]
@@ -43,8 +43,6 @@ ENROLLMENT: Table = metadata.tables["enrollment"]
 STATUSES = ("pending", "claimed", "retry", "sent", "dead", "suppressed", "skipped", "cancelled")
 #: The stage of customers who match no stage rule.
 NO_STAGE = "(none)"
-#: Prefix put in front of ``last_error`` when a dead letter is requeued (cleared once it is sent).
-REQUEUED_PREFIX = "requeued: "
 _TICK_CHANGES = ("transitions", "enrolled", "exited", "actions", "deferred")
 
 
@@ -295,69 +293,37 @@ def queue_status(conn: Connection, now: datetime, dead_limit: int = 10) -> Queue
     return QueueStatus(at=now, counts=counts, due=int(due), oldest_due=oldest_due, dead=dead)
 
 
-# -- dead letters ---------------------------------------------------------------------------------
-def retry_dead(
-    conn: Connection,
-    now: datetime,
-    since: datetime | None = None,
-    channel: str | None = None,
-    playbook: str | None = None,
-    ttl: timedelta = DEFAULT_TTL,
-) -> int:
-    """Requeue dead letters; returns how many. The next dispatch pass sends them.
+# -- what was held back ---------------------------------------------------------------------------
+#: The statuses of messages that were not sent (``pending`` counts only with a reason: deferred).
+HELD_STATUSES = ("pending", "suppressed", "skipped", "dead", "retry")
 
-    Each matching ``dead`` row becomes ``pending`` with ``due_at = now`` and ``attempts = 0``.
-    ``last_error`` is kept, prefixed with ``"requeued: "`` (so the reason stays visible until the
-    message is sent, which clears it, or fails again, which replaces it). A message with a
-    time-to-live gets ``expires_at = now + ttl``, the span a tick gives it (``DEFAULT_TTL``; its
-    ``due_at`` moves with retries and deferrals, so the span cannot be read back from the row), so
-    an expired message is not expired again at once; messages without one keep none.
 
-    Filters: ``since`` (last due at or after it), ``channel``, ``playbook``.
+@dataclass(frozen=True)
+class HeldBack:
+    """Messages of one channel and status that share a reason, e.g. 40 email deferred by quiet hours."""
+
+    channel: str
+    status: str
+    reason: str  # "" when the row has none (then never "pending": that is merely queued)
+    count: int
+
+
+def held_back(conn: Connection) -> list[HeldBack]:
+    """Messages held back or failed, grouped by channel, status and reason, the largest groups first.
+
+    A ``pending`` message without a reason is simply queued and left out; with one (quiet hours, a
+    frequency cap) it was deferred. Reasons are grouped and returned as they are stored, not masked,
+    unlike the rest of this module's results.
     """
-    conditions = [OUTBOX.c.status == "dead"]
-    if since is not None:
-        conditions.append(OUTBOX.c.due_at >= since)
-    if channel:
-        conditions.append(OUTBOX.c.channel == channel)
-    if playbook:
-        conditions.append(OUTBOX.c.playbook == playbook)
-    new_expiry = bindparam("new_expiry", now + ttl, type_=UTCDateTime())
-    error = literal(REQUEUED_PREFIX) + func.coalesce(OUTBOX.c.last_error, "")
-    stmt = (
-        update(OUTBOX)
-        .where(*conditions)
-        .values(
-            status="pending",
-            due_at=now,
-            attempts=0,
-            lease_owner=None,
-            lease_until=None,
-            expires_at=case((OUTBOX.c.expires_at.is_(None), None), else_=new_expiry),
-            last_error=func.substr(error, 1, 2000),
-        )
-    )
-    return int(conn.execute(stmt).rowcount)
-
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """``--since``: a duration back from ``now`` (``90s``, ``30m``, ``24h``, ``7d``, ``2w``) or ISO 8601."""
-    match = _DURATION.match(text)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
-        try:
-            return now - timedelta(**{_UNITS[unit]: amount})
-        except OverflowError:
-            raise InputError(f"--since {text!r} reaches too far back") from None
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InputError(
-            f"--since {text!r} is neither a duration (e.g. 30m, 24h, 7d) "
-            "nor an ISO 8601 time (e.g. 2026-11-22T09:00:00Z)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    reason = func.coalesce(OUTBOX.c.last_error, "")
+    rows = conn.execute(
+        select(OUTBOX.c.channel, OUTBOX.c.status, reason, func.count())
+        .where(OUTBOX.c.status.in_(HELD_STATUSES))
+        .group_by(OUTBOX.c.channel, OUTBOX.c.status, reason)
+        .order_by(func.count().desc())
+    ).all()
+    return [
+        HeldBack(channel, status, why, int(n))
+        for channel, status, why, n in rows
+        if status != "pending" or why
+    ]
