@@ -46,6 +46,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from automation.db.tables import OUTBOX, RUN_LOG
+
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
@@ -109,9 +111,8 @@ def last_tick(engine: Any) -> datetime | None:
     """When the last tick of a kept database ran (None: no state to keep)."""
     from sqlalchemy import func, select
 
-    from automation.db.tables import metadata
 
-    run_log = metadata.tables["run_log"]
+    run_log = RUN_LOG
     with engine.connect() as conn:
         last = conn.execute(select(func.max(run_log.c.started_at)).where(run_log.c.kind == "tick")).scalar()
     return last.replace(tzinfo=last.tzinfo or UTC) if last is not None else None
@@ -120,9 +121,8 @@ def last_tick(engine: Any) -> datetime | None:
 def ticks_since_first(engine: Any) -> int:
     from sqlalchemy import func, select
 
-    from automation.db.tables import metadata
 
-    run_log = metadata.tables["run_log"]
+    run_log = RUN_LOG
     with engine.connect() as conn:
         count = conn.execute(select(func.count()).where(run_log.c.kind == "tick")).scalar_one()
     return max(int(count) - 1, 0) + 6  # and past the slices a run changes without ticking
@@ -174,9 +174,8 @@ def deliver(engine: Any, now: datetime) -> int:
     """
     from sqlalchemy import update
 
-    from automation.db.tables import metadata
 
-    outbox = metadata.tables["outbox"]
+    outbox = OUTBOX
     with engine.begin() as conn:
         sent: int = conn.execute(
             update(outbox)

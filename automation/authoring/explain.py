@@ -3,7 +3,7 @@
 For each playbook: every segment and stage rule (and the recurring rules and the step guards of the
 customer's program) with its value for the customer, each sub-expression of the rule evaluated as its own
 SQL column (true, false or unknown), and the field and function values it used; the program and step the
-customer is on; the actions the engine would plan now (``engine.plan`` for this one customer, the
+customer is on; the actions the engine would plan now (``plan.planner.plan`` for this one customer, the
 daemon's path, so the reasons are the daemon's); and what the outbox already holds for the customer.
 Reads the database, writes nothing. One module, although long: the trace, the program position and the
 planned actions are one report about one customer, assembled and rendered in one place.

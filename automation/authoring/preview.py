@@ -1,7 +1,7 @@
 """``automation preview``: what the next tick of a playbook would do. Reads the database, writes nothing.
 
-The preview runs ``engine.evaluate`` and ``engine.plan`` (the daemon's path) into a sink that only
-counts and keeps the first actions, then renders the result as tables or JSON.
+The preview runs ``plan.evaluate.evaluate`` and ``plan.planner.plan`` (the daemon's path) into a sink
+that only counts and keeps the first actions, then renders the result as tables or JSON.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``automation preview --html``: the preview as one self-contained HTML page. Writes nothing to the database.
 
-The page is built from the preview's own parts: ``engine.evaluate`` and ``engine.plan`` into a
-``PreviewSink`` (``Preview.as_json`` for the numbers) and ``preview.render_action`` (the channels'
+The page is built from the preview's own parts: ``plan.evaluate.evaluate`` and ``plan.planner.plan``
+into a ``PreviewSink`` (``Preview.as_json`` for the numbers) and ``preview.render_action`` (the channels'
 template code) for the sample messages. It shows:
 
 * the segment x stage matrix as a heat map and the funnel of customers per stage;

@@ -34,20 +34,18 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import String, Table, TypeDecorator
 
-from automation.db.tables import Customer, Event
+from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import InputError
 
 INT32_MAX = 2_147_483_647
 _PHONE_INPUT_MAX = 64  # characters of a phone number as written; stored E.164 is at most 16
 _SHOWN_MAX = 80  # characters of a bad value quoted in a problem
 
-CUSTOMER_TABLE: Table = Customer.__table__  # type: ignore[attr-defined]
-EVENT_TABLE: Table = Event.__table__  # type: ignore[attr-defined]
 
 #: Importable customer fields: every column of ``customer`` except the bookkeeping ``updated_at``.
-CUSTOMER_FIELDS: tuple[str, ...] = tuple(c.name for c in CUSTOMER_TABLE.columns if c.name != "updated_at")
+CUSTOMER_FIELDS: tuple[str, ...] = tuple(c.name for c in CUSTOMER.columns if c.name != "updated_at")
 #: Importable event fields (the surrogate key ``id`` is generated).
-EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENT_TABLE.columns if c.name != "id")
+EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENT.columns if c.name != "id")
 #: The pseudo-column of a customer row naming the columns to set to null.
 CLEAR = "clear"
 #: What a customer row may hold.
@@ -138,7 +136,7 @@ def _normalized_email(text: str) -> str:
 
 
 def _email(name: str, value: Any) -> str | None:
-    limit = _max_length(CUSTOMER_TABLE, name)
+    limit = _max_length(CUSTOMER, name)
     text = _text(name, value, limit)
     if text is None:
         return None
@@ -180,14 +178,14 @@ def _zone_ok(name: str) -> bool:
 
 
 def _timezone(value: Any) -> str | None:
-    text = _text("timezone", value, _max_length(CUSTOMER_TABLE, "timezone"))
+    text = _text("timezone", value, _max_length(CUSTOMER, "timezone"))
     if text is not None and not _zone_ok(text):
         raise RowError(f"timezone: unknown time zone {text!r} (use an IANA name such as Europe/Berlin)")
     return text
 
 
 def _locale(value: Any) -> str | None:
-    text = _text("locale", value, _max_length(CUSTOMER_TABLE, "locale"))
+    text = _text("locale", value, _max_length(CUSTOMER, "locale"))
     if text is not None and not _LOCALE_RE.fullmatch(text):
         raise RowError(f"locale: {text!r} is not a locale tag such as en-US")
     return text
@@ -282,7 +280,7 @@ def _object(name: str, value: Any, from_text: bool) -> dict[str, Any]:
 def _id(name: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # JSON Lines may carry numeric ids
-    text = _text(name, value, _max_length(CUSTOMER_TABLE, "id"))
+    text = _text(name, value, _max_length(CUSTOMER, "id"))
     if text is None:
         raise RowError(f"{name}: missing (required)")
     control = _CONTROL.search(text)
@@ -317,7 +315,7 @@ def _customer_value(name: str, value: Any, region: str | None, from_text: bool) 
         case "signed_up_at" | "last_order_at" | "last_seen_at":
             return _timestamp(name, value)
         case _:  # plain text columns
-            return _text(name, value, _max_length(CUSTOMER_TABLE, name))
+            return _text(name, value, _max_length(CUSTOMER, name))
 
 
 def _collect(fields: Iterable[tuple[str, Callable[[], Any]]], problems: Iterable[str] = ()) -> dict[str, Any]:
@@ -417,7 +415,7 @@ def customer_row(raw: Mapping[str, Any], region: str | None, from_text: bool) ->
 
 
 def _event_name(value: Any) -> str:
-    name = _text("name", value, _max_length(EVENT_TABLE, "name"))
+    name = _text("name", value, _max_length(EVENT, "name"))
     if name is None:
         raise RowError("name: missing (required)")
     return name

@@ -17,8 +17,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from automation.db.in_list import among_param
+from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import DatabaseError
-from automation.ingest.rows import CUSTOMER_DEFAULTS, CUSTOMER_FIELDS, CUSTOMER_TABLE, EVENT_TABLE
+from automation.ingest.rows import CUSTOMER_DEFAULTS, CUSTOMER_FIELDS
 
 
 def _dialect_insert(name: str, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -46,9 +47,9 @@ def write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
 @lru_cache(maxsize=512)  # rows without a value for some columns make a few dozen column sets a file
 def _customer_upsert(dialect: str, columns: tuple[str, ...]) -> Executable:
     """The upsert that replaces ``columns`` (and ``updated_at``) of a stored customer."""
-    insert = _dialect_insert(dialect, CUSTOMER_TABLE)
+    insert = _dialect_insert(dialect, CUSTOMER)
     updates = {c: insert.excluded[c] for c in (*columns, "updated_at") if c != "id"}
-    return insert.on_conflict_do_update(index_elements=[CUSTOMER_TABLE.c.id], set_=updates)
+    return insert.on_conflict_do_update(index_elements=[CUSTOMER.c.id], set_=updates)
 
 
 def write_events(
@@ -59,7 +60,7 @@ def write_events(
     A row naming a customer that is not stored is not written: it goes to ``reject(line, message)``.
     """
     ids = sorted({row["customer_id"] for _line, row in batch})
-    query = select(CUSTOMER_TABLE.c.id).where(among_param(CUSTOMER_TABLE.c.id, "ids", conn.dialect.name))
+    query = select(CUSTOMER.c.id).where(among_param(CUSTOMER.c.id, "ids", conn.dialect.name))
     known = set(conn.execute(query, {"ids": ids}).scalars())
     rows = []
     for line, row in batch:
@@ -68,5 +69,5 @@ def write_events(
         else:
             reject(line, f"unknown customer {row['customer_id']!r}; import customers first")
     if rows:
-        conn.execute(EVENT_TABLE.insert(), rows)
+        conn.execute(EVENT.insert(), rows)
     return len(rows)

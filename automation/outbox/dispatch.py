@@ -27,11 +27,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Select, Table, select, update
+from sqlalchemy import Engine, Select, select, update
 
 from automation.channels.base import Channel, Delivery
 from automation.db.in_list import among_param
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, OUTBOX, SUPPRESSION, TASK
 from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
 from automation.messages.render import render_for_action
@@ -42,10 +42,6 @@ from automation.playbook.models import parse_quiet_hours
 
 log = logging.getLogger("automation.dispatch")
 
-CUSTOMER: Table = metadata.tables["customer"]
-OUTBOX: Table = metadata.tables["outbox"]
-SUPPRESSION: Table = metadata.tables["suppression"]
-TASK: Table = metadata.tables["task"]
 TASK_HOLD_RECHECK = timedelta(hours=6)
 _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 

@@ -22,12 +22,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select, text, union_all, update
+from sqlalchemy import Connection, func, select, text, union_all, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from automation.db.tables import PICKABLE, metadata
-
-OUTBOX: Table = metadata.tables["outbox"]
+from automation.db.tables import OUTBOX, PICKABLE
 
 #: Statuses a claim takes a due row from (a tick cancels a leaving customer's messages in these too).
 CLAIMABLE = ("pending", "retry")

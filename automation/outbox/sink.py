@@ -34,15 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.db.in_list import PgArray
-from automation.db.tables import metadata
+from automation.db.tables import ENROLLMENT, HISTORY, OUTBOX, STATE
 from automation.db.types import UTCDateTime
 from automation.outbox.lease import CLAIMABLE
 from automation.plan.records import CHANGES, EnrollmentChange, PlannedAction, Transition
-
-OUTBOX: Table = metadata.tables["outbox"]
-STATE: Table = metadata.tables["customer_state"]
-HISTORY: Table = metadata.tables["stage_history"]
-ENROLLMENT: Table = metadata.tables["enrollment"]
 
 #: Rows a sink holds before writing them: a steady tick's plan (thousands of rows) goes in one statement
 #: per kind of write, at the end; a first tick's (hundreds of thousands) every 20,000 rows (about 20 MB).

@@ -5,14 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, SUPPRESSION
 from automation.errors import InputError
 
-SUPPRESSION: Table = metadata.tables["suppression"]
-CUSTOMER: Table = metadata.tables["customer"]
 CHANNELS = ("email", "sms", "webhook", "task")
 REASONS = ("unsubscribed", "bounced", "complained", "manual", "invalid")
 

@@ -28,16 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, func, select
 
-from automation.db.tables import metadata
+from automation.db.tables import ENROLLMENT, OUTBOX, RUN_LOG, STATE
 from automation.masking import mask_text
 from automation.outbox.lease import CLAIMABLE
-
-OUTBOX: Table = metadata.tables["outbox"]
-RUN_LOG: Table = metadata.tables["run_log"]
-STATE: Table = metadata.tables["customer_state"]
-ENROLLMENT: Table = metadata.tables["enrollment"]
 
 #: Outbox statuses in the order they are shown (unknown ones follow, sorted).
 STATUSES = ("pending", "claimed", "retry", "sent", "dead", "suppressed", "skipped", "cancelled")

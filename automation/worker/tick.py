@@ -1,4 +1,4 @@
-"""One tick of a playbook: the engine's plan written to the outbox, all in one transaction."""
+"""One tick of a playbook: the planner's plan written to the outbox, all in one transaction."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from automation.db.tables import metadata
+from automation.db.tables import RUN_LOG
 from automation.outbox.sink import OutboxSink
 from automation.plan import incremental
 from automation.plan.alongside import Alongside
@@ -25,11 +25,10 @@ from automation.playbook.models import FrequencyCap
 from automation.rules.compiled import CompiledPlaybook
 from automation.worker import gcpause as collector
 
-RUN_LOG = metadata.tables["run_log"]
 log = logging.getLogger("automation.tick")
 #: A PostgreSQL tick with at most this many candidates evaluates them on two connections at once, and
 #: one with at most this many changed customers writes their state and history while it plans
-#: (``engine.Alongside``); a larger one (a first tick) streams its plan from its table instead.
+#: (``plan.alongside.Alongside``); a larger one (a first tick) streams its plan from its table instead.
 ALONGSIDE_UP_TO = 20_000
 
 
@@ -127,8 +126,8 @@ def run_tick(
 @contextmanager
 def _second_connection(engine: Engine, wanted: bool) -> Iterator[Connection | None]:
     """PostgreSQL: a read-only connection beside the tick's, so that the database works on two cores
-    (see ``materialize`` and ``engine.Alongside``); None on SQLite (one writer, in this process: nothing
-    to overlap), when not ``wanted``, and when no second connection can be had (the tick then runs on
+    (see ``materialize`` and ``plan.alongside.Alongside``); None on SQLite (one writer, in this process:
+    nothing to overlap), when not ``wanted``, and when no second connection can be had (the tick then runs on
     one, as it would on SQLite)."""
     if not wanted or engine.dialect.name != "postgresql":
         yield None

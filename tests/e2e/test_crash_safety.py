@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, select, text
 
 from automation.db.connect import make_engine, upgrade
-from automation.db.tables import metadata
+from automation.db.tables import CUSTOMER, OUTBOX
 from automation.outbox.dispatch import DispatchConfig
 from tests.conftest import PG_ADMIN_URL, ROOT, require_postgres
 from tests.e2e.worker_tools import EXE, FastReceiver, Proc, cli_env, wait_until
@@ -37,8 +37,6 @@ MIN_KILLS, MAX_KILLS = 10, 20
 RECEIVER_DELAY = 0.15  # seconds per request while killing: keeps each worker at ~130 requests/s
 KILL_PHASE = 100.0  # seconds at most for the kills; the whole test stays well under 3 minutes
 SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-0123456789").decode()
-OUTBOX = metadata.tables["outbox"]
-CUSTOMER = metadata.tables["customer"]
 # What one worker can hold when it dies: ``lanes`` batches of ``batch_size`` claimed rows (the defaults;
 # `automation dispatch` has no option for them). A message is sent twice only if the worker that held it
 # sent it and died before marking it, so duplicates are at most kills x lanes x batch_size.

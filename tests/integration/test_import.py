@@ -10,13 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select
 
-from automation.db.tables import Customer, Event
+from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import InputError
 from automation.ingest import importer
 from automation.ingest.importer import ImportReport, import_customers, import_events
-
-CUSTOMER = Customer.__table__  # type: ignore[attr-defined]
-EVENT = Event.__table__  # type: ignore[attr-defined]
 
 
 def write(path: Path, text: str) -> Path:

@@ -10,14 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from automation.db.tables import Customer, Event
+from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import InputError
 from automation.ingest import rows as row_rules
 from automation.ingest.importer import ImportReport, import_customers, import_events
 from automation.ingest.readers import MAX_LINE_BYTES
 
-CUSTOMER = Customer.__table__  # type: ignore[attr-defined]
-EVENT = Event.__table__  # type: ignore[attr-defined]
 LONG_LINE = "the line is longer than 131,072 bytes"
 
 

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, select
 
-from automation.db.tables import metadata
+from automation.db.tables import SUPPRESSION
 from automation.messages.unsubscribe import token, unsubscribe_url, verify
 from automation.web.app import make_app
 from tests.integration.known import NOW
@@ -30,7 +30,7 @@ def test_one_click_post_records_the_suppression(data: Engine) -> None:
     status, body = asyncio.run(_post(data, url.removeprefix("http://127.0.0.1:8080")))
     assert status == 200 and "unsubscribed" in body
     with data.connect() as conn:
-        table = metadata.tables["suppression"]
+        table = SUPPRESSION
         rows = conn.execute(select(table).where(table.c.customer_id == "fan")).all()
     assert [(r.customer_id, r.channel, r.reason) for r in rows] == [("fan", "email", "unsubscribed")]
     again, _ = asyncio.run(_post(data, url.removeprefix("http://127.0.0.1:8080")))
@@ -45,7 +45,7 @@ def test_forged_or_altered_tokens_are_refused(data: Engine) -> None:
         status, _ = asyncio.run(_post(data, f"/unsubscribe/{bad}"))
         assert status == 404
     with data.connect() as conn:
-        table = metadata.tables["suppression"]
+        table = SUPPRESSION
         assert conn.execute(select(table).where(table.c.customer_id == "fan")).all() == []
 
 
