@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -72,14 +71,6 @@ def big_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def project(big_project: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(big_project, tmp_path / "project"))
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.close()
 
 
 def records(proc: Proc) -> list[dict[str, str]]:

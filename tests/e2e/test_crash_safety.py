@@ -22,12 +22,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select
 
-from automation.db.connect import make_engine, upgrade
+from automation.db.connect import make_engine
 from automation.db.tables import CUSTOMER, OUTBOX
 from automation.outbox.dispatch import DispatchConfig
-from tests.conftest import PG_ADMIN_URL, ROOT, require_postgres
+from tests.conftest import ROOT, fresh_postgres_database
 from tests.e2e.worker_tools import EXE, FastReceiver, Proc, cli_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -47,22 +47,8 @@ LEASE = DispatchConfig().lease
 @pytest.fixture
 def crash_db() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test only (skipped locally without a server)."""
-    require_postgres()
-    name = f"automation_crash_{os.getpid()}"
-    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    try:
+    with fresh_postgres_database(f"automation_crash_{os.getpid()}") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def fill(engine: Engine, now: datetime) -> set[str]:

@@ -119,14 +119,6 @@ def receivers() -> Iterator[Receivers]:
         yield Receivers(smtp, http, env)
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.close()
-
-
 def start(procs: list[Proc], project: Path, env: dict[str, str], *args: str) -> Proc:
     proc = Proc(
         ["run", "--log-format", "json", "--poll", "0.2", *args],
