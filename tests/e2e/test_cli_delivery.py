@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_cli_playbooks import ROOT, run
+from tests.e2e.worker_tools import load_sample
 
 AT = "2026-11-22T12:00:00Z"
 
@@ -19,15 +20,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("delivery")
     (cwd / "playbooks").mkdir()
     (cwd / "playbooks" / "lifecycle.yaml").write_text((ROOT / "playbooks" / "lifecycle.yaml").read_text())
-    for args in (
-        ("db", "upgrade"),
-        ("sample-data", "sample", "--customers", "200", "--seed", "5", "--now", AT),
-        ("import", "customers", "sample/customers.csv"),
-        ("import", "events", "sample/events.jsonl"),
-    ):
-        result = run(*args, cwd=cwd)
-        assert result.returncode == 0, result.stderr
-    return cwd
+    return load_sample(run, cwd, customers=200, seed=5, now=AT)
 
 
 def test_tick_dispatch_into_files_then_nothing_twice(project: Path) -> None:

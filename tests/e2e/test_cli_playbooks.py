@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.e2e.worker_tools import load_sample
 
 EXE = Path(sys.executable).with_name("automation")
 
@@ -27,15 +28,7 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory with the default SQLite database, migrated and loaded with sample data."""
     cwd = tmp_path_factory.mktemp("project")
-    for args in (
-        ("db", "upgrade"),
-        ("sample-data", "sample", "--customers", "300", "--seed", "3", "--now", "2026-11-22T12:00:00Z"),
-        ("import", "customers", "sample/customers.csv"),
-        ("import", "events", "sample/events.jsonl"),
-    ):
-        result = run(*args, cwd=cwd)
-        assert result.returncode == 0, result.stderr
-    return cwd
+    return load_sample(run, cwd, customers=300, seed=3, now="2026-11-22T12:00:00Z")
 
 
 def test_validate_ok(project: Path) -> None:

@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli_env, wait_until
+from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli_env, load_sample, wait_until
 from tests.hostile import alias_bomb
 from tests.http_server import LocalServer, Recorded, Reply, serve
 from tests.smtp_server import SmtpTestServer
@@ -80,14 +81,7 @@ def template_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("daemon-template")
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     env = cli_env(AUTOMATION_TEMPLATES_DIR=str(ROOT / "templates"))
-    for args in (
-        ("db", "upgrade"),
-        ("sample-data", "sample", "--customers", "30", "--seed", "11", "--now", now),
-        ("import", "customers", "sample/customers.csv"),
-        ("import", "events", "sample/events.jsonl"),
-    ):
-        result = cli(*args, cwd=cwd, env=env)
-        assert result.returncode == 0, result.stderr
+    load_sample(partial(cli, env=env), cwd, customers=30, seed=11, now=now)
     (cwd / "playbooks").mkdir()
     (cwd / "playbooks" / "daemon.yaml").write_text(playbook())
     return cwd

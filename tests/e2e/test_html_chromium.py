@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.e2e.test_cli_playbooks import run
+from tests.e2e.worker_tools import load_sample
 
 CHROMIUM = Path("/usr/bin/chromium")
 AT = "2026-11-22T12:00:00Z"
@@ -46,14 +47,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The HTML report of the example playbook for a SQLite project with sample data."""
     cwd = tmp_path_factory.mktemp("html_project")
-    for args in (
-        ("db", "upgrade"),
-        ("sample-data", "sample", "--customers", "300", "--seed", "3", "--now", AT),
-        ("import", "customers", "sample/customers.csv"),
-        ("import", "events", "sample/events.jsonl"),
-    ):
-        result = run(*args, cwd=cwd)
-        assert result.returncode == 0, result.stderr
+    load_sample(run, cwd, customers=300, seed=3, now=AT)
     playbook = str(ROOT / "playbooks" / "lifecycle.yaml")
     result = run("preview", playbook, "--at", AT, "--html", "out/report.html", cwd=cwd)
     assert result.returncode == 0, result.stderr

@@ -139,6 +139,22 @@ class Proc:
         self._stdout.close()
 
 
+def load_sample(
+    run: Callable[..., subprocess.CompletedProcess[str]], cwd: Path, *, customers: int, seed: int, now: str
+) -> Path:
+    """Migrate the default SQLite database in ``cwd`` and import ``customers`` sample customers (with
+    their events, as of ``now``), through the CLI that ``run(*args, cwd=cwd)`` starts."""
+    for args in (
+        ("db", "upgrade"),
+        ("sample-data", "sample", "--customers", str(customers), "--seed", str(seed), "--now", now),
+        ("import", "customers", "sample/customers.csv"),
+        ("import", "events", "sample/events.jsonl"),
+    ):
+        result = run(*args, cwd=cwd)
+        assert result.returncode == 0, result.stderr
+    return cwd
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any ``AUTOMATION_*`` setting it may carry, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOMATION_")}
