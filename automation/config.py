@@ -32,6 +32,7 @@ class Settings:
     global_cap: FrequencyCap | None = None  # AUTOMATION_FREQUENCY_CAP, across playbooks
     full_tick_every: timedelta = DEFAULT_FULL_TICK_EVERY  # AUTOMATION_FULL_TICK_EVERY: evaluate everyone
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
+    write_keys: tuple[str, ...] = field(default=(), repr=False)  # AUTOMATION_WRITE_KEYS: the /v1 API's keys
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +53,7 @@ class Settings:
             global_cap=_cap(env.get("AUTOMATION_FREQUENCY_CAP")),
             full_tick_every=_every(env.get("AUTOMATION_FULL_TICK_EVERY")),
             environ=dict(env),
+            write_keys=_write_keys(env.get("AUTOMATION_WRITE_KEYS")),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -59,6 +61,11 @@ class Settings:
         if "templates_dir" in clean:
             clean["templates_dir"] = Path(clean["templates_dir"])
         return replace(self, **clean)
+
+
+def _write_keys(text: str | None) -> tuple[str, ...]:
+    """The ingestion API's write keys: comma-separated, blanks dropped; none means the API is off."""
+    return tuple(key.strip() for key in (text or "").split(",") if key.strip())
 
 
 def _cap(text: str | None) -> FrequencyCap | None:

@@ -278,7 +278,8 @@ def _report_once(daemon: Daemon, stats: DispatchStats) -> None:
 @pass_app
 @handle_errors
 def serve_cmd(app: App, host: str, port: int) -> None:
-    """Serve one-click unsubscribe links (AUTOMATION_PUBLIC_URL should point here) and /healthz.
+    """Serve one-click unsubscribe links (AUTOMATION_PUBLIC_URL should point here) and /healthz, and,
+    with AUTOMATION_WRITE_KEYS set, the Segment-compatible /v1/identify, /v1/track and /v1/batch.
 
     Requests are not logged one by one (their paths hold unsubscribe tokens); a request the HTTP
     parser refuses (an over-long URL or header) is answered 400 and logged as one warning.
@@ -293,9 +294,12 @@ def serve_cmd(app: App, host: str, port: int) -> None:
     logs.setup("text", logging.INFO)
     logs.quiet_bad_requests()
     web.run_app(
-        make_app(app.migrated_engine(), app.settings.secret_key),
+        make_app(app.migrated_engine(), app.settings.secret_key, write_keys=app.settings.write_keys),
         host=host,
         port=port,
         access_log=None,
-        print=lambda text: click.echo(f"serving unsubscribe links on http://{host}:{port}"),
+        print=lambda text: click.echo(
+            f"serving unsubscribe links on http://{host}:{port}"
+            + (" and the /v1 ingestion API" if app.settings.write_keys else "")
+        ),
     )

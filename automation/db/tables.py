@@ -51,6 +51,8 @@ class Event(SQLModel, table=True):
         Index("ix_event_customer_name_time", "customer_id", "name", "occurred_at"),
         # a tick finds the customers whose events entered or left a rule's window since the last tick
         Index("ix_event_name_time", "name", "occurred_at"),
+        # the sender's id of an event (Segment's messageId): the same call stored twice is one event
+        Index("uq_event_message_id", "message_id", unique=True),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -60,6 +62,7 @@ class Event(SQLModel, table=True):
     name: str = Field(max_length=255)
     occurred_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    message_id: str | None = Field(default=None, max_length=255)
 
 
 class CustomerChange(SQLModel, table=True):

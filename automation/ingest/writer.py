@@ -3,6 +3,8 @@
 A customer row replaces exactly the columns it carries (and ``updated_at``); a new customer gets the
 defaults for the others. Rows are grouped by the columns they carry so that each group is one
 statement. Events naming a customer that is not stored are handed back to the caller as rejected.
+Events carrying a ``message_id`` (the HTTP API's) are written once: a second one with the same id is
+skipped by the database's UNIQUE index, so a sender's retry stores nothing new.
 """
 
 from __future__ import annotations
@@ -52,6 +54,37 @@ def _customer_upsert(dialect: str, columns: tuple[str, ...]) -> Executable:
     return insert.on_conflict_do_update(index_elements=[CUSTOMER.c.id], set_=updates)
 
 
+def stored_attributes(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The stored ``attributes`` of the customers among ``ids``, their rows locked (on PostgreSQL) until
+    the transaction ends, so that a merge of new keys into them loses no concurrent write."""
+    query = (
+        select(CUSTOMER.c.id, CUSTOMER.c.attributes)
+        .where(among_param(CUSTOMER.c.id, "ids", conn.dialect.name))
+        .with_for_update()
+    )
+    return {row.id: dict(row.attributes or {}) for row in conn.execute(query, {"ids": sorted(set(ids))})}
+
+
+def _known_customers(conn: Connection, batch: list[tuple[int, dict[str, Any]]]) -> set[str]:
+    ids = sorted({row["customer_id"] for _line, row in batch})
+    query = select(CUSTOMER.c.id).where(among_param(CUSTOMER.c.id, "ids", conn.dialect.name))
+    return set(conn.execute(query, {"ids": ids}).scalars())
+
+
+def _stored_only(
+    conn: Connection, batch: list[tuple[int, dict[str, Any]]], reject: Callable[[int, str], None], hint: str
+) -> list[dict[str, Any]]:
+    """The rows of ``batch`` naming a stored customer; the others go to ``reject(line, message)``."""
+    known = _known_customers(conn, batch)
+    rows = []
+    for line, row in batch:
+        if row["customer_id"] in known:
+            rows.append(row)
+        else:
+            reject(line, f"unknown customer {row['customer_id']!r}; {hint}")
+    return rows
+
+
 def write_events(
     conn: Connection, batch: list[tuple[int, dict[str, Any]]], reject: Callable[[int, str], None]
 ) -> int:
@@ -59,15 +92,27 @@ def write_events(
 
     A row naming a customer that is not stored is not written: it goes to ``reject(line, message)``.
     """
-    ids = sorted({row["customer_id"] for _line, row in batch})
-    query = select(CUSTOMER.c.id).where(among_param(CUSTOMER.c.id, "ids", conn.dialect.name))
-    known = set(conn.execute(query, {"ids": ids}).scalars())
-    rows = []
-    for line, row in batch:
-        if row["customer_id"] in known:
-            rows.append(row)
-        else:
-            reject(line, f"unknown customer {row['customer_id']!r}; import customers first")
+    rows = _stored_only(conn, batch, reject, "import customers first")
     if rows:
         conn.execute(EVENT.insert(), rows)
     return len(rows)
+
+
+def write_events_once(
+    conn: Connection,
+    batch: list[tuple[int, dict[str, Any]]],
+    reject: Callable[[int, str], None],
+    hint: str = "identify the customer first",
+) -> int:
+    """Append events that may carry a ``message_id``; return how many were new.
+
+    An event whose ``message_id`` is already stored (or earlier in the batch) is skipped, not an error
+    (``INSERT ... ON CONFLICT DO NOTHING``). A row naming a customer that is not stored goes to
+    ``reject(line, message)``.
+    """
+    rows = _stored_only(conn, batch, reject, hint)
+    statement = _dialect_insert(conn.dialect.name, EVENT).on_conflict_do_nothing(
+        index_elements=[EVENT.c.message_id]
+    )
+    # one statement per row: the rowcount says whether that row was new
+    return sum(conn.execute(statement, row).rowcount for row in rows)
