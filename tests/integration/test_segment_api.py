@@ -217,6 +217,8 @@ def test_gzip_bodies_are_accepted(engine: Engine) -> None:
     assert status == 200 and _customer(engine, "u1").plan == "gz"
     status, body = send(engine, "/v1/identify", raw=b"not gzip", headers=BASIC | {"Content-Encoding": "gzip"})
     assert status == 400 and "error" in body
+    status, body = send(engine, "/v1/identify", raw=b"{}", headers=BASIC | {"Content-Encoding": "compress"})
+    assert status == 415 and "Content-Encoding" in body["error"]
 
 
 def test_a_mixed_batch_stores_the_good_calls_and_reports_the_bad(engine: Engine) -> None:
