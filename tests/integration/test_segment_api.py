@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, func, select
 
+from automation.config import Settings
 from automation.db.tables import CHANGE, CUSTOMER, EVENT
 from automation.web.app import make_app
 
@@ -253,3 +254,22 @@ def test_a_good_batch_answers_success(engine: Engine) -> None:
     assert (status, body) == (200, {"success": True, "accepted": 2, "rejected": []})
     status, body = send(engine, "/v1/batch", {"batch": {}})
     assert status == 400 and "batch:" in body["error"]
+
+
+def test_write_keys_come_from_the_environment_and_stay_out_of_repr() -> None:
+    settings = Settings.from_env({"AUTOMATION_WRITE_KEYS": " wk_a, ,wk_b "})
+    assert settings.write_keys == ("wk_a", "wk_b") and "wk_a" not in repr(settings)
+    assert Settings.from_env({}).write_keys == ()
+
+
+def test_a_numeric_user_id_and_a_batch_that_identifies_twice(engine: Engine) -> None:
+    batch = [
+        {"type": "identify", "userId": 42, "traits": {"plan": "free", "a": 1}},
+        {"type": "identify", "userId": "42", "traits": {"plan": "pro", "b": 2}},
+        {"type": "track", "userId": 42, "event": "Upgraded"},
+    ]
+    status, body = send(engine, "/v1/batch", {"batch": batch})
+    assert (status, body["accepted"], body["rejected"]) == (200, 3, [])
+    row = _customer(engine, "42")
+    assert (row.plan, row.attributes, row.orders_count) == ("pro", {"a": 1, "b": 2}, 0)
+    assert [(e.customer_id, e.name) for e in _events(engine)] == [("42", "Upgraded")]
