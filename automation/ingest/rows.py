@@ -44,8 +44,9 @@ _SHOWN_MAX = 80  # characters of a bad value quoted in a problem
 
 #: Importable customer fields: every column of ``customer`` except the bookkeeping ``updated_at``.
 CUSTOMER_FIELDS: tuple[str, ...] = tuple(c.name for c in CUSTOMER.columns if c.name != "updated_at")
-#: Importable event fields (the surrogate key ``id`` is generated).
-EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENT.columns if c.name != "id")
+#: Importable event fields: the surrogate key ``id`` is generated and ``message_id`` is the HTTP API's
+#: idempotency key (files are imported once; a repeated import appends its events again).
+EVENT_FIELDS: tuple[str, ...] = tuple(c.name for c in EVENT.columns if c.name not in ("id", "message_id"))
 #: The pseudo-column of a customer row naming the columns to set to null.
 CLEAR = "clear"
 #: What a customer row may hold.

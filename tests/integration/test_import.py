@@ -230,6 +230,13 @@ def test_unknown_column_is_a_file_error_with_a_suggestion(engine: Engine, tmp_pa
     assert customers(engine) == {}  # nothing imported
 
 
+def test_the_api_message_id_is_not_an_event_file_column(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path / "events.csv", "customer_id,name,occurred_at,message_id\nx1,a,2026-01-01,m1\n")
+    with pytest.raises(InputError) as info:
+        import_events(engine, path)
+    assert str(info.value).startswith(f"{path}:1: unknown column 'message_id'")
+
+
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
