@@ -116,6 +116,13 @@ def change_horizon(engine: Engine) -> int | None:
         return None
 
 
+def newest_change(engine: Engine) -> int:
+    """The highest change log position (0 when the log is empty): one read of the primary key's end,
+    cheap enough for the worker to poll every fraction of a second to notice new writes."""
+    with engine.connect() as conn:
+        return _latest_seq(conn)
+
+
 def _latest_seq(conn: Connection) -> int:
     """The highest change log position visible to ``conn`` (0 when the log is empty)."""
     seq: int = conn.execute(select(func.coalesce(func.max(CHANGE.c.seq), 0))).scalar_one()

@@ -179,6 +179,21 @@ ScheduleText = Annotated[
 ]
 
 
+REACT_MODES = ("immediately", "on schedule")
+
+
+def _to_react(value: Any) -> str:
+    """``react:`` is one of ``REACT_MODES``; anything else is an error naming the choices."""
+    if isinstance(value, str) and value.strip() in REACT_MODES:
+        return value.strip()
+    raise PydanticCustomError(
+        "react", "expected `immediately` or `on schedule`, got '{value}'", {"value": value}
+    )
+
+
+React = Annotated[Literal["immediately", "on schedule"], BeforeValidator(_to_react)]
+
+
 class QuietHours(Frozen):
     start: time
     end: time
@@ -411,6 +426,11 @@ class Playbook(Frozen):
     name: Name
     description: str = ""
     schedule: ScheduleText = Schedule(every=timedelta(minutes=15))
+    react: React = Field(
+        default="immediately",
+        description="immediately: a tick also runs within seconds of a customer write; "
+        "on schedule: only on the schedule",
+    )
     timezone: str = Field(default="UTC", description="time zone for customers whose own zone is unknown")
     quiet_hours: QuietHoursText | None = None
     frequency_cap: FrequencyCapText | None = None

@@ -40,6 +40,8 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("", "description"): "free text",
     ("", "schedule"): 'how often the playbook is evaluated: "every 15 minutes", "every 15m" or '
     'cron "*/15 * * * *" (5 fields)',
+    ("", "react"): "immediately (default): also tick within seconds when customers or events are "
+    "written; on schedule: tick only on the schedule",
     ("", "timezone"): "IANA time zone used for customers whose own timezone is unknown, e.g. Europe/Berlin",
     ("", "quiet_hours"): '"HH:MM-HH:MM" in each customer\'s local time (may wrap midnight): email and SMS '
     "wait until the window ends",

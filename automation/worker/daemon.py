@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from automation.authoring.validate import validate_paths
 from automation.channels.base import Channel
@@ -29,6 +30,9 @@ from automation.rules.compiled import CompiledPlaybook, compile_playbook
 from automation.worker.tick import TickResult, run_tick
 
 log = logging.getLogger("automation.daemon")
+
+#: How many times a SQLite tick is tried when a concurrent writer made its snapshot stale.
+SQLITE_ATTEMPTS = 3
 
 
 @dataclass
@@ -93,9 +97,7 @@ class Daemon:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                     conn.commit()
         else:
-            result = run_tick(
-                self.engine, compiled, self.settings.global_cap, full_every=self.settings.full_tick_every
-            )
+            result = self._sqlite_tick(compiled)
         self.last_ticks[name] = result
         s = result.stats
         log.info(
@@ -110,6 +112,21 @@ class Daemon:
             s["deferred"],
         )
         return result
+
+    def _sqlite_tick(self, compiled: CompiledPlaybook) -> TickResult:
+        """A tick on SQLite, run again (up to ``SQLITE_ATTEMPTS`` times) when another process wrote between
+        its first read and its first write: SQLite then refuses the write at once ("database is locked")
+        and the tick's one transaction is rolled back whole, so running it again is safe."""
+        for attempt in range(1, SQLITE_ATTEMPTS + 1):
+            try:
+                return run_tick(
+                    self.engine, compiled, self.settings.global_cap, full_every=self.settings.full_tick_every
+                )
+            except OperationalError as exc:
+                if attempt == SQLITE_ATTEMPTS or "database is locked" not in str(exc.orig):
+                    raise
+                log.info("%s: another process wrote meanwhile; the tick runs again", compiled.name)
+        raise AssertionError("unreachable")
 
     def tick_all(self, now: datetime) -> list[TickResult]:
         assert self.loaded is not None

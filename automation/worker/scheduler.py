@@ -5,6 +5,13 @@ This is the only module that imports APScheduler and reads the real clock. Each 
 missed slot), ``max_instances=1`` (a tick never overlaps itself) and no misfire grace limit. Ticks run
 in a worker thread so the dispatch loop keeps sending meanwhile.
 
+Reacting: while it runs, the worker polls the newest ``customer_change`` position every ``react_poll``
+seconds (one read of the primary key's end, on SQLite and PostgreSQL alike). When it grew, the tick
+job of every ``react: immediately`` playbook is moved to now (``job.modify(next_run_time=...)``), so a
+reactive tick is the scheduled one run early, with the same coalescing, ``max_instances=1``, lock and
+transaction. At most one tick per playbook starts per ``react_every`` seconds: a burst of writes
+becomes one or two ticks. A playbook whose tick is running is moved when it finishes, never doubled.
+
 Signals: SIGHUP re-validates playbooks and templates (a broken one is reported and the previous set
 keeps running); SIGTERM and SIGINT stop claiming, let in-flight messages finish or release them, and
 exit within ``shutdown_timeout`` seconds.
@@ -28,19 +35,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import SQLAlchemyError
 
 from automation.outbox.dispatch import DispatchStats
 from automation.outbox.lease import next_due, release
+from automation.plan.incremental import newest_change
 from automation.worker.daemon import Daemon
 
 log = logging.getLogger("automation.scheduler")
 
 #: Seconds a stopping worker still gives a tick it finds in the middle of its commit.
 COMMIT_GRACE = 1.0
+#: Seconds between looks at the newest customer change (``react: immediately`` playbooks).
+REACT_POLL = 0.5
+#: Seconds at least between the starts of two ticks of one playbook caused by changes.
+REACT_EVERY = 1.0
 
 
 def utcnow() -> datetime:
@@ -215,6 +229,8 @@ class Worker:
         max_idle: float = 60.0,
         shutdown_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
+        react_poll: float = REACT_POLL,
+        react_every: float = REACT_EVERY,
     ) -> None:
         self.daemon = daemon
         self.poll = poll
@@ -226,6 +242,8 @@ class Worker:
         self.scheduler: AsyncIOScheduler | None = None
         self.totals = DispatchStats()
         self.ticks: set[TickRun] = set()  # the ticks running now
+        self.reactor = Reactor(self, react_poll, react_every)
+        self.serial = threading.Lock() if daemon.engine.dialect.name == "sqlite" else None
 
     def schedule_jobs(self) -> None:
         assert self.scheduler is not None and self.daemon.loaded is not None
@@ -262,7 +280,9 @@ class Worker:
             return
         log.info("%s: tick started", name)
         now = self.clock()
-        run = start_tick(asyncio.get_running_loop(), name, lambda: self.daemon.tick(name, now))
+        run = start_tick(
+            asyncio.get_running_loop(), name, self._one_at_a_time(lambda: self.daemon.tick(name, now))
+        )
         run.task = asyncio.current_task()
         self.ticks.add(run)
         try:
@@ -272,6 +292,20 @@ class Worker:
         finally:
             self.ticks.discard(run)
         self.wake.set()  # new messages may be due now
+
+    def _one_at_a_time(self, tick: Callable[[], object]) -> Callable[[], object]:
+        """On SQLite, ``tick`` waits on its thread for any other playbook's tick to finish: two write
+        transactions that began as reads cannot both commit there (the second fails with "database is
+        locked"), and reacting to a write moves every reactive playbook's tick at once."""
+        if self.serial is None:
+            return tick
+        serial = self.serial
+
+        def serialised() -> object:
+            with serial:
+                return tick()
+
+        return serialised
 
     def _reload(self) -> None:
         if self.daemon.reload():
@@ -284,8 +318,12 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         install_tick_gate(self.daemon.engine)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.scheduler.add_listener(
+            self.reactor.on_job, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
+        )
         self.scheduler.start()
         self.schedule_jobs()
+        watcher = asyncio.ensure_future(self.reactor.watch(self.stop))
         log.info(
             "running %d playbook(s); dispatching",
             len(self.daemon.loaded.playbooks) if self.daemon.loaded else 0,
@@ -320,6 +358,8 @@ class Worker:
                     waiter.cancel()
         finally:
             self.scheduler.pause()  # no tick starts while stopping
+            self.reactor.close()
+            await asyncio.wait([watcher], timeout=self.shutdown_timeout)
             await self._finish_ticks(min(deadline, loop.time() + self.shutdown_timeout))
             self.scheduler.shutdown(wait=False)
             self._release()
@@ -382,3 +422,108 @@ class Worker:
             released = release(conn, self.daemon.config.worker_id)
         if released:
             log.info("released %d claimed message(s)", released)
+
+
+class Reactor:
+    """Runs the tick jobs of ``react: immediately`` playbooks early when customers were written.
+
+    ``watch`` polls the newest ``customer_change`` position; when it grew, every reactive playbook is
+    due. ``react`` moves the job of each due playbook to now, unless a tick of it is running (it is
+    moved when that one finishes: the running tick may have read the log before the new rows) or one
+    started less than ``every`` seconds ago (then it is moved once that time is up). ``on_job`` follows
+    the scheduler's job events, which it sends on the loop right after submitting or finishing a job.
+    """
+
+    def __init__(self, worker: Worker, poll: float, every: float) -> None:
+        self.worker = worker
+        self.poll = poll
+        self.every = every
+        self.due: set[str] = set()  # playbooks with changes no tick has started on yet
+        self.busy: set[str] = set()  # playbooks whose tick job is submitted and not finished
+        self.started: dict[str, float] = {}  # loop time of each playbook's last tick start
+        self.later: asyncio.TimerHandle | None = None
+        self.closed = False
+        self.unavailable = False  # the last look at the change log failed (warned once)
+
+    def reactive(self) -> list[str]:
+        loaded = self.worker.daemon.loaded
+        if loaded is None:
+            return []
+        return [c.name for c in loaded.playbooks if c.loaded.playbook.react == "immediately"]
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: every ``poll`` seconds, mark the reactive playbooks due if the log grew."""
+        last = await self._newest()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.poll)
+            if stop.is_set() or not self.reactive():
+                continue
+            newest = await self._newest()
+            if newest is None:
+                continue
+            if last is not None and newest > last:
+                self.due.update(self.reactive())
+                self.react()
+            last = newest
+
+    async def _newest(self) -> int | None:
+        """The newest change position, or None (one warning per outage, no traceback) when the database
+        cannot be read; the next look retries."""
+        try:
+            newest = await asyncio.to_thread(newest_change, self.worker.daemon.engine)
+        except SQLAlchemyError as exc:
+            if not self.unavailable:
+                log.warning(
+                    "cannot read the change log (%s); retrying",
+                    type(getattr(exc, "orig", None) or exc).__name__,
+                )
+            self.unavailable = True
+            return None
+        if self.unavailable:
+            log.info("reading the change log again")
+            self.unavailable = False
+        return newest
+
+    def react(self) -> None:
+        """Move the job of every due playbook that may tick now to now; come back for the others."""
+        self.later = None
+        scheduler = self.worker.scheduler
+        if self.closed or scheduler is None:
+            return
+        loop = asyncio.get_running_loop()
+        wanted = set(self.reactive())
+        self.due &= wanted
+        wait = 0.0
+        for name in sorted(self.due - self.busy):
+            left = self.started.get(name, float("-inf")) + self.every - loop.time()
+            job = scheduler.get_job(f"tick:{name}")
+            if job is None:
+                self.due.discard(name)
+            elif left > 0:
+                wait = left if wait == 0.0 else min(wait, left)
+            else:
+                job.modify(next_run_time=self.worker.clock())
+        if wait > 0 and self.later is None:
+            self.later = loop.call_later(wait, self.react)
+
+    def on_job(self, event: JobEvent) -> None:
+        """Scheduler listener: a tick job was submitted (it reads the log from now on) or finished."""
+        if not event.job_id.startswith("tick:"):
+            return
+        name = event.job_id.removeprefix("tick:")
+        if event.code == EVENT_JOB_SUBMITTED:
+            self.busy.add(name)
+            self.due.discard(name)
+            self.started[name] = asyncio.get_running_loop().time()
+        else:
+            self.busy.discard(name)
+            if self.due:
+                self.react()
+
+    def close(self) -> None:
+        """Stop moving jobs (the worker is stopping)."""
+        self.closed = True
+        if self.later is not None:
+            self.later.cancel()
+            self.later = None
