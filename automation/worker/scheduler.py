@@ -440,6 +440,7 @@ class Reactor:
         self.every = every
         self.due: set[str] = set()  # playbooks with changes no tick has started on yet
         self.busy: set[str] = set()  # playbooks whose tick job is submitted and not finished
+        self.moved: set[str] = set()  # playbooks whose job was moved to now and is not submitted yet
         self.started: dict[str, float] = {}  # loop time of each playbook's last tick start
         self.later: asyncio.TimerHandle | None = None
         self.closed = False
@@ -487,15 +488,15 @@ class Reactor:
 
     def react(self) -> None:
         """Move the job of every due playbook that may tick now to now; come back for the others."""
-        self.later = None
         scheduler = self.worker.scheduler
         if self.closed or scheduler is None:
             return
         loop = asyncio.get_running_loop()
         wanted = set(self.reactive())
         self.due &= wanted
+        self.moved &= wanted
         wait = 0.0
-        for name in sorted(self.due - self.busy):
+        for name in sorted(self.due - self.busy - self.moved):
             left = self.started.get(name, float("-inf")) + self.every - loop.time()
             job = scheduler.get_job(f"tick:{name}")
             if job is None:
@@ -503,9 +504,14 @@ class Reactor:
             elif left > 0:
                 wait = left if wait == 0.0 else min(wait, left)
             else:
+                self.moved.add(name)
                 job.modify(next_run_time=self.worker.clock())
         if wait > 0 and self.later is None:
-            self.later = loop.call_later(wait, self.react)
+            self.later = loop.call_later(wait, self._come_back)
+
+    def _come_back(self) -> None:
+        self.later = None
+        self.react()
 
     def on_job(self, event: JobEvent) -> None:
         """Scheduler listener: a tick job was submitted (it reads the log from now on) or finished."""
@@ -514,6 +520,7 @@ class Reactor:
         name = event.job_id.removeprefix("tick:")
         if event.code == EVENT_JOB_SUBMITTED:
             self.busy.add(name)
+            self.moved.discard(name)
             self.due.discard(name)
             self.started[name] = asyncio.get_running_loop().time()
         else:
