@@ -2,12 +2,13 @@
 playbook runs early when the change log grows, a ``react: on schedule`` one waits for its schedule, and
 a burst of writes becomes a few ticks, not one per write.
 
-Both playbooks tick every hour, so anything after the first tick is a reaction. Emails go to the file
-outbox (no SMTP server is set).
+Every playbook ticks every hour, so anything after the first tick is a reaction (on SQLite, and on
+PostgreSQL when it is reachable). Emails go to the file outbox (no SMTP server is set).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sqlite3
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from tests.conftest import ROOT
+from automation.db.connect import make_engine
+from tests.conftest import ROOT, fresh_postgres_database
 from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli_env, load_sample, wait_until
 
 pytestmark = pytest.mark.slow
@@ -71,8 +74,8 @@ def project(template_project: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(template_project, tmp_path / "project"))
 
 
-def env() -> dict[str, str]:
-    return cli_env(AUTOMATION_TEMPLATES_DIR=str(ROOT / "templates"))
+def env(**extra: str) -> dict[str, str]:
+    return cli_env(AUTOMATION_TEMPLATES_DIR=str(ROOT / "templates"), **extra)
 
 
 def query(project: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
@@ -92,8 +95,8 @@ def customers_csv(project: Path, ids: list[str]) -> Path:
     return path
 
 
-def import_customers(project: Path, ids: list[str]) -> None:
-    result = cli("import", "customers", str(customers_csv(project, ids)), cwd=project, env=env())
+def import_customers(project: Path, ids: list[str], **extra: str) -> None:
+    result = cli("import", "customers", str(customers_csv(project, ids)), cwd=project, env=env(**extra))
     assert result.returncode == 0, result.stderr
 
 
@@ -109,11 +112,11 @@ def start_import(project: Path, ids: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def start(procs: list[Proc], project: Path) -> Proc:
+def start(procs: list[Proc], project: Path, **extra: str) -> Proc:
     proc = Proc(
         ["run", "--log-format", "json", "--poll", "0.2"],
         cwd=project,
-        env=env(),
+        env=env(**extra),
         stdout=project / f"run-{len(procs)}.out",
     )
     procs.append(proc)
@@ -199,3 +202,26 @@ def test_no_writes_no_reactive_ticks(project: Path, procs: list[Proc]) -> None:
     time.sleep(3.0)  # the ticks' own writes must not look like customer changes
     assert ticks_started(proc, "now") == 1
     stop(proc)
+
+
+def test_postgresql_a_new_customer_is_evaluated_within_seconds(tmp_path: Path, procs: list[Proc]) -> None:
+    with fresh_postgres_database(f"automation_react_{os.getpid()}") as url:
+        (tmp_path / "playbooks").mkdir()
+        (tmp_path / "playbooks" / "now.yaml").write_text(playbook("now", "immediately"))
+        proc = start(procs, tmp_path, AUTOMATION_DATABASE_URL=url)
+        first_ticks_done(proc, "now")
+        engine = make_engine(url)
+
+        def rows() -> list[Any]:
+            with engine.connect() as conn:
+                sql = text("SELECT playbook FROM outbox WHERE customer_id = :c")
+                return list(conn.execute(sql, {"c": "newt-pg"}))
+
+        try:
+            began = time.monotonic()
+            import_customers(tmp_path, ["newt-pg"], AUTOMATION_DATABASE_URL=url)
+            wait_until(rows, REACTION, "the new customer's welcome email")
+            print(f"PostgreSQL reaction latency (import command included): {time.monotonic() - began:.2f}s")
+            stop(proc)
+        finally:
+            engine.dispose()
