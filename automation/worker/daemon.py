@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,11 @@ from automation.worker.tick import TickResult, run_tick
 
 log = logging.getLogger("automation.daemon")
 
-#: How many times a SQLite tick is tried when a concurrent writer made its snapshot stale.
-SQLITE_ATTEMPTS = 3
+#: How many times a SQLite tick is tried when a concurrent writer made its snapshot stale, and the
+#: pause before each new try (doubling from the first, at most the last): a burst of imports from other
+#: processes commits every few milliseconds, and a tick that waits a little finds a quiet moment.
+SQLITE_ATTEMPTS = 10
+SQLITE_PAUSE = (0.05, 1.0)
 
 
 @dataclass
@@ -126,6 +130,8 @@ class Daemon:
                 if attempt == SQLITE_ATTEMPTS or "database is locked" not in str(exc.orig):
                     raise
                 log.info("%s: another process wrote meanwhile; the tick runs again", compiled.name)
+                first, most = SQLITE_PAUSE
+                time.sleep(min(first * 2 ** (attempt - 1), most))
         raise AssertionError("unreachable")
 
     def tick_all(self, now: datetime) -> list[TickResult]:
