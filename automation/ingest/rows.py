@@ -278,15 +278,22 @@ def _object(name: str, value: Any, from_text: bool) -> dict[str, Any]:
     return value
 
 
+def key_text(name: str, value: Any, max_length: int | None) -> str | None:
+    """A key (an id, a message id): text of at most ``max_length`` characters without control
+    characters, or None when not given; RowError otherwise."""
+    text = _text(name, value, max_length)
+    control = _CONTROL.search(text) if text is not None else None
+    if control:
+        raise RowError(f"{name}: contains a control character (U+{ord(control.group()):04X})")
+    return text
+
+
 def _id(name: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # JSON Lines may carry numeric ids
-    text = _text(name, value, _max_length(CUSTOMER, "id"))
+    text = key_text(name, value, _max_length(CUSTOMER, "id"))
     if text is None:
         raise RowError(f"{name}: missing (required)")
-    control = _CONTROL.search(text)
-    if control:
-        raise RowError(f"{name}: contains a control character (U+{ord(control.group()):04X})")
     return text
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from automation.db.tables import EVENT
-from automation.ingest.rows import RowError, customer_row, event_row, json_type
+from automation.ingest.rows import RowError, customer_row, event_row, json_type, key_text
 
 #: Segment trait -> customer column. Both the Segment spelling (camelCase) and the column name work.
 TRAIT_COLUMNS: dict[str, str] = {
@@ -57,7 +57,6 @@ IGNORED_TYPES = frozenset({"page", "screen", "group", "alias"})
 CALL_TYPES = frozenset({"identify", "track"}) | IGNORED_TYPES
 
 _MESSAGE_ID_MAX: int = getattr(EVENT.c.message_id.type, "length", None) or 255
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _EVENT_NAMES = {"customer_id": "userId", "name": "event", "occurred_at": "timestamp"}
 
 
@@ -181,18 +180,10 @@ def _track(user_id: str, body: Mapping[str, Any], received: datetime) -> dict[st
 
 def _message_id(value: Any) -> str | None:
     """``messageId``: a text of at most 255 characters without control characters, or None."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise CallError(f"messageId: expected text, got {json_type(value)}")
-    text = value.strip()
-    if not text:
-        return None
-    if len(text) > _MESSAGE_ID_MAX:
-        raise CallError(f"messageId: longer than {_MESSAGE_ID_MAX} characters")
-    if _CONTROL.search(text):
-        raise CallError("messageId: contains a control character")
-    return text
+    try:
+        return key_text("messageId", value, _MESSAGE_ID_MAX)
+    except RowError as exc:
+        raise CallError(str(exc)) from None
 
 
 def combine_customers(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

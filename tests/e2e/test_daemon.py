@@ -11,7 +11,6 @@ import base64
 import shutil
 import signal
 import sqlite3
-import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli_env, load_sample, wait_until
+from tests.e2e.worker_tools import Proc, check_json_logs, cli, cli_env, load_sample, wait_until
 from tests.hostile import alias_bomb
 from tests.http_server import LocalServer, Recorded, Reply, serve
 from tests.smtp_server import SmtpTestServer
@@ -67,12 +66,6 @@ WAIT = 40.0  # seconds: upper bound for anything the worker does in these tests 
 
 def playbook(fresh_template: str = "welcome") -> str:
     return PLAYBOOK.replace("FRESH_TEMPLATE", fresh_template)
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(EXE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 @pytest.fixture(scope="module")

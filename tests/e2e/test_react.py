@@ -25,7 +25,7 @@ from sqlalchemy import text
 
 from automation.db.connect import make_engine
 from tests.conftest import ROOT, fresh_postgres_database
-from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli_env, load_sample, wait_until
+from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli, cli_env, load_sample, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +51,6 @@ REACTION = 15.0  # seconds: the bound on reacting to a write (it takes 1-2 s)
 
 def playbook(name: str, react: str | None) -> str:
     return PLAYBOOK.replace("NAME", name).replace("REACT\n", f"react: {react}\n" if react else "")
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(EXE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,13 @@ class Proc:
         self._stdout.close()
 
 
+def cli(*args: str, cwd: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``automation <args>`` run to its end in ``cwd`` with ``env``, its output captured."""
+    return subprocess.run(
+        [str(EXE), *args], cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def load_sample(
     run: Callable[..., subprocess.CompletedProcess[str]], cwd: Path, *, customers: int, seed: int, now: str
 ) -> Path:

@@ -405,19 +405,7 @@ STORED = {
     "birthday": "1990-12-10",
     "attributes": {"tier": "gold"},
 }
-KEPT = {
-    "email": "kept@example.com",
-    "phone": "+14155550123",
-    "first_name": "Kim",
-    "timezone": "Europe/Berlin",
-    "owner_email": "owner@example.com",
-    "plan": "pro",
-    "clv": 250.5,
-    "orders_count": 7,
-    "nps": 9,
-    "birthday": date(1990, 12, 10),
-    "attributes": {"tier": "gold"},
-}
+KEPT = {k: v for k, v in STORED.items() if k != "id"} | {"birthday": date(1990, 12, 10)}  # as stored
 DEFAULTS = {
     "email": None,
     "phone": None,
