@@ -90,7 +90,7 @@ def parse_call(body: Any, received: datetime, call_type: str | None = None) -> C
     context = _mapping(body, "context")
     if kind == "identify":
         return Call(kind, customer=_identify(user_id, _mapping(body, "traits"), context))
-    return Call(kind, event=_track(user_id, body, received))
+    return Call(kind, event=_track(user_id, body, received))  # the event row checks the id
 
 
 def _shown(value: Any) -> str:
@@ -107,8 +107,8 @@ def _mapping(body: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _user_id(body: Mapping[str, Any]) -> str:
-    """The call's ``userId``, validated as a customer id."""
+def _user_id(body: Mapping[str, Any]) -> Any:
+    """The call's ``userId`` as given; the customer or event row it goes into validates it."""
     value = body.get("userId")
     if value is None or value == "":
         if body.get("anonymousId") not in (None, ""):
@@ -116,11 +116,7 @@ def _user_id(body: Mapping[str, Any]) -> str:
                 "userId: missing; a call with only anonymousId is not stored (customers are known by userId)"
             )
         raise CallError("userId: missing (required)")
-    try:
-        user_id: str = customer_row({"id": value}, None, from_text=False)["id"]
-    except RowError as exc:
-        raise CallError(_renamed(str(exc), {"id": "userId"})) from None
-    return user_id
+    return value
 
 
 def _renamed(message: str, names: Mapping[str, str]) -> str:
@@ -131,10 +127,10 @@ def _renamed(message: str, names: Mapping[str, str]) -> str:
     return pattern.sub(lambda m: f"{m.group(1)}{names[m.group(2)]}:", message)
 
 
-def _identify(user_id: str, traits: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+def _identify(user_id: Any, traits: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
     """The customer row of an identify call: mapped traits to columns, the others to ``attributes``."""
     raw: dict[str, Any] = {"id": user_id}
-    used: dict[str, str] = {}  # column -> the trait that set it
+    used: dict[str, str] = {"id": "userId"}  # column -> the field that set it
     attributes: dict[str, Any] = {}
     for trait, value in traits.items():
         column = TRAIT_COLUMNS.get(trait)
@@ -159,7 +155,7 @@ def _identify(user_id: str, traits: Mapping[str, Any], context: Mapping[str, Any
         raise CallError(_renamed(str(exc), used)) from None
 
 
-def _track(user_id: str, body: Mapping[str, Any], received: datetime) -> dict[str, Any]:
+def _track(user_id: Any, body: Mapping[str, Any], received: datetime) -> dict[str, Any]:
     """The event row of a track call, with its ``message_id``."""
     name = body.get("event")
     if name is None:

@@ -9,16 +9,17 @@ skipped by the database's UNIQUE index, so a sender's retry stores nothing new.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Executable, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
-from automation.db.in_list import among_param
+from automation.db.in_list import PgArray, among_param
 from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import DatabaseError
 from automation.ingest.rows import CUSTOMER_DEFAULTS, CUSTOMER_FIELDS
@@ -98,21 +99,95 @@ def write_events(
     return len(rows)
 
 
-def write_events_once(
+@dataclass(frozen=True)
+class PreparedEvents:
+    """Event rows that may carry a ``message_id``, already in the stored form of every column, so
+    that writing them is one ``executemany`` of a plain statement (see :func:`prepare_events_once`).
+
+    ``rows`` holds (line, customer id, parameters) in the batch's order; the parameters are a
+    sequence in the order of ``columns`` for a driver taking positional ones, else a mapping.
+    """
+
+    sql: str
+    columns: tuple[str, ...]
+    rows: list[tuple[int, str, Sequence[Any] | dict[str, Any]]]
+
+
+def prepare_events_once(dialect: Dialect, batch: list[tuple[int, dict[str, Any]]]) -> PreparedEvents:
+    """The rows of ``batch`` converted as SQLAlchemy would bind them (JSON text, naive UTC times).
+
+    This is the costly part of writing events; it needs no connection, so a caller can do it before
+    taking a lock or opening a transaction.
+    """
+    compiled = _event_insert_once(dialect)
+    names = compiled.positiontup
+    processors = _bind_processors(dialect)
+    rows: list[tuple[int, str, Sequence[Any] | dict[str, Any]]] = []
+    for line, row in batch:
+        values = {name: processors[name](row.get(name)) for name in EVENT_COLUMNS}
+        rows.append((line, row["customer_id"], tuple(values[n] for n in names) if names else values))
+    return PreparedEvents(compiled.string, tuple(names or EVENT_COLUMNS), rows)
+
+
+def write_prepared_events(
     conn: Connection,
-    batch: list[tuple[int, dict[str, Any]]],
+    prepared: PreparedEvents,
     reject: Callable[[int, str], None],
     hint: str = "identify the customer first",
 ) -> int:
-    """Append events that may carry a ``message_id``; return how many were new.
+    """Append prepared events; return how many were new.
 
     An event whose ``message_id`` is already stored (or earlier in the batch) is skipped, not an error
     (``INSERT ... ON CONFLICT DO NOTHING``). A row naming a customer that is not stored goes to
     ``reject(line, message)``.
     """
-    rows = _stored_only(conn, batch, reject, hint)
-    statement = _dialect_insert(conn.dialect.name, EVENT).on_conflict_do_nothing(
-        index_elements=[EVENT.c.message_id]
-    )
-    # one statement per row: the rowcount says whether that row was new
-    return sum(conn.execute(statement, row).rowcount for row in rows)
+    known = _known_ids(conn, {customer for _line, customer, _params in prepared.rows})
+    params = []
+    for line, customer, values in prepared.rows:
+        if customer in known:
+            params.append(values)
+        else:
+            reject(line, f"unknown customer {customer!r}; {hint}")
+    if not params:
+        return 0
+    result = conn.exec_driver_sql(prepared.sql, params)
+    return result.rowcount  # the rows inserted; those skipped are not counted
+
+
+#: The columns an event row carries (``id`` is the database's).
+EVENT_COLUMNS = ("customer_id", "name", "occurred_at", "properties", "message_id")
+
+
+@lru_cache(maxsize=4)
+def _event_insert_once(dialect: Dialect) -> Any:
+    statement = _dialect_insert(dialect.name, EVENT).inline()  # no RETURNING of the new ids
+    statement = statement.on_conflict_do_nothing(index_elements=[EVENT.c.message_id])
+    return statement.compile(dialect=dialect, column_keys=list(EVENT_COLUMNS))
+
+
+@lru_cache(maxsize=4)
+def _bind_processors(dialect: Dialect) -> dict[str, Callable[[Any], Any]]:
+    """Per event column, what SQLAlchemy does to a value before handing it to the driver."""
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for name in EVENT_COLUMNS:
+        processor = EVENT.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        processors[name] = processor if processor is not None else _same
+    return processors
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _known_ids(conn: Connection, ids: Collection[str]) -> set[str]:
+    """The ids among ``ids`` of stored customers, asked in the driver's own terms (one statement,
+    no SQL built per call beyond SQLite's list of placeholders)."""
+    if not ids:
+        return set()
+    values = sorted(ids)
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql("SELECT id FROM customer WHERE id = ANY(%s::text[])", (PgArray(values),))
+    else:
+        placeholders = ",".join("?" * len(values))
+        rows = conn.exec_driver_sql(f"SELECT id FROM customer WHERE id IN ({placeholders})", tuple(values))
+    return {row[0] for row in rows}

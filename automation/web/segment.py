@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,7 +33,12 @@ from sqlalchemy.exc import DBAPIError
 
 from automation.ingest.rows import json_loads
 from automation.ingest.segment import Call, CallError, combine_customers, merge_attributes, parse_call
-from automation.ingest.writer import stored_attributes, write_customers, write_events_once
+from automation.ingest.writer import (
+    prepare_events_once,
+    stored_attributes,
+    write_customers,
+    write_prepared_events,
+)
 from automation.masking import mask_text
 
 log = logging.getLogger("automation.web.segment")
@@ -39,6 +47,7 @@ log = logging.getLogger("automation.web.segment")
 CALL_MAX, BATCH_MAX = 32 * 1024, 500 * 1024
 _READ_CHUNK = 64 * 1024
 _MISSING_KEY = "missing write key (HTTP Basic user name, Bearer token or a writeKey field)"
+_COMPACT = (",", ":")
 SINGLE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 
 
@@ -89,13 +98,18 @@ def routes(engine: Engine, write_keys: Sequence[str], clock: Callable[[], dateti
     """The ``/v1`` routes; with no write keys they answer 404."""
     keys = tuple(key.encode() for key in write_keys if key)
     _quiet_drain()
+    # SQLite takes one writer at a time: waiting here is cheaper than its busy handler's sleeps
+    lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    def store(calls: list[tuple[int, Call]]) -> _Outcome:
+        return _store(engine, calls, lock)
 
     async def single(request: web.Request) -> web.Response:
         call_type = request.path.rsplit("/", 1)[-1]  # the route: /v1/<type>
         try:
-            body = await _authorized_body(request, keys, CALL_MAX)
+            body, _size = await _authorized_body(request, keys, CALL_MAX)
             call = _parse(body, clock(), call_type)
-            outcome = await asyncio.to_thread(_store, engine, [(0, call)])
+            outcome = await asyncio.to_thread(store, [(0, call)])
         except ApiError as exc:
             return _refused(request, exc)
         if outcome.rejected:
@@ -104,12 +118,12 @@ def routes(engine: Engine, write_keys: Sequence[str], clock: Callable[[], dateti
 
     async def batch(request: web.Request) -> web.Response:
         try:
-            body = await _authorized_body(request, keys, BATCH_MAX)
+            body, size = await _authorized_body(request, keys, BATCH_MAX)
             items = body.get("batch")
             if not isinstance(items, list):
                 raise ApiError(400, "batch: expected a JSON array of calls")
-            outcome, calls = _parse_batch(items, clock())
-            stored = await asyncio.to_thread(_store, engine, calls)
+            outcome, calls = _parse_batch(items, clock(), check_sizes=size > CALL_MAX)
+            stored = await asyncio.to_thread(store, calls)
         except ApiError as exc:
             return _refused(request, exc)
         outcome.accepted = stored.accepted
@@ -136,8 +150,10 @@ def _refused(request: web.Request, exc: ApiError) -> web.Response:
     return _error(exc.status, exc.reason, exc.close)
 
 
-async def _authorized_body(request: web.Request, keys: tuple[bytes, ...], limit: int) -> dict[str, Any]:
-    """The request's JSON object, after checking its size and its write key."""
+async def _authorized_body(
+    request: web.Request, keys: tuple[bytes, ...], limit: int
+) -> tuple[dict[str, Any], int]:
+    """The request's JSON object and its size in bytes, after checking its size and its write key."""
     header_key = _header_key(request.headers.get("Authorization"))
     raw = await _read(request, limit)
     if header_key is not None:
@@ -155,7 +171,7 @@ async def _authorized_body(request: web.Request, keys: tuple[bytes, ...], limit:
         _check_key(key, keys)
     if not isinstance(body, dict):
         raise ApiError(400, f"body: expected a JSON object, got {type(body).__name__}")
-    return body
+    return body, len(raw)
 
 
 def _header_key(header: str | None) -> str | None:
@@ -213,12 +229,17 @@ def _parse(body: Any, received: datetime, call_type: str | None) -> Call:
         raise ApiError(400, str(exc)) from None
 
 
-def _parse_batch(items: list[Any], received: datetime) -> tuple[_Outcome, list[tuple[int, Call]]]:
-    """The calls of a batch that are well formed; the others rejected with their index."""
+def _parse_batch(
+    items: list[Any], received: datetime, check_sizes: bool = True
+) -> tuple[_Outcome, list[tuple[int, Call]]]:
+    """The calls of a batch that are well formed; the others rejected with their index.
+
+    ``check_sizes``: measure each call against :data:`CALL_MAX` (not needed when the whole body is
+    within it)."""
     outcome = _Outcome()
     calls: list[tuple[int, Call]] = []
     for index, item in enumerate(items):
-        if len(json.dumps(item, ensure_ascii=False).encode()) > CALL_MAX:
+        if check_sizes and len(json.dumps(item, ensure_ascii=False, separators=_COMPACT).encode()) > CALL_MAX:
             outcome.reject(index, f"call: larger than {CALL_MAX // 1024} KB")
             continue
         try:
@@ -228,20 +249,28 @@ def _parse_batch(items: list[Any], received: datetime) -> tuple[_Outcome, list[t
     return outcome, calls
 
 
-def _store(engine: Engine, calls: list[tuple[int, Call]]) -> _Outcome:
-    """Write the calls in one transaction: customers first (so a batch may identify, then track)."""
+def _store(
+    engine: Engine, calls: list[tuple[int, Call]], lock: AbstractContextManager[Any] | None = None
+) -> _Outcome:
+    """Write the calls in one transaction: customers first (so a batch may identify, then track).
+
+    The events are converted to their stored form before ``lock`` is taken (SQLite's one writer at a
+    time), so the lock is held only for the statements and the commit."""
     outcome = _Outcome()
     customers = [call.customer for _i, call in calls if call.customer is not None]
     events = [(index, call.event) for index, call in calls if call.event is not None]
+    prepared = prepare_events_once(engine.dialect, events) if events else None
     try:
-        with engine.begin() as conn:
+        with lock or contextlib.nullcontext(), engine.begin() as conn:
             if customers:
                 rows = combine_customers(customers)
                 with_attributes = [row["id"] for row in rows if "attributes" in row]
                 stored = stored_attributes(conn, with_attributes) if with_attributes else {}
                 write_customers(conn, merge_attributes(rows, stored))
-            if events:
-                write_events_once(conn, events, lambda i, reason: outcome.reject(i, f"userId: {reason}"))
+            if prepared is not None:
+                write_prepared_events(
+                    conn, prepared, lambda i, reason: outcome.reject(i, f"userId: {reason}")
+                )
     except DBAPIError as exc:
         log.warning("the database refused a call: %s", mask_text(str(exc.orig)))
         raise ApiError(503, "the database refused the call; send it again later") from None

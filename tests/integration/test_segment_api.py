@@ -273,3 +273,35 @@ def test_a_numeric_user_id_and_a_batch_that_identifies_twice(engine: Engine) -> 
     row = _customer(engine, "42")
     assert (row.plan, row.attributes, row.orders_count) == ("pro", {"a": 1, "b": 2}, 0)
     assert [(e.customer_id, e.name) for e in _events(engine)] == [("42", "Upgraded")]
+
+
+def test_the_event_writer_counts_only_new_rows_and_rejects_unknown_customers(engine: Engine) -> None:
+    from automation.ingest.writer import prepare_events_once, write_prepared_events
+
+    _identify(engine, "u1")
+    when = datetime(2026, 11, 20, 9, 30, 15, 250, tzinfo=UTC)
+
+    def event(message_id: str | None, customer: str = "u1") -> dict[str, Any]:
+        return {
+            "customer_id": customer,
+            "name": "E",
+            "occurred_at": when,
+            "properties": {"n": 1},
+            "message_id": message_id,
+        }
+
+    rejected: list[tuple[int, str]] = []
+    batches = [
+        [(0, event("w-1")), (1, event("w-2")), (2, event("w-1")), (3, event("w-3", "ghost"))],
+        [(0, event("w-2")), (1, event("w-4")), (2, event(None)), (3, event(None))],
+    ]
+    new = []
+    for batch in batches:
+        prepared = prepare_events_once(engine.dialect, batch)
+        with engine.begin() as conn:
+            new.append(write_prepared_events(conn, prepared, lambda i, r: rejected.append((i, r))))
+    assert new == [2, 3]
+    assert [index for index, _reason in rejected] == [3] and "unknown customer 'ghost'" in rejected[0][1]
+    stored = _events(engine)
+    assert [e.message_id for e in stored] == ["w-1", "w-2", "w-4", None, None]
+    assert {(e.occurred_at, e.properties["n"]) for e in stored} == {(when, 1)}
