@@ -4,9 +4,10 @@ For each playbook: every segment and stage rule (and the recurring rules and the
 customer's program) with its value for the customer, each sub-expression of the rule evaluated as its own
 SQL column (true, false or unknown), and the field and function values it used; the program and step the
 customer is on; the actions the engine would plan now (``plan.planner.plan`` for this one customer, the
-daemon's path, so the reasons are the daemon's); and what the outbox already holds for the customer.
-Reads the database, writes nothing. One module, although long: the trace, the program position and the
-planned actions are one report about one customer, assembled and rendered in one place.
+daemon's path, so the reasons are the daemon's); what the outbox already holds for the customer; and the
+customer's latest events as of the evaluation time. Reads the database, writes nothing. One module,
+although long: the trace, the program position and the planned actions are one report about one
+customer, assembled and rendered in one place.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -25,6 +27,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from automation.authoring.preview import PreviewSink
 from automation.db.tables import CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE
 from automation.errors import InputError
+from automation.masking import mask_text
 from automation.plan.planner import plan
 from automation.plan.records import PlannedAction
 from automation.playbook.models import FrequencyCap, Rule, TaskStep, WaitStep, step_channel, step_template
@@ -98,21 +101,36 @@ class PlaybookExplanation:
 
 
 @dataclass
+class RecentEvents:
+    """A customer's latest events at or before the evaluation time, newest first, and how many there are."""
+
+    events: list[dict[str, Any]]  # occurred_at, name, message_id, properties
+    total: int  # events at or before the evaluation time (what the rules count)
+    later: int  # events after it: not listed, not counted by the rules
+
+
+@dataclass
 class Explanation:
     customer_id: str
     at: datetime
     customer: dict[str, Any]
     playbooks: list[PlaybookExplanation]
     outbox: list[dict[str, Any]]
+    events: RecentEvents | None = None  # None: not asked for (``events=0``)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "customer_id": self.customer_id,
             "at": self.at.isoformat(),
             "customer": _jsonable(self.customer),
             "playbooks": [p.as_json() for p in self.playbooks],
             "outbox": _jsonable(self.outbox),
         }
+        if self.events is not None:
+            out["events"] = _jsonable(self.events.events)
+            out["events_total"] = self.events.total
+            out["events_later"] = self.events.later
+        return out
 
 
 def explain(
@@ -120,8 +138,12 @@ def explain(
     playbooks: list[CompiledPlaybook],
     customer_id: str,
     global_cap: FrequencyCap | None = None,
+    events: int = 10,
 ) -> Explanation:
-    """The decision trace of one customer in each of ``playbooks`` (compiled for the same moment)."""
+    """The decision trace of one customer in each of ``playbooks`` (compiled for the same moment), with
+    the customer's ``events`` latest events (0: none, and no count)."""
+    if events < 0:
+        raise InputError(f"events: expected 0 or more, got {events}")
     row = conn.execute(select(CUSTOMER).where(CUSTOMER.c.id == customer_id)).mappings().first()
     if row is None:
         raise InputError(f"no customer with id {customer_id!r}; check the id or import the customer first")
@@ -147,7 +169,32 @@ def explain(
             .order_by(OUTBOX.c.created_at, OUTBOX.c.id)
         ).mappings()
     ]
-    return Explanation(customer_id, at, customer, out, outbox)
+    recent = last_events(conn, customer_id, at, events) if events else None
+    return Explanation(customer_id, at, customer, out, outbox, recent)
+
+
+def last_events(conn: Connection, customer_id: str, at: datetime, limit: int) -> RecentEvents:
+    """The customer's ``limit`` latest events at or before ``at``, newest first (ties: the later
+    stored first), and the counts of the events up to ``at`` and after it.
+
+    Two statements, both reading the customer's rows of ``ix_event_customer_name_time``; the list sorts
+    only this customer's events."""
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    rows = conn.execute(
+        select(EVENT.c.occurred_at, EVENT.c.name, EVENT.c.message_id, EVENT.c.properties)
+        .where(EVENT.c.customer_id == customer_id, EVENT.c.occurred_at <= at)
+        .order_by(EVENT.c.occurred_at.desc(), EVENT.c.id.desc())
+        .limit(limit)
+    ).mappings()
+    events = [dict(row) for row in rows]
+    counted = conn.execute(
+        select(
+            func.count(case((EVENT.c.occurred_at <= at, literal(1)))).label("total"),
+            func.count().label("stored"),
+        ).where(EVENT.c.customer_id == customer_id)
+    ).one()
+    total = int(counted.total)
+    return RecentEvents(events, total, int(counted.stored) - total)
 
 
 def explain_playbook(
@@ -497,6 +544,44 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+#: What would break a line or move the cursor: control characters (Unicode Cc), U+2028 and U+2029.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Characters of an event's name, message id and properties in the text output.
+NAME_WIDTH, MESSAGE_ID_WIDTH, PROPERTIES_WIDTH = 32, 36, 80
+
+
+def _one_line(text: str, width: int) -> str:
+    """``text`` for one line of terminal output: control characters escaped, addresses and phone
+    numbers masked, cut to ``width`` characters (masked before it is cut, so no address is left half
+    masked)."""
+    text = mask_text(_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _properties_line(properties: Any) -> str:
+    if not properties:
+        return ""
+    # keys sorted: the same line on SQLite (as stored) and PostgreSQL (JSONB's own order)
+    text = json.dumps(_jsonable(properties), ensure_ascii=False, sort_keys=True, default=str)
+    return _one_line(text, PROPERTIES_WIDTH)
+
+
+def _events_text(recent: RecentEvents, at: datetime) -> list[str]:
+    later = f"; {recent.later} later, after {_ts(at)}, not shown" if recent.later else ""
+    if not recent.total:
+        return [f"last events: none{later}"]
+    lines = [f"last events ({len(recent.events)} of {recent.total} events{later}):"]
+    names = [_one_line(e["name"], NAME_WIDTH) for e in recent.events]
+    ids = [_one_line(e["message_id"], MESSAGE_ID_WIDTH) if e["message_id"] else "-" for e in recent.events]
+    name_width, id_width = max(map(len, names)), max(map(len, ids))
+    for event, name, message_id in zip(recent.events, names, ids, strict=True):
+        when = event["occurred_at"]
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+        line = f"  {when:%Y-%m-%d %H:%M:%S} UTC  {name:<{name_width}}  {message_id:<{id_width}}"
+        lines.append(f"{line}  {_properties_line(event['properties'])}".rstrip())
+    return lines
+
+
 def _truth(value: bool | None) -> str:
     return "unknown" if value is None else ("true" if value else "false")
 
@@ -563,6 +648,9 @@ def render_text(result: Explanation) -> str:
                 f"  #{row['id']:<5} {row['step'] or '':<28} {row['channel']:<8} {row['template']:<20} "
                 f"{row['status']:<10} {label} {_ts(when)}{error}"
             )
+    if result.events is not None:
+        lines.append("")
+        lines.extend(_events_text(result.events, result.at))
     return "\n".join(lines)
 
 

@@ -137,16 +137,25 @@ def preview_cmd(
     "--at", "at_text", metavar="TIMESTAMP", help="Evaluate as of this ISO 8601 time (default: now)."
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--events",
+    "events",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="List the customer's N latest events up to --at (0: leave the section out).",
+)
 @pass_app
 @handle_errors
 def explain_cmd(
-    app: App, customer_id: str, playbook_path: Path | None, at_text: str | None, fmt: str
+    app: App, customer_id: str, playbook_path: Path | None, at_text: str | None, fmt: str, events: int
 ) -> None:
     """Why CUSTOMER_ID is in its segment and stage, and what would be sent to it now, and why not.
 
     Every segment and stage rule with its value and the value of each sub-expression, the program and
-    step, the actions the next tick would plan (with the daemon's reasons) and the customer's outbox.
-    Writes nothing. Exit 2 for an unknown customer.
+    step, the actions the next tick would plan (with the daemon's reasons), the customer's outbox and
+    latest events. Writes nothing. Exit 2 for an unknown customer.
     """
     from automation.authoring.explain import explain, render_text
 
@@ -159,7 +168,7 @@ def explain_cmd(
             compile_playbook(item.loaded, now) for item in validate_paths([app.settings.playbooks_dir], store)
         ]
     with app.migrated_engine().connect() as conn:
-        result = explain(conn, compiled, customer_id, app.settings.global_cap)
+        result = explain(conn, compiled, customer_id, app.settings.global_cap, events=events)
         conn.rollback()
     if fmt == "json":
         click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False, default=str))
