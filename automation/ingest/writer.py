@@ -120,13 +120,9 @@ def prepare_events_once(dialect: Dialect, batch: list[tuple[int, dict[str, Any]]
     taking a lock or opening a transaction.
     """
     compiled = _event_insert_once(dialect)
-    names = compiled.positiontup
-    processors = _bind_processors(dialect)
-    rows: list[tuple[int, str, Sequence[Any] | dict[str, Any]]] = []
-    for line, row in batch:
-        values = {name: processors[name](row.get(name)) for name in EVENT_COLUMNS}
-        rows.append((line, row["customer_id"], tuple(values[n] for n in names) if names else values))
-    return PreparedEvents(compiled.string, tuple(names or EVENT_COLUMNS), rows)
+    stored_form = _stored_form(dialect)
+    rows = [(line, row["customer_id"], stored_form(row)) for line, row in batch]
+    return PreparedEvents(compiled.string, tuple(compiled.positiontup or EVENT_COLUMNS), rows)
 
 
 def write_prepared_events(
@@ -166,17 +162,20 @@ def _event_insert_once(dialect: Dialect) -> Any:
 
 
 @lru_cache(maxsize=4)
-def _bind_processors(dialect: Dialect) -> dict[str, Callable[[Any], Any]]:
-    """Per event column, what SQLAlchemy does to a value before handing it to the driver."""
-    processors: dict[str, Callable[[Any], Any]] = {}
-    for name in EVENT_COLUMNS:
-        processor = EVENT.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        processors[name] = processor if processor is not None else _same
-    return processors
+def _stored_form(dialect: Dialect) -> Callable[[dict[str, Any]], Sequence[Any] | dict[str, Any]]:
+    """A function from an event row to its parameters as SQLAlchemy would bind them for ``dialect``:
+    a tuple in the statement's order for a driver taking positional parameters, else a mapping."""
+    order = _event_insert_once(dialect).positiontup
+    converters = []  # (column, what SQLAlchemy does to its value before the driver gets it)
+    for name in order or EVENT_COLUMNS:
+        converters.append((name, EVENT.c[name].type.dialect_impl(dialect).bind_processor(dialect)))
+    if order is None:
+        return lambda row: {name: _apply(processor, row.get(name)) for name, processor in converters}
+    return lambda row: tuple([_apply(processor, row.get(name)) for name, processor in converters])
 
 
-def _same(value: Any) -> Any:
-    return value
+def _apply(processor: Callable[[Any], Any] | None, value: Any) -> Any:
+    return value if processor is None else processor(value)
 
 
 def _known_ids(conn: Connection, ids: Collection[str]) -> set[str]:
