@@ -3,12 +3,19 @@
 Any writer is covered, not only this program: an import, a CRM sync or a hand-written UPDATE. On
 PostgreSQL the triggers are per statement and read the statement's transition table, so a bulk
 import costs one INSERT ... SELECT per statement rather than one per row.
+
+On PostgreSQL the trigger functions also notify ``CHANNEL`` when they logged a customer, once per
+writing transaction, so a running worker listening on it reacts without waiting for its next poll.
+Migration 0007 adds that to the functions; this module writes them as revision 0002 does, and that
+migration keeps its own copy of both versions.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection
 
+#: The notification channel of the PostgreSQL trigger functions (see migration 0007).
+CHANNEL = "automation_change"
 #: (table, column holding the customer id) whose writes are logged.
 LOGGED = (("customer", "id"), ("event", "customer_id"))
 OPERATIONS = ("insert", "update", "delete")

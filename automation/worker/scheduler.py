@@ -5,11 +5,14 @@ This is the only module that imports APScheduler and reads the real clock. Each 
 missed slot), ``max_instances=1`` (a tick never overlaps itself) and no misfire grace limit. Ticks run
 in a worker thread so the dispatch loop keeps sending meanwhile.
 
-Reacting: while it runs, the worker polls the newest ``customer_change`` position every ``react_poll``
-seconds (one read of the primary key's end, on SQLite and PostgreSQL alike). When it grew, the tick
-job of every ``react: immediately`` playbook is moved to now (``job.modify(next_run_time=...)``), so a
-reactive tick is the scheduled one run early, with the same coalescing, ``max_instances=1``, lock and
-transaction. At most one tick per playbook starts per ``react_every`` seconds: a burst of writes
+Reacting: while it runs, the worker looks at the newest ``customer_change`` position (one read of the
+primary key's end). On PostgreSQL it listens for the change log's notifications
+(``automation.worker.listen``) and looks as soon as one arrives, and otherwise only every
+``react_safety`` seconds, a safety net for a notification that never came; on SQLite, and on PostgreSQL
+while the listening connection is down, it looks every ``react_poll`` seconds. When the position grew,
+the tick job of every ``react: immediately`` playbook is moved to now (``job.modify(next_run_time=...)``),
+so a reactive tick is the scheduled one run early, with the same coalescing, ``max_instances=1``, lock
+and transaction. At most one tick per playbook starts per ``react_every`` seconds: a burst of writes
 becomes one or two ticks. A playbook whose tick is running is moved when it finishes, never doubled.
 
 Signals: SIGHUP re-validates playbooks and templates (a broken one is reported and the previous set
@@ -46,13 +49,20 @@ from automation.outbox.dispatch import DispatchStats
 from automation.outbox.lease import next_due, release
 from automation.plan.incremental import newest_change
 from automation.worker.daemon import Daemon
+from automation.worker.listen import LISTEN_RETRY, ChangeListener
 
 log = logging.getLogger("automation.scheduler")
 
 #: Seconds a stopping worker still gives a tick it finds in the middle of its commit.
 COMMIT_GRACE = 1.0
-#: Seconds between looks at the newest customer change (``react: immediately`` playbooks).
+#: Seconds between looks at the newest customer change (``react: immediately`` playbooks) when nothing
+#: notifies: on SQLite, and on PostgreSQL while the listening connection is down.
 REACT_POLL = 0.5
+#: Seconds between looks on PostgreSQL while listening: the safety net for a lost notification.
+REACT_SAFETY = 5.0
+#: Seconds at least between two looks caused by notifications: a stream of writing transactions is
+#: looked at twice a second, not once per transaction (ticks start at most once per REACT_EVERY).
+REACT_GAP = 0.5
 #: Seconds at least between the starts of two ticks of one playbook caused by changes.
 REACT_EVERY = 1.0
 
@@ -231,6 +241,7 @@ class Worker:
         clock: Callable[[], datetime] = utcnow,
         react_poll: float = REACT_POLL,
         react_every: float = REACT_EVERY,
+        react_safety: float = REACT_SAFETY,
     ) -> None:
         self.daemon = daemon
         self.poll = poll
@@ -242,7 +253,7 @@ class Worker:
         self.scheduler: AsyncIOScheduler | None = None
         self.totals = DispatchStats()
         self.ticks: set[TickRun] = set()  # the ticks running now
-        self.reactor = Reactor(self, react_poll, react_every)
+        self.reactor = Reactor(self, react_poll, react_every, safety=react_safety)
         self.serial = threading.Lock() if daemon.engine.dialect.name == "sqlite" else None
 
     def schedule_jobs(self) -> None:
@@ -427,17 +438,30 @@ class Worker:
 class Reactor:
     """Runs the tick jobs of ``react: immediately`` playbooks early when customers were written.
 
-    ``watch`` polls the newest ``customer_change`` position; when it grew, every reactive playbook is
-    due. ``react`` moves the job of each due playbook to now, unless a tick of it is running (it is
-    moved when that one finishes: the running tick may have read the log before the new rows) or one
-    started less than ``every`` seconds ago (then it is moved once that time is up). ``on_job`` follows
-    the scheduler's job events, which it sends on the loop right after submitting or finishing a job.
+    ``watch`` looks at the newest ``customer_change`` position when notified (PostgreSQL) or when its
+    polling interval is up; when it grew, every reactive playbook is due. ``react`` moves the job of
+    each due playbook to now, unless a tick of it is running (it is moved when that one finishes: the
+    running tick may have read the log before the new rows) or one started less than ``every``
+    seconds ago (then it is moved once that time is up). ``on_job`` follows the scheduler's job events,
+    which it sends on the loop right after submitting or finishing a job.
     """
 
-    def __init__(self, worker: Worker, poll: float, every: float) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        poll: float,
+        every: float,
+        *,
+        safety: float = REACT_SAFETY,
+        gap: float = REACT_GAP,
+        listen_retry: float = LISTEN_RETRY,
+    ) -> None:
         self.worker = worker
         self.poll = poll
         self.every = every
+        self.safety = safety
+        self.gap = gap
+        self.listen_retry = listen_retry
         self.due: set[str] = set()  # playbooks with changes no tick has started on yet
         self.busy: set[str] = set()  # playbooks whose tick job is submitted and not finished
         self.moved: set[str] = set()  # playbooks whose job was moved to now and is not submitted yet
@@ -445,6 +469,9 @@ class Reactor:
         self.later: asyncio.TimerHandle | None = None
         self.closed = False
         self.unavailable = False  # the last look at the change log failed (warned once)
+        self.listener: ChangeListener | None = None  # PostgreSQL, while there are reactive playbooks
+        self.nudged = asyncio.Event()  # the listener heard of a change (or started or stopped listening)
+        self.found = float("-inf")  # loop time of the last look that found new changes
 
     def reactive(self) -> list[str]:
         loaded = self.worker.daemon.loaded
@@ -453,20 +480,59 @@ class Reactor:
         return [c.name for c in loaded.playbooks if c.loaded.playbook.react == "immediately"]
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: every ``poll`` seconds, mark the reactive playbooks due if the log grew."""
+        """Until ``stop``: look at the change log when nudged or when the polling interval is up, and
+        mark the reactive playbooks due if it grew. The listening connection is closed on the way out."""
+        loop = asyncio.get_running_loop()
         last = await self._newest()
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                await self._follow()
+                await self._pause(stop)
+                self.nudged.clear()  # a notification from here on makes another look
+                if stop.is_set() or not self.reactive():
+                    continue
+                began = loop.time()
+                newest = await self._newest()
+                if newest is None:
+                    continue
+                if last is not None and newest > last:
+                    self.found = began
+                    self.due.update(self.reactive())
+                    self.react()
+                last = newest
+        finally:
+            if self.listener is not None:
+                await self.listener.close()
+                self.listener = None
+
+    async def _follow(self) -> None:
+        """Listen on PostgreSQL while some playbook reacts; stop when none does (after a reload)."""
+        wanted = bool(self.reactive()) and self.worker.daemon.engine.dialect.name == "postgresql"
+        if wanted and self.listener is None:
+            self.listener = ChangeListener(
+                self.worker.daemon.engine, self.nudged.set, fallback=self.poll, retry=self.listen_retry
+            )
+            self.listener.start()
+        elif not wanted and self.listener is not None:
+            await self.listener.close()
+            self.listener = None
+
+    async def _pause(self, stop: asyncio.Event) -> None:
+        """Wait for ``stop``, a nudge, or the polling interval: ``safety`` seconds while listening,
+        ``poll`` otherwise. A nudge less than ``gap`` seconds after a look that found changes waits for
+        the rest: a stream of writing transactions is looked at every ``gap`` seconds, and a first
+        write after a quiet spell at once. (Ticks start at most every ``every`` seconds anyway.)"""
+        listening = self.listener is not None and self.listener.listening
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.nudged.wait())]
+        await asyncio.wait(
+            waits, timeout=self.safety if listening else self.poll, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waits:
+            waiter.cancel()
+        rest = self.found + self.gap - asyncio.get_running_loop().time()
+        if self.nudged.is_set() and rest > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll)
-            if stop.is_set() or not self.reactive():
-                continue
-            newest = await self._newest()
-            if newest is None:
-                continue
-            if last is not None and newest > last:
-                self.due.update(self.reactive())
-                self.react()
-            last = newest
+                await asyncio.wait_for(stop.wait(), timeout=rest)
 
     async def _newest(self) -> int | None:
         """The newest change position, or None (one warning per outage, no traceback) when the database

@@ -3,7 +3,8 @@ playbook runs early when the change log grows, a ``react: on schedule`` one wait
 a burst of writes becomes a few ticks, not one per write.
 
 Every playbook ticks every hour, so anything after the first tick is a reaction (on SQLite, and on
-PostgreSQL when it is reachable). Emails go to the file outbox (no SMTP server is set).
+PostgreSQL when it is reachable, where the worker listens for the change log's notifications). Emails go
+to the file outbox (no SMTP server is set).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from sqlalchemy import text
 
 from automation.db.connect import make_engine
+from automation.db.triggers import CHANNEL
 from tests.conftest import ROOT, fresh_postgres_database
 from tests.e2e.worker_tools import EXE, Proc, check_json_logs, cli, cli_env, load_sample, wait_until
 
@@ -216,6 +218,7 @@ def test_postgresql_a_new_customer_is_evaluated_within_seconds(tmp_path: Path, p
             import_customers(tmp_path, ["newt-pg"], AUTOMATION_DATABASE_URL=url)
             wait_until(rows, REACTION, "the new customer's welcome email")
             print(f"PostgreSQL reaction latency (import command included): {time.monotonic() - began:.2f}s")
-            stop(proc)
+            records = stop(proc)  # the listening connection closed without a warning
+            assert f"listening for changes (LISTEN {CHANNEL})" in [r["message"] for r in records]
         finally:
             engine.dispose()
