@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   create the SQLite database, load sample data, preview the example playbook, run it once
+#   make demo   create the SQLite database, load sample data, preview the example playbook, run it once,
+#               then send live events over HTTP and watch the worker react
 #   make test   run the whole test suite (PostgreSQL tests skip locally when no server answers)
 PYTHON ?= python3
 VENV := .venv
@@ -22,9 +23,10 @@ demo: $(STAMP)
 	$(BIN)/automation validate playbooks/
 	$(BIN)/automation preview playbooks/lifecycle.yaml --limit 15
 	$(BIN)/automation run --once
+	$(BIN)/python examples/live_demo.py
 
 test: $(STAMP)
-	$(BIN)/ruff check automation tests bench
+	$(BIN)/ruff check automation tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest
 
