@@ -33,6 +33,7 @@ class Settings:
     full_tick_every: timedelta = DEFAULT_FULL_TICK_EVERY  # AUTOMATION_FULL_TICK_EVERY: evaluate everyone
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
     write_keys: tuple[str, ...] = field(default=(), repr=False)  # AUTOMATION_WRITE_KEYS: the /v1 API's keys
+    metrics_token: str = field(default="", repr=False)  # AUTOMATION_METRICS_TOKEN: serve's /metrics
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +55,7 @@ class Settings:
             full_tick_every=_every(env.get("AUTOMATION_FULL_TICK_EVERY")),
             environ=dict(env),
             write_keys=_write_keys(env.get("AUTOMATION_WRITE_KEYS")),
+            metrics_token=env.get("AUTOMATION_METRICS_TOKEN", "").strip(),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

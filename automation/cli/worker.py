@@ -275,31 +275,53 @@ def _report_once(daemon: Daemon, stats: DispatchStats) -> None:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM/SIGINT: seconds requests in flight get to finish before they are cut off.",
+)
 @pass_app
 @handle_errors
-def serve_cmd(app: App, host: str, port: int) -> None:
+def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float) -> None:
     """Serve one-click unsubscribe links (AUTOMATION_PUBLIC_URL should point here) and /healthz, and,
-    with AUTOMATION_WRITE_KEYS set, the Segment-compatible /v1/identify, /v1/track and /v1/batch.
+    with AUTOMATION_WRITE_KEYS set, the Segment-compatible /v1/identify, /v1/track and /v1/batch, and,
+    with AUTOMATION_METRICS_TOKEN set, Prometheus /metrics (Authorization: Bearer <token>).
 
-    Requests are not logged one by one (their paths hold unsubscribe tokens); a request the HTTP
-    parser refuses (an over-long URL or header) is answered 400 and logged as one warning.
+    On SIGTERM or SIGINT it stops accepting connections, lets the requests in flight finish (at most
+    --shutdown-timeout seconds) and exits 0. Requests are not logged one by one (their paths hold
+    unsubscribe tokens); a request the HTTP parser refuses (an over-long URL or header) is answered
+    400 and logged as one warning.
     """
     import logging
 
-    from aiohttp import web
-
     from automation import logs
-    from automation.web.app import make_app
+    from automation.web.app import make_app, serve
 
     logs.setup("text", logging.INFO)
     logs.quiet_bad_requests()
-    web.run_app(
-        make_app(app.migrated_engine(), app.settings.secret_key, write_keys=app.settings.write_keys),
-        host=host,
-        port=port,
-        access_log=None,
-        print=lambda text: click.echo(
-            f"serving unsubscribe links on http://{host}:{port}"
-            + (" and the /v1 ingestion API" if app.settings.write_keys else "")
+    settings = app.settings
+    served = ["unsubscribe links"]
+    if settings.write_keys:
+        served.append("the /v1 ingestion API")
+    if settings.metrics_token:
+        served.append("/metrics")
+    serve(
+        make_app(
+            app.migrated_engine(),
+            settings.secret_key,
+            write_keys=settings.write_keys,
+            metrics_token=settings.metrics_token,
         ),
+        host,
+        port,
+        shutdown_timeout,
+        announce=lambda: click.echo(f"serving {_listed(served)} on http://{host}:{port}"),
     )
+    click.echo("stopped", err=True)
+
+
+def _listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -1,18 +1,35 @@
 """The aiohttp application of ``automation serve``: the routes of every concern, and a health check.
 
 Each concern is a module of this package with a ``routes(...)`` function (``unsubscribe``, and
-``segment``, the ``/v1`` ingestion API); the app adds them and ``GET /healthz``.
+``segment``, the ``/v1`` ingestion API); the app adds them, ``GET /healthz`` and ``GET /metrics``
+(``metrics``: its middleware counts every request). ``serve`` runs the app until SIGTERM or SIGINT,
+then lets the requests in flight finish.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
 from sqlalchemy import Engine
 
-from automation.web import segment, unsubscribe
+from automation.errors import ConfigError
+from automation.web import metrics, segment, unsubscribe
+
+log = logging.getLogger("automation.serve")
+
+#: The app's request counts (also how ``serve`` knows which requests are in flight).
+METRICS = web.AppKey("metrics", metrics.ServeMetrics)
+#: Seconds aiohttp gives a request that started after the requests in flight were waited for (one
+#: that came on a kept-alive connection in the same instant) before it is cut off without an answer.
+CUT_OFF = 0.5
+#: Seconds an idle connection is kept open: longer than a proxy's (nginx: 60 s), so the proxy closes first.
+KEEPALIVE = 75.0
+_POLL = 0.02
 
 
 def make_app(
@@ -20,15 +37,88 @@ def make_app(
     secret: str,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     write_keys: Sequence[str] = (),
+    metrics_token: str = "",
+    counts: metrics.ServeMetrics | None = None,
 ) -> web.Application:
-    """The application, its handlers bound to ``engine``, the signing ``secret``, ``clock`` and the
-    ingestion API's ``write_keys`` (none: the API is off)."""
+    """The application, its handlers bound to ``engine``, the signing ``secret``, ``clock``, the
+    ingestion API's ``write_keys`` (none: the API is off) and the bearer token of ``/metrics`` (empty:
+    it answers 404). ``counts``: where requests are counted (default: new counts)."""
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application()
+    counts = counts or metrics.ServeMetrics()
+    app = web.Application(middlewares=[metrics.middleware(counts)])
+    app[METRICS] = counts
     app.add_routes(unsubscribe.routes(engine, secret, clock))
-    app.add_routes(segment.routes(engine, write_keys, clock))
+    app.add_routes(segment.routes(engine, write_keys, clock, counts))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics.handler(counts, metrics_token))
     return app
+
+
+def serve(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, announce: Callable[[], None]
+) -> None:
+    """Serve ``app`` (from :func:`make_app`) on ``host:port`` until SIGTERM or SIGINT; ``announce()``
+    once it listens. A port that cannot be opened is a ``ConfigError``.
+
+    On the signal the listening socket is closed, so new connections are refused, and the requests in
+    flight get ``shutdown_timeout`` seconds to finish, including those whose body is still arriving;
+    each is answered (a ``/v1`` call after it is written) with ``Connection: close``. A request still
+    running then is cancelled and its connection closed without an answer: a sender is never told of
+    success for data that was not stored. A second signal stops the wait at once.
+    """
+    asyncio.run(_serve(app, host, port, shutdown_timeout, announce))
+
+
+async def _serve(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, announce: Callable[[], None]
+) -> None:
+    counts = app[METRICS]
+    draining = False
+
+    async def close_when_draining(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        if draining:  # the headers are made before this hook: say it as well as do it
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    app.on_response_prepare.append(close_when_draining)
+    # aiohttp's own wait (shutdown_timeout) drops request bodies that arrive after it begins, so the
+    # wait for requests in flight happens here, before the runner's cleanup
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=CUT_OFF, keepalive_timeout=KEEPALIVE
+    )
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def signalled() -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, signalled)
+        announce()
+        await stop.wait()
+        draining = True
+        await site.stop()
+        log.info(
+            "stopping: no new connections; requests in flight (%d) get up to %gs to finish",
+            counts.in_flight,
+            shutdown_timeout,
+        )
+        deadline = loop.time() + shutdown_timeout
+        while counts.in_flight and not hurry.is_set() and loop.time() < deadline:
+            await asyncio.sleep(_POLL)
+        if counts.in_flight:
+            log.warning("requests still in flight (%d) are cut off without an answer", counts.in_flight)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

@@ -1,6 +1,7 @@
 """Prometheus metrics and a health check over HTTP, for ``automation run --metrics-port``.
 
-``GET /metrics`` answers in the Prometheus text exposition format (0.0.4), written here by hand.
+``GET /metrics`` answers in the Prometheus text exposition format (0.0.4), written here by hand
+(``Family`` and ``render``, also used by ``automation serve``'s metrics in ``automation.web.metrics``).
 Database-backed gauges are computed on each scrape with a few aggregate queries
 (``automation.worker.status``), in a worker thread so the event loop keeps dispatching; dispatch
 counters come from this process (the worker's running ``DispatchStats``, updated after each drain
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -51,15 +52,31 @@ StatsSource = Callable[[], DispatchStats | None]
 
 @dataclass
 class Family:
-    """One metric: its name, type (gauge or counter), help text and samples (labels, value)."""
+    """One metric: its name, type (gauge, counter or histogram), help text and samples (name suffix,
+    labels, value); a plain sample's suffix is empty, a histogram's are ``_bucket``, ``_sum`` and
+    ``_count``."""
 
     name: str
     kind: str
     help: str
-    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
 
     def add(self, value: float, **labels: str) -> Family:
-        self.samples.append((labels, value))
+        self.samples.append(("", labels, value))
+        return self
+
+    def add_histogram(
+        self, bounds: Sequence[float], counts: Sequence[int], total: float, **labels: str
+    ) -> Family:
+        """One histogram: ``counts[i]`` observations fell in bucket ``i`` (at most ``bounds[i]``, above
+        the previous bound), and ``counts[-1]`` above the last bound; ``total`` is their sum. The
+        buckets are written cumulative, ending with ``le="+Inf"``."""
+        running = 0
+        for bound, n in zip((*bounds, math.inf), counts, strict=True):
+            running += n
+            self.samples.append(("_bucket", {**labels, "le": _bound(bound)}, running))
+        self.samples.append(("_sum", labels, total))
+        self.samples.append(("_count", labels, running))
         return self
 
 
@@ -81,6 +98,11 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def _bound(value: float) -> str:
+    """A bucket's ``le`` label as Prometheus' own clients write it: ``0.005``, ``1.0``, ``+Inf``."""
+    return "+Inf" if math.isinf(value) else repr(float(value))
+
+
 def render(families: Iterable[Family]) -> str:
     """The text exposition format: HELP and TYPE lines, then one line per sample."""
     lines: list[str] = []
@@ -88,12 +110,12 @@ def render(families: Iterable[Family]) -> str:
         name = PREFIX + fam.name
         lines.append(f"# HELP {name} {_escape_help(fam.help)}")
         lines.append(f"# TYPE {name} {fam.kind}")
-        for labels, value in fam.samples:
+        for suffix, labels, value in fam.samples:
             if labels:
                 inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
-                lines.append(f"{name}{{{inner}}} {_number(value)}")
+                lines.append(f"{name}{suffix}{{{inner}}} {_number(value)}")
             else:
-                lines.append(f"{name} {_number(value)}")
+                lines.append(f"{name}{suffix} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 
