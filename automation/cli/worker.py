@@ -8,6 +8,7 @@ when a message went to dead letters) is decided here, from the returned stats.
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import click
 
 from automation.authoring.validate import validate_paths
 from automation.cli._app import EXIT_FAILURE, App, handle_errors, parse_at, pass_app, templates
+from automation.errors import InputError
 from automation.rules.compiled import compile_playbook
 from automation.worker.tick import run_tick
 
@@ -282,9 +284,16 @@ def _report_once(daemon: Daemon, stats: DispatchStats) -> None:
     show_default=True,
     help="On SIGTERM/SIGINT: seconds requests in flight get to finish before they are cut off.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port (SO_REUSEPORT); one process uses at most one CPU core.",
+)
 @pass_app
 @handle_errors
-def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float) -> None:
+def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: int) -> None:
     """Serve one-click unsubscribe links (AUTOMATION_PUBLIC_URL should point here) and /healthz, and,
     with AUTOMATION_WRITE_KEYS set, the Segment-compatible /v1/identify, /v1/track and /v1/batch, and,
     with AUTOMATION_METRICS_TOKEN set, Prometheus /metrics (Authorization: Bearer <token>).
@@ -298,6 +307,7 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float) -> None:
 
     from automation import logs
     from automation.web.app import make_app, serve
+    from automation.web.processes import STOP, serve_workers
 
     logs.setup("text", logging.INFO)
     logs.quiet_bad_requests()
@@ -307,19 +317,38 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float) -> None:
         served.append("the /v1 ingestion API")
     if settings.metrics_token:
         served.append("/metrics")
-    serve(
-        make_app(
-            app.migrated_engine(),
-            settings.secret_key,
-            write_keys=settings.write_keys,
-            metrics_token=settings.metrics_token,
-        ),
-        host,
-        port,
-        shutdown_timeout,
-        announce=lambda: click.echo(f"serving {_listed(served)} on http://{host}:{port}"),
-    )
+    engine = app.migrated_engine()
+
+    def serve_one(worker: int | None = None) -> None:
+        if worker is not None:
+            engine.dispose(close=False)  # a forked worker opens connections of its own
+        where = f"http://{host}:{port}"
+        if worker is not None:
+            where += f" (worker {worker + 1} of {workers})"
+        web_app = make_app(
+            engine, settings.secret_key, write_keys=settings.write_keys, metrics_token=settings.metrics_token
+        )
+        serve(
+            web_app,
+            host,
+            port,
+            shutdown_timeout,
+            announce=lambda: click.echo(f"serving {_listed(served)} on {where}"),
+            stop_signals=(STOP,) if worker is not None else (signal.SIGTERM, signal.SIGINT),
+            reuse_port=worker is not None,
+        )
+
+    if workers == 1:
+        serve_one()
+        click.echo("stopped", err=True)
+        return
+    if port == 0:
+        raise InputError("--workers: needs a fixed --port (each worker listens on the same one)")
+    engine.dispose()
+    code = serve_workers(workers, serve_one)
     click.echo("stopped", err=True)
+    if code:
+        raise SystemExit(code)
 
 
 def _listed(items: list[str]) -> str:

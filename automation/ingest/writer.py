@@ -9,13 +9,13 @@ skipped by the database's UNIQUE index, so a sender's retry stores nothing new.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Executable, Table, select
+from sqlalchemy import Executable, String, Table, TypeDecorator, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
@@ -101,16 +101,14 @@ def write_events(
 
 @dataclass(frozen=True)
 class PreparedEvents:
-    """Event rows that may carry a ``message_id``, already in the stored form of every column, so
-    that writing them is one ``executemany`` of a plain statement (see :func:`prepare_events_once`).
+    """Event rows that may carry a ``message_id``, already in the stored form of every column (see
+    :func:`prepare_events_once`).
 
-    ``rows`` holds (line, customer id, parameters) in the batch's order; the parameters are a
-    sequence in the order of ``columns`` for a driver taking positional ones, else a mapping.
+    ``rows`` holds (line, customer id, values in the order of :data:`EVENT_COLUMNS`), in the batch's
+    order.
     """
 
-    sql: str
-    columns: tuple[str, ...]
-    rows: list[tuple[int, str, Sequence[Any] | dict[str, Any]]]
+    rows: list[tuple[int, str, tuple[Any, ...]]]
 
 
 def prepare_events_once(dialect: Dialect, batch: list[tuple[int, dict[str, Any]]]) -> PreparedEvents:
@@ -119,10 +117,8 @@ def prepare_events_once(dialect: Dialect, batch: list[tuple[int, dict[str, Any]]
     This is the costly part of writing events; it needs no connection, so a caller can do it before
     taking a lock or opening a transaction.
     """
-    compiled = _event_insert_once(dialect)
     stored_form = _stored_form(dialect)
-    rows = [(line, row["customer_id"], stored_form(row)) for line, row in batch]
-    return PreparedEvents(compiled.string, tuple(compiled.positiontup or EVENT_COLUMNS), rows)
+    return PreparedEvents([(line, row["customer_id"], stored_form(row)) for line, row in batch])
 
 
 def write_prepared_events(
@@ -134,43 +130,76 @@ def write_prepared_events(
     """Append prepared events; return how many were new.
 
     An event whose ``message_id`` is already stored (or earlier in the batch) is skipped, not an error
-    (``INSERT ... ON CONFLICT DO NOTHING``). A row naming a customer that is not stored goes to
+    (``ON CONFLICT DO NOTHING``). A row naming a customer that is not stored goes to
     ``reject(line, message)``.
+
+    The rows go in statements of up to :data:`ROWS_PER_INSERT` rows that insert only those of a
+    stored customer (``INSERT ... SELECT ... FROM (VALUES ...) WHERE EXISTS``), so the common case,
+    every customer known, costs no query beforehand; only when fewer rows were inserted than given
+    are the customers looked up, to tell the unknown ones from repeated message ids.
     """
-    known = _known_ids(conn, {customer for _line, customer, _params in prepared.rows})
-    params = []
-    for line, customer, values in prepared.rows:
-        if customer in known:
-            params.append(values)
-        else:
-            reject(line, f"unknown customer {customer!r}; {hint}")
-    if not params:
-        return 0
-    result = conn.exec_driver_sql(prepared.sql, params)
-    return result.rowcount  # the rows inserted; those skipped are not counted
+    rows = prepared.rows
+    inserted = 0
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        flat = tuple(value for _line, _customer, values in chunk for value in values)
+        inserted += conn.exec_driver_sql(_insert_rows(conn.dialect.name, len(chunk)), flat).rowcount
+    if inserted < len(rows):
+        known = _known_ids(conn, {customer for _line, customer, _values in rows})
+        for line, customer, _values in rows:
+            if customer not in known:
+                reject(line, f"unknown customer {customer!r}; {hint}")
+    return inserted
 
 
 #: The columns an event row carries (``id`` is the database's).
 EVENT_COLUMNS = ("customer_id", "name", "occurred_at", "properties", "message_id")
+#: Rows per INSERT: 500 parameters, inside every database's limit (SQLite's was 999 before 3.32).
+ROWS_PER_INSERT = 100
+
+
+@lru_cache(maxsize=2 * ROWS_PER_INSERT)
+def _insert_rows(dialect: str, rows: int) -> str:
+    """The INSERT of ``rows`` event rows of stored customers, repeated message ids skipped. Names come
+    from the table's definition; every value is a parameter."""
+    columns = ", ".join(EVENT_COLUMNS)
+    if dialect == "postgresql":
+        casts = [_pg_cast(EVENT.c[name].type) for name in EVENT_COLUMNS]
+        one = ", ".join(f"%s::{cast}" for cast in casts)
+        # each row numbered, so that the ids follow the batch's order (PostgreSQL may reorder a join)
+        values = ", ".join(f"({one}, {n})" for n in range(rows))
+        source = f"(VALUES {values}) AS v ({columns}, n)"
+        names = [f"v.{name}" for name in EVENT_COLUMNS]
+        order = " ORDER BY v.n"
+    else:  # SQLite names the columns of VALUES column1, column2, ...
+        one = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+        source = f"(VALUES {', '.join([one] * rows)})"
+        names = [f"column{i}" for i in range(1, len(EVENT_COLUMNS) + 1)]
+        order = ""  # SQLite reads VALUES in order and looks up each customer in turn
+    return (
+        f"INSERT INTO {EVENT.name} ({columns}) SELECT {', '.join(names)} FROM {source} "
+        f"WHERE EXISTS (SELECT 1 FROM {CUSTOMER.name} WHERE {CUSTOMER.name}.id = {names[0]}){order} "
+        f"ON CONFLICT ({EVENT.c.message_id.name}) DO NOTHING"
+    )
+
+
+def _pg_cast(column_type: Any) -> str:
+    """The type a VALUES column is cast to: ``text`` for strings (a cast to ``varchar(n)`` would cut
+    a longer value silently; the column's own length check applies on insert), else the column's."""
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl_instance
+    if isinstance(column_type, String):
+        return "text"
+    return str(column_type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
 
 @lru_cache(maxsize=4)
-def _event_insert_once(dialect: Dialect) -> Any:
-    statement = _dialect_insert(dialect.name, EVENT).inline()  # no RETURNING of the new ids
-    statement = statement.on_conflict_do_nothing(index_elements=[EVENT.c.message_id])
-    return statement.compile(dialect=dialect, column_keys=list(EVENT_COLUMNS))
-
-
-@lru_cache(maxsize=4)
-def _stored_form(dialect: Dialect) -> Callable[[dict[str, Any]], Sequence[Any] | dict[str, Any]]:
-    """A function from an event row to its parameters as SQLAlchemy would bind them for ``dialect``:
-    a tuple in the statement's order for a driver taking positional parameters, else a mapping."""
-    order = _event_insert_once(dialect).positiontup
-    converters = []  # (column, what SQLAlchemy does to its value before the driver gets it)
-    for name in order or EVENT_COLUMNS:
-        converters.append((name, EVENT.c[name].type.dialect_impl(dialect).bind_processor(dialect)))
-    if order is None:
-        return lambda row: {name: _apply(processor, row.get(name)) for name, processor in converters}
+def _stored_form(dialect: Dialect) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function from an event row to its values (in :data:`EVENT_COLUMNS` order) as SQLAlchemy
+    would bind them for ``dialect``."""
+    converters = [
+        (name, EVENT.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in EVENT_COLUMNS
+    ]
     return lambda row: tuple([_apply(processor, row.get(name)) for name, processor in converters])
 
 

@@ -58,7 +58,13 @@ def make_app(
 
 
 def serve(
-    app: web.Application, host: str, port: int, shutdown_timeout: float, announce: Callable[[], None]
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    announce: Callable[[], None],
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``app`` (from :func:`make_app`) on ``host:port`` until SIGTERM or SIGINT; ``announce()``
     once it listens. A port that cannot be opened is a ``ConfigError``.
@@ -68,12 +74,21 @@ def serve(
     each is answered (a ``/v1`` call after it is written) with ``Connection: close``. A request still
     running then is cancelled and its connection closed without an answer: a sender is never told of
     success for data that was not stored. A second signal stops the wait at once.
+
+    ``stop_signals``: the signals that mean stop; ``reuse_port``: listen with ``SO_REUSEPORT``, next
+    to other processes on the same port (``automation serve --workers``).
     """
-    asyncio.run(_serve(app, host, port, shutdown_timeout, announce))
+    asyncio.run(_serve(app, host, port, shutdown_timeout, announce, stop_signals, reuse_port))
 
 
 async def _serve(
-    app: web.Application, host: str, port: int, shutdown_timeout: float, announce: Callable[[], None]
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    announce: Callable[[], None],
+    stop_signals: tuple[signal.Signals, ...],
+    reuse_port: bool,
 ) -> None:
     counts = app[METRICS]
     draining = False
@@ -97,12 +112,12 @@ async def _serve(
         (hurry if stop.is_set() else stop).set()
 
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:
             raise ConfigError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals:
             loop.add_signal_handler(sig, signalled)
         announce()
         await stop.wait()
@@ -119,6 +134,6 @@ async def _serve(
         if counts.in_flight:
             log.warning("requests still in flight (%d) are cut off without an answer", counts.in_flight)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals:
             loop.remove_signal_handler(sig)
         await runner.cleanup()
