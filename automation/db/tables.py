@@ -185,6 +185,16 @@ class Outbox(SQLModel, table=True):
     provider_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     sent_at: datetime | None = _ts()
+    # what happened after sending (providers' webhooks, our click and open tracking): see ``feedback``
+    provider_status: str | None = Field(default=None, max_length=30)  # the provider's last word
+    delivered_at: datetime | None = _ts()
+    opened_at: datetime | None = _ts()  # the first open that did not look machine-made
+    opens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    machine_opens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    clicked_at: datetime | None = _ts()
+    clicks: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    bounced_at: datetime | None = _ts()
+    complained_at: datetime | None = _ts()
 
 
 #: Statuses a dispatcher may pick up (a claimed message whose lease expired included).
@@ -215,6 +225,28 @@ class Suppression(SQLModel, table=True):
     reason: str = Field(max_length=50)
     note: str | None = None
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class Feedback(SQLModel, table=True):
+    """One fact reported after sending (delivered, bounced, opened, clicked, an SMS reply, ...), once:
+    ``dedupe_key`` is UNIQUE, so a provider's retry of the same report records nothing new."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        Index("ix_feedback_outbox", "outbox_id", "kind"),
+        Index("ix_feedback_customer", "customer_id", "occurred_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=255, unique=True)
+    outbox_id: int | None = None  # the message it is about, when it could be matched
+    customer_id: str | None = Field(default=None, max_length=255)
+    channel: str = Field(max_length=20)
+    kind: str = Field(max_length=30)
+    source: str = Field(max_length=30)  # twilio | sendgrid | postmark | generic | tracking
+    occurred_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    received_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
 
 
 class Task(SQLModel, table=True):
@@ -264,4 +296,5 @@ ENROLLMENT: Table = metadata.tables["enrollment"]
 OUTBOX: Table = metadata.tables["outbox"]
 SUPPRESSION: Table = metadata.tables["suppression"]
 TASK: Table = metadata.tables["task"]
+FEEDBACK: Table = metadata.tables["feedback"]
 RUN_LOG: Table = metadata.tables["run_log"]

@@ -30,7 +30,7 @@ from automation.db.tables import OUTBOX, PICKABLE
 #: Statuses a claim takes a due row from (a tick cancels a leaving customer's messages in these too).
 CLAIMABLE = ("pending", "retry")
 #: Statuses a row never leaves.
-FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled")
+FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled", "failed")  # failed: the provider said so
 
 #: The columns :func:`claim` returns: what sending a message needs.
 CLAIMED_COLUMNS = (
