@@ -7,7 +7,10 @@ Headers set on every message:
   word (``=?utf-8?q?=41dmin?=``) reads as typed instead of being decoded by mail clients
 * ``Message-ID``: ``<first 32 hex digits of sha256(idempotency key)@domain>``, so a message sent again
   after a crash carries the same id and receivers can drop the repeat
-* ``X-Automation-Key``: the idempotency key, for tracing a received mail back to its outbox row
+* ``X-Automation-Key``: the idempotency key, for tracing a received mail back to its outbox row; the
+  same key for the providers' event webhooks, which echo their own metadata headers back:
+  ``X-SMTPAPI: {"unique_args": {"automation_key": "..."}}`` (SendGrid) and
+  ``X-PM-Metadata-automation-key`` (Postmark); see :func:`feedback_headers`
 * marketing mail (``delivery.unsubscribe_url`` set): ``List-Unsubscribe: <url>``, and for an ``https``
   URL also ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058 one-click unsubscribe,
   which requires an HTTPS URI)
@@ -20,6 +23,7 @@ quoted-printable or base64 encoded, so the message is 7-bit clean for any SMTP s
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
@@ -34,7 +38,7 @@ from automation.channels.base import Delivery
 from automation.errors import PermanentDeliveryError
 from automation.masking import mask_text
 
-__all__ = ["POLICY", "build_email", "build_email_bytes", "envelope_address", "message_id"]
+__all__ = ["POLICY", "build_email", "build_email_bytes", "envelope_address", "feedback_headers", "message_id"]
 
 _SIMPLE_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
 
@@ -96,12 +100,23 @@ def _typed_text(name: str, value: str) -> _TypedTextHeader:
     return _TypedTextHeader(name, _one_line(name, value))
 
 
+#: The Postmark metadata header: Postmark echoes it in its webhooks as ``Metadata["automation-key"]``.
+_PM_KEY = "X-PM-Metadata-automation-key"
+
+
+def feedback_headers(idempotency_key: str) -> list[tuple[str, str]]:
+    """The headers that tie a provider's event reports to the message: ``X-Automation-Key``, SendGrid's
+    ``X-SMTPAPI`` unique argument ``automation_key`` and Postmark's ``X-PM-Metadata-automation-key``."""
+    smtpapi = json.dumps({"unique_args": {"automation_key": idempotency_key}}, separators=(", ", ": "))
+    return [("X-Automation-Key", idempotency_key), ("X-SMTPAPI", smtpapi), (_PM_KEY, idempotency_key)]
+
+
 _HEADERS = HeaderRegistry()  # our own registry: mapping types must not change the shared default one
-for _name in ("list-unsubscribe", "list-unsubscribe-post", "x-automation-key"):
+for _name in ("list-unsubscribe", "list-unsubscribe-post", "x-automation-key", "x-smtpapi", _PM_KEY.lower()):
     _HEADERS.map_to_type(_name, _VerbatimHeader)
 
 # 7-bit transfer encodings for the body parts; headers are RFC 2047 encoded as with the default policy,
-# except the ASCII List-Unsubscribe* and X-Automation-Key headers, which are never folded or encoded.
+# except the ASCII List-Unsubscribe* and feedback (X-Automation-Key, ...) headers, never folded or encoded.
 POLICY = _default_policy.clone(cte_type="7bit", header_factory=_HEADERS)
 
 _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?$")
@@ -161,7 +176,8 @@ def build_email(delivery: Delivery, *, from_address: str, domain: str, now: date
         message["Subject"] = _typed_text("Subject", rendered.subject or "")
         message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
         message["Message-ID"] = message_id(delivery.idempotency_key, domain)
-        message["X-Automation-Key"] = delivery.idempotency_key
+        for name, value in feedback_headers(delivery.idempotency_key):
+            message[name] = value
         if delivery.unsubscribe_url:
             url = delivery.unsubscribe_url.strip()
             if any(c in url for c in "<>\r\n \t"):
@@ -189,7 +205,7 @@ def build_email_bytes(
 
     Built with the compat32 MIME classes, which are several times faster than ``EmailMessage`` with
     the modern policy; the result carries the same headers and parts (text first, then HTML, each
-    quoted-printable UTF-8), and the ASCII List-Unsubscribe* and X-Automation-Key headers unfolded.
+    quoted-printable UTF-8), and the ASCII List-Unsubscribe* and feedback headers unfolded.
     """
     from email.charset import QP, Charset
     from email.mime.multipart import MIMEMultipart
@@ -246,7 +262,8 @@ def build_email_bytes(
     message["Subject"] = header("Subject", subject)
     message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
     message["Message-ID"] = ident
-    message["X-Automation-Key"] = delivery.idempotency_key
+    for name, value in feedback_headers(delivery.idempotency_key):
+        message[name] = value
     if url:
         message["List-Unsubscribe"] = f"<{url}>"
         if url.lower().startswith("https://"):
