@@ -81,7 +81,7 @@ def _print_status(playbooks: list[PlaybookStatus], queue: QueueStatus) -> None:
     """
     from rich.text import Text
 
-    from automation.worker.status import NO_STAGE, ordered_statuses
+    from automation.worker.status import ENGAGEMENT, NO_STAGE, ordered_statuses
 
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -135,6 +135,15 @@ def _print_status(playbooks: list[PlaybookStatus], queue: QueueStatus) -> None:
         totals = queue.by_status()
         outbox.add_row("total", *(f"{totals[s]:,}" for s in columns), f"{queue.total:,}", style="bold")
         console.print(outbox)
+    sent = {channel: facts for channel, facts in queue.engagement.items() if any(facts.values())}
+    if sent:
+        after = Table(title="After sending (messages)", title_justify="left")
+        after.add_column("channel")
+        for fact in ENGAGEMENT:
+            after.add_column(fact.replace("_", " "), justify="right")
+        for channel, facts in sent.items():
+            after.add_row(Text(channel), *(f"{facts[fact]:,}" for fact in ENGAGEMENT))
+        console.print(after)
     oldest = queue.oldest_due
     if oldest is None:
         click.echo(f"due now: nothing (as of {queue.at:%Y-%m-%d %H:%M:%S} UTC)")

@@ -131,6 +131,12 @@ def collect_database(engine: Engine, now: datetime) -> list[Family]:
     outbox = Family("outbox_messages", "gauge", "Outbox messages by channel and status.")
     depth = Family("outbox_queue_depth", "gauge", "Pending or retry messages due now.")
     oldest = Family("outbox_oldest_due_age_seconds", "gauge", "Seconds the oldest due message has waited.")
+    after = Family(
+        "outbox_engagement_messages",
+        "gauge",
+        "Sent messages by channel that were delivered, bounced, complained, opened (machine_opened apart) "
+        "or clicked, as reported by providers and tracking.",
+    )
     with engine.connect() as conn:
         playbooks = playbook_status(conn)
         queue = queue_status(conn, now, dead_limit=0)
@@ -145,9 +151,12 @@ def collect_database(engine: Engine, now: datetime) -> list[Family]:
         enrollments.add(pb.open_enrollments, playbook=pb.playbook)
     for (channel, status), n in sorted(queue.counts.items()):
         outbox.add(n, channel=channel, status=status)
+    for channel, facts in sorted(queue.engagement.items()):
+        for fact, n in facts.items():
+            after.add(n, channel=channel, fact=fact)
     depth.add(queue.due)
     oldest.add(queue.oldest_due.age_seconds if queue.oldest_due else 0.0)
-    return [ticks, last_at, last_took, customers, enrollments, outbox, depth, oldest]
+    return [ticks, last_at, last_took, customers, enrollments, outbox, depth, oldest, after]
 
 
 def collect_dispatch(stats: DispatchStats | None) -> list[Family]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 
 from automation.db.tables import ENROLLMENT, OUTBOX, RUN_LOG, STATE
 from automation.masking import mask_text
@@ -191,6 +191,8 @@ class QueueStatus:
     due: int  # pending or retry with due_at <= at
     oldest_due: OldestDue | None
     dead: list[DeadLetter] = field(default_factory=list)  # newest first, at most the limit asked
+    #: channel -> fact (ENGAGEMENT) -> messages it happened to, from the providers' and our own reports
+    engagement: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def by_status(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -217,7 +219,26 @@ class QueueStatus:
             "due": self.due,
             "oldest_due": self.oldest_due.as_json() if self.oldest_due else None,
             "dead": [d.as_json() for d in self.dead],
+            "engagement": self.engagement,
         }
+
+
+#: What happened after sending, per message: each counts the messages it happened to at least once.
+ENGAGEMENT = ("delivered", "bounced", "complained", "opened", "machine_opened", "clicked")
+
+
+def engagement(conn: Connection) -> dict[str, dict[str, int]]:
+    """Per channel, how many messages were delivered, bounced, ..., clicked (one statement)."""
+    facts = (
+        func.count(OUTBOX.c.delivered_at),
+        func.count(OUTBOX.c.bounced_at),
+        func.count(OUTBOX.c.complained_at),
+        func.count(OUTBOX.c.opened_at),
+        func.count(case((OUTBOX.c.machine_opens > 0, 1))),
+        func.count(OUTBOX.c.clicked_at),
+    )
+    query = select(OUTBOX.c.channel, *facts).where(OUTBOX.c.sent_at.is_not(None)).group_by(OUTBOX.c.channel)
+    return {row[0]: dict(zip(ENGAGEMENT, map(int, row[1:]), strict=True)) for row in conn.execute(query)}
 
 
 def ordered_statuses(statuses: Any) -> list[str]:
@@ -285,7 +306,9 @@ def queue_status(conn: Connection, now: datetime, dead_limit: int = 10) -> Queue
             )
             for r in rows
         ]
-    return QueueStatus(at=now, counts=counts, due=int(due), oldest_due=oldest_due, dead=dead)
+    return QueueStatus(
+        at=now, counts=counts, due=int(due), oldest_due=oldest_due, dead=dead, engagement=engagement(conn)
+    )
 
 
 # -- what was held back ---------------------------------------------------------------------------

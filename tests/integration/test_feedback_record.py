@@ -159,3 +159,21 @@ def test_sms_stop_start_and_help(engine: Engine) -> None:
     assert _suppressions(engine) == []
     keywords = [e.properties.get("keyword") for e in _events(engine, "sms_replied")]
     assert keywords == ["stop", "help", "start"]
+
+
+def test_status_and_metrics_count_what_happened_per_channel(engine: Engine) -> None:
+    from automation.worker.metrics import collect_database, render
+    from automation.worker.status import queue_status
+
+    outbox_id = _setup(engine)
+    _record(engine, kind="delivered", unique="d", outbox_id=outbox_id)
+    _record(engine, kind="opened", unique="o1", outbox_id=outbox_id, machine=True)
+    _record(engine, kind="clicked", unique="c1", outbox_id=outbox_id, url="https://example.com")
+    _record(engine, kind="clicked", unique="c2", outbox_id=outbox_id, url="https://example.com")
+    with engine.connect() as conn:
+        facts = queue_status(conn, NOW).engagement
+    expected = {"delivered": 1, "bounced": 0, "complained": 0, "opened": 0, "machine_opened": 1, "clicked": 1}
+    assert facts == {"email": expected}
+    text = render(collect_database(engine, NOW))
+    assert 'automation_outbox_engagement_messages{channel="email",fact="clicked"} 1' in text
+    assert 'automation_outbox_engagement_messages{channel="email",fact="machine_opened"} 1' in text

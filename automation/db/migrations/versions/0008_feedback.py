@@ -41,7 +41,8 @@ def upgrade() -> None:
     op.create_index("ix_feedback_outbox", "feedback", ["outbox_id", "kind"])
     op.create_index("ix_feedback_customer", "feedback", ["customer_id", "occurred_at"])
     with op.batch_alter_table("outbox", schema=None) as batch:
-        batch.add_column(sa.Column("provider_status", sqlmodel.sql.sqltypes.AutoString(length=30), nullable=True))
+        status = sqlmodel.sql.sqltypes.AutoString(length=30)
+        batch.add_column(sa.Column("provider_status", status, nullable=True))
         for name in TIMES:
             batch.add_column(sa.Column(name, UTCDateTime(), nullable=True))
         for name in COUNTS:
