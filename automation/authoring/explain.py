@@ -25,7 +25,7 @@ from sqlalchemy import Connection, and_, case, func, literal, not_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.authoring.preview import PreviewSink
-from automation.db.tables import CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE
+from automation.db.tables import CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE, SUPPRESSION
 from automation.errors import InputError
 from automation.masking import mask_text
 from automation.plan.planner import plan
@@ -117,6 +117,7 @@ class Explanation:
     playbooks: list[PlaybookExplanation]
     outbox: list[dict[str, Any]]
     events: RecentEvents | None = None  # None: not asked for (``events=0``)
+    suppressions: list[dict[str, Any]] | None = None  # channel, reason, note (where it came from), created_at
 
     def as_json(self) -> dict[str, Any]:
         out = {
@@ -125,6 +126,7 @@ class Explanation:
             "customer": _jsonable(self.customer),
             "playbooks": [p.as_json() for p in self.playbooks],
             "outbox": _jsonable(self.outbox),
+            "suppressions": _jsonable(self.suppressions or []),
         }
         if self.events is not None:
             out["events"] = _jsonable(self.events.events)
@@ -164,13 +166,51 @@ def explain(
                 OUTBOX.c.sent_at,
                 OUTBOX.c.attempts,
                 OUTBOX.c.last_error,
+                *ENGAGEMENT_COLUMNS,
             )
             .where(OUTBOX.c.customer_id == customer_id)
             .order_by(OUTBOX.c.created_at, OUTBOX.c.id)
         ).mappings()
     ]
     recent = last_events(conn, customer_id, at, events) if events else None
-    return Explanation(customer_id, at, customer, out, outbox, recent)
+    consent = [
+        dict(r)
+        for r in conn.execute(
+            select(SUPPRESSION.c.channel, SUPPRESSION.c.reason, SUPPRESSION.c.note, SUPPRESSION.c.created_at)
+            .where(SUPPRESSION.c.customer_id == customer_id)
+            .order_by(SUPPRESSION.c.channel)
+        ).mappings()
+    ]
+    return Explanation(customer_id, at, customer, out, outbox, recent, consent)
+
+
+#: What the outbox row says happened after sending (providers' reports and tracking).
+ENGAGEMENT_COLUMNS = (
+    OUTBOX.c.provider_status,
+    OUTBOX.c.delivered_at,
+    OUTBOX.c.opens,
+    OUTBOX.c.machine_opens,
+    OUTBOX.c.clicks,
+    OUTBOX.c.bounced_at,
+    OUTBOX.c.complained_at,
+)
+
+
+def _engagement_text(row: dict[str, Any]) -> str:
+    """``; delivered, opened 2 (+1 machine), clicked 1, bounced`` or empty."""
+    parts = []
+    if row.get("delivered_at") is not None:
+        parts.append("delivered")
+    if row.get("opens") or row.get("machine_opens"):
+        machine = f" (+{row['machine_opens']} machine)" if row.get("machine_opens") else ""
+        parts.append(f"opened {row.get('opens') or 0}{machine}")
+    if row.get("clicks"):
+        parts.append(f"clicked {row['clicks']}")
+    if row.get("bounced_at") is not None:
+        parts.append("bounced")
+    if row.get("complained_at") is not None:
+        parts.append("complained")
+    return f"  [{', '.join(parts)}]" if parts else ""
 
 
 def last_events(conn: Connection, customer_id: str, at: datetime, limit: int) -> RecentEvents:
@@ -646,8 +686,14 @@ def render_text(result: Explanation) -> str:
             error = f"  {row['last_error']}" if row["last_error"] else ""
             lines.append(
                 f"  #{row['id']:<5} {row['step'] or '':<28} {row['channel']:<8} {row['template']:<20} "
-                f"{row['status']:<10} {label} {_ts(when)}{error}"
+                f"{row['status']:<10} {label} {_ts(when)}{_engagement_text(row)}{error}"
             )
+    if result.suppressions:
+        lines.append("")
+        lines.append("consent (suppressed channels):")
+        for s in result.suppressions:
+            source = f" ({mask_text(s['note'])})" if s.get("note") else ""
+            lines.append(f"  {s['channel']:<8} {s['reason']:<13} since {_ts(s['created_at'])}{source}")
     if result.events is not None:
         lines.append("")
         lines.extend(_events_text(result.events, result.at))

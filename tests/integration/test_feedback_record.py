@@ -177,3 +177,22 @@ def test_status_and_metrics_count_what_happened_per_channel(engine: Engine) -> N
     text = render(collect_database(engine, NOW))
     assert 'automation_outbox_engagement_messages{channel="email",fact="clicked"} 1' in text
     assert 'automation_outbox_engagement_messages{channel="email",fact="machine_opened"} 1' in text
+
+
+def test_explain_shows_what_happened_and_where_a_suppression_came_from(engine: Engine) -> None:
+    from automation.authoring.explain import explain, render_text
+
+    outbox_id = _setup(engine)
+    _record(engine, kind="clicked", unique="c1", outbox_id=outbox_id, url="https://example.com")
+    _record(engine, kind="opened", unique="o1", outbox_id=outbox_id, machine=True)
+    _record(engine, kind="bounced", unique="b1", outbox_id=outbox_id, source="sendgrid", status="bounce")
+    with engine.connect() as conn:
+        result = explain(conn, [], "ada")
+    text = render_text(result)
+    assert "[opened 0 (+1 machine), clicked 1, bounced]" in text
+    assert "email    bounced       since" in text and "(sendgrid: bounced (bounce))" in text
+    data = result.as_json()
+    assert [(s["channel"], s["reason"], s["note"]) for s in data["suppressions"]] == [
+        ("email", "bounced", "sendgrid: bounced (bounce)")
+    ]
+    assert data["outbox"][0]["clicks"] == 1 and data["outbox"][0]["bounced_at"] is not None
