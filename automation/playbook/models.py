@@ -412,14 +412,29 @@ class Recurring(Frozen):
     @field_validator("steps")
     @classmethod
     def _no_waits(cls, steps: list[Any]) -> list[Any]:
-        if any(isinstance(step, WaitStep) for step in steps):
-            raise PydanticCustomError(
-                "recurring_wait", "recurring steps are sent together; `wait` is not allowed"
-            )
+        for index, step in enumerate(steps):
+            if isinstance(step, WaitStep):
+                raise PydanticCustomError(
+                    "recurring_wait",
+                    "recurring steps are sent together; `wait` is not allowed",
+                    {"index": index},  # the step to point at
+                )
         return steps
 
 
 Program = dict[Literal["high", "low", "none"], list[Step]]
+
+
+class Tracking(Frozen):
+    """Our own click and open tracking of this playbook's emails (needs ``AUTOMATION_PUBLIC_URL``)."""
+
+    clicks: bool = Field(default=True, description="rewrite the links of emails to count clicks")
+    # off by default: image proxies and privacy protection fetch the pixel without anyone reading
+    opens: bool = Field(default=False, description="add a 1x1 image to count opens (unreliable)")
+
+
+#: How a list of named things is called in messages.
+_KIND_NAMES = {"segments": "segment", "stages": "stage", "recurring": "recurring rule"}
 
 
 class Playbook(Frozen):
@@ -440,6 +455,7 @@ class Playbook(Frozen):
         description="hold automated email and SMS while a high-touch task is open for the customer",
     )
     reentry: ReentryText = Reentry(mode="after", cooldown=timedelta(days=30))
+    tracking: Tracking = Tracking()
     segments: list[Segment] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
     programs: dict[Name, Program] = Field(default_factory=dict)
@@ -462,18 +478,26 @@ class Playbook(Frozen):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Playbook:
+        repeats = []  # (list field, index of the repeat, index of the first), reported one by one
         for kind, names in (
-            ("segment", [s.name for s in self.segments]),
-            ("stage", [s.name for s in self.stages]),
-            ("recurring rule", [r.name for r in self.recurring]),
+            ("segments", [s.name for s in self.segments]),
+            ("stages", [s.name for s in self.stages]),
+            ("recurring", [r.name for r in self.recurring]),
         ):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise PydanticCustomError(
-                    "duplicate",
-                    "{kind} names must be unique: {names}",
-                    {"kind": kind, "names": ", ".join(dupes)},
-                )
+            first: dict[str, int] = {}
+            for index, name in enumerate(names):
+                if name in first:
+                    repeats.append((kind, index, first[name]))
+                else:
+                    first[name] = index
+        if repeats:
+            field, _index, _first = repeats[0]
+            names = sorted({str(getattr(self, f)[i].name) for f, i, _ in repeats if f == field})
+            raise PydanticCustomError(
+                "duplicate",
+                "{kind} names must be unique: {names}",
+                {"kind": _KIND_NAMES[field], "names": ", ".join(names), "repeats": repeats},
+            )
         return self
 
     @property
@@ -549,6 +573,22 @@ def _problems(source: Source, error: ValidationError) -> list[Problem]:
         elif kind == "missing":
             line, column, _ = source.locate(loc[:-1])
             message = f"missing required field {loc[-1]!r}" + _where(loc[:-1])
+        elif kind == "duplicate":
+            for field, index, earlier in ctx.get("repeats", ()):
+                name_loc = [field, index, "name"]
+                line, column, _ = source.locate(name_loc)
+                first_line = source.locate([field, earlier, "name"])[0]
+                message = (
+                    f"{_KIND_NAMES[field]} names must be unique: {_value_at(source, name_loc)} "
+                    f"(first defined at line {first_line})"
+                )
+                if (line, column, message) not in seen:
+                    seen.add((line, column, message))
+                    problems.append(source.problem(line, column, message))
+            continue
+        elif kind == "recurring_wait":
+            line, column, _ = source.locate([*loc, int(ctx.get("index", 0))])
+            message = _message(item["msg"], loc)
         elif kind == "rule_syntax":
             line, column, _ = source.locate(loc)
             value = _value_at(source, loc)
@@ -591,6 +631,8 @@ def _model_at(loc: Sequence[int | str], source: Source) -> type[BaseModel] | Non
         return Segment
     if head == "stages":
         return Stage
+    if head == "tracking":
+        return Tracking
     if head == "recurring":
         if len(path) == 1:
             return Recurring
@@ -647,13 +689,15 @@ def _references(loaded: LoadedPlaybook) -> list[Problem]:
             problems.append(source.problem(line, column, f"program for unknown stage {stage!r}{hint}"))
     for index, segment in enumerate(pb.segments[:-1]):
         if segment.when is None:
-            line, column, _ = source.locate(["segments", index + 1])
+            line, column, _ = source.locate(["segments", index, "name"])
+            following = pb.segments[index + 1]
+            at = source.locate(["segments", index + 1, "name"])[0]
             problems.append(
                 source.problem(
                     line,
                     column,
-                    f"segment {pb.segments[index + 1].name!r} can never match: {segment.name!r} has no "
-                    "`when` and takes everyone left; move the catch-all segment last",
+                    f"catch-all segment {segment.name!r} is not last: it has no `when` and takes everyone "
+                    f"left, so segment {following.name!r} (line {at}) can never match; move it last",
                 )
             )
             break

@@ -123,7 +123,8 @@ def test_segment_after_catch_all_is_an_error(project: Path) -> None:
     segments = "  - name: rest\n    touch: none\n  - name: vip\n    when: clv > 1000\n    touch: high\n"
     result = lint(project, playbook(segments=segments))
     assert result.errors == 1
-    assert "segment 'vip' can never match" in messages(result)[0]
+    assert ":3:11: error: catch-all segment 'rest' is not last" in messages(result)[0]
+    assert "segment 'vip' (line 5) can never match" in messages(result)[0]
 
 
 # -- templates -------------------------------------------------------------------------------------

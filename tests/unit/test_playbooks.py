@@ -146,7 +146,11 @@ def test_step_without_a_kind(tmp_path: Path) -> None:
             ":42:17: assign: assign takes `owner`",
         ),
         ("url: ${LOYALTY_WEBHOOK_URL}", "url: loyalty.example.com", ":64:14: url: expected an http(s) URL"),
-        ("  - name: growth", "  - name: strategic", ":1:1: segment names must be unique: strategic"),
+        (
+            "  - name: growth",
+            "  - name: strategic",
+            ":11:11: segment names must be unique: strategic (first defined at line 8)",
+        ),
         (
             "  acquisition:\n    none:",
             "  acquistion:\n    none:",
@@ -180,7 +184,8 @@ def test_catch_all_segment_must_be_last(tmp_path: Path) -> None:
         '  - name: strategic\n    when: clv >= 10000 or plan == "enterprise"\n', "  - name: strategic\n"
     )
     (problem,) = problems_of(write(tmp_path, text))
-    assert ":10:5: segment 'growth' can never match: 'strategic' has no `when`" in problem
+    assert ":8:11: catch-all segment 'strategic' is not last: it has no `when`" in problem
+    assert "so segment 'growth' (line 10) can never match" in problem
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
