@@ -82,6 +82,7 @@ def dispatch_cmd(app: App, once: bool, at_text: str | None, poll: float) -> None
     import signal
 
     from automation.channels.registry import build_channels
+    from automation.messages.tracking import playbook_tracking, tracking_url
     from automation.outbox.dispatch import DispatchConfig, Dispatcher, DispatchStats
 
     engine = app.migrated_engine()
@@ -94,6 +95,7 @@ def dispatch_cmd(app: App, once: bool, at_text: str | None, poll: float) -> None
         concurrency=built.concurrency,
         public_url=app.settings.public_url,
         secret_key=app.settings.secret_key,
+        tracking_url=tracking_url(app.settings),
     )
 
     async def run() -> DispatchStats:
@@ -108,6 +110,7 @@ def dispatch_cmd(app: App, once: bool, at_text: str | None, poll: float) -> None
             config,
             clock=(lambda: fixed) if fixed else (lambda: parse_at(None)),
             environ=app.settings.environ,
+            tracking=playbook_tracking([app.settings.playbooks_dir]),
         )
         total = DispatchStats()
         try:
@@ -192,6 +195,7 @@ def run_cmd(
 
     from automation import logs
     from automation.channels.registry import build_channels
+    from automation.messages.tracking import tracking_url
     from automation.outbox.dispatch import DispatchConfig
     from automation.worker.daemon import Daemon
     from automation.worker.scheduler import Worker
@@ -204,6 +208,7 @@ def run_cmd(
         concurrency=built.concurrency,
         public_url=app.settings.public_url,
         secret_key=app.settings.secret_key,
+        tracking_url=tracking_url(app.settings),
     )
     daemon = Daemon(
         engine, app.settings, built.channels, [playbooks_dir or app.settings.playbooks_dir], config

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Select, select, update
+from sqlalchemy import Engine, Select, bindparam, select, update
 
 from automation.channels.base import Channel, Delivery
 from automation.db.in_list import among_param
@@ -36,9 +37,10 @@ from automation.errors import PermanentDeliveryError, TransientDeliveryError
 from automation.masking import mask_text
 from automation.messages.render import render_for_action
 from automation.messages.store import RenderError, TemplateStore
+from automation.messages.tracking import track
 from automation.outbox.lease import CLAIMED_COLUMNS, claim, mark_failed, mark_sent
 from automation.outbox.ratelimit import Rate, TokenBucket
-from automation.playbook.models import parse_quiet_hours
+from automation.playbook.models import Tracking, parse_quiet_hours
 
 log = logging.getLogger("automation.dispatch")
 
@@ -77,6 +79,8 @@ class DispatchConfig:
     rates: Mapping[str, Rate] = field(default_factory=dict)  # per channel, default unlimited
     public_url: str = "http://127.0.0.1:8080"
     secret_key: str = "change-me"
+    # where click and open tracking points (AUTOMATION_PUBLIC_URL when it is set); "": links as written
+    tracking_url: str = ""
 
     def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds until the next try: the provider's Retry-After if given, else exponential with jitter."""
@@ -144,6 +148,7 @@ class _Outcome(NamedTuple):
     provider_id: str | None = None
     error: str | None = None
     due_at: datetime | None = None
+    payload: dict[str, Any] | None = None  # sent with tracked links: the row's payload with "links"
 
 
 class Dispatcher:
@@ -158,7 +163,9 @@ class Dispatcher:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         environ: Mapping[str, str] | None = None,
         seed: int | None = None,
+        tracking: Mapping[str, Tracking] | None = None,
     ) -> None:
+        """``tracking``: each playbook's click and open tracking (a playbook not named: none)."""
         self.engine = engine
         self.channels = dict(channels)
         self.templates = templates
@@ -168,6 +175,7 @@ class Dispatcher:
         self.rng = random.Random(seed)
         self._limits = {ch: asyncio.Semaphore(self.config.concurrency.get(ch, 20)) for ch in self.channels}
         self._buckets = {ch: TokenBucket(rate) for ch, rate in self.config.rates.items()}
+        self.tracking = dict(tracking or {})
 
     async def drain(self, stop: asyncio.Event | None = None, max_batches: int | None = None) -> DispatchStats:
         """Send everything due now; return when nothing is due (or ``stop`` is set)."""
@@ -264,6 +272,7 @@ class Dispatcher:
             return _Outcome(row.id, channel, "dead", error=str(exc))
         if isinstance(delivery, _Outcome):
             return delivery
+        delivery, payload = self._track(row, delivery)
         sender = self.channels[channel]
         try:  # inside one of the channel's concurrency slots (see _work)
             if channel in self._buckets:
@@ -276,7 +285,27 @@ class Dispatcher:
         except Exception as exc:  # a bug or an unexpected failure: retry, and say what it was
             log.exception("unexpected error sending message %s", row.id)
             return self._retry(row, mask_text(f"{type(exc).__name__}: {exc}"), None, now)
-        return _Outcome(row.id, channel, "sent", provider_id=result.provider_id)
+        return _Outcome(row.id, channel, "sent", provider_id=result.provider_id, payload=payload)
+
+    def _track(self, row: _Message, delivery: Delivery) -> tuple[Delivery, dict[str, Any] | None]:
+        """An email of a playbook with tracking: its links rewritten and the open pixel added; and the
+        payload to store with the message's links (None: nothing to store)."""
+        tracking = self.tracking.get(row.playbook)
+        if row.channel != "email" or tracking is None or not self.config.tracking_url:
+            return delivery, None
+        tracked = track(
+            delivery.rendered,
+            base_url=self.config.tracking_url,
+            secret=self.config.secret_key,
+            outbox_id=row.id,
+            clicks=tracking.clicks,
+            opens=tracking.opens,
+            unsubscribe_url=delivery.unsubscribe_url or "",
+        )
+        if tracked.rendered is delivery.rendered:
+            return delivery, None
+        payload = {**(row.payload or {}), "links": list(tracked.links)} if tracked.links else None
+        return dataclasses.replace(delivery, rendered=tracked.rendered), payload
 
     def _check(
         self,
@@ -401,6 +430,18 @@ class Dispatcher:
             mark_sent(
                 conn, worker, [(o.message_id, o.provider_id) for o in outcomes if o.status == "sent"], now
             )
+            links = [
+                {"sent_id": o.message_id, "links_payload": o.payload}
+                for o in outcomes
+                if o.status == "sent" and o.payload is not None
+            ]
+            if links:  # the links of tracked emails, which the click redirect reads
+                conn.execute(
+                    update(OUTBOX)
+                    .where(OUTBOX.c.id == bindparam("sent_id"), OUTBOX.c.status == "sent")
+                    .values(payload=bindparam("links_payload", type_=OUTBOX.c.payload.type)),
+                    links,
+                )
             for o in outcomes:
                 if o.status == "sent":
                     continue

@@ -22,6 +22,7 @@ from automation.playbook.models import (
     SmsStep,
     Stage,
     TaskStep,
+    Tracking,
     WaitStep,
     WebhookStep,
 )
@@ -51,6 +52,12 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "customer",
     ("", "reentry"): "never, always or after <duration>: may a customer who returns to a stage run its "
     "program again",
+    ("", "tracking"): "our own click and open tracking of this playbook's emails (needs "
+    "AUTOMATION_PUBLIC_URL): {clicks: true, opens: false} by default",
+    ("Tracking", "clicks"): "rewrite the http(s) links of emails to AUTOMATION_PUBLIC_URL/c/<token>, "
+    "which records the click and redirects to the link",
+    ("Tracking", "opens"): "add a 1x1 image AUTOMATION_PUBLIC_URL/o/<token> that records opens; off by "
+    "default: image proxies and privacy protection fetch it without anyone reading",
     ("", "segments"): "who a customer is: first match wins; a segment without `when` (the catch-all) "
     "must be last",
     ("", "stages"): "where a customer is in the lifecycle: first match wins; no match means no stage and "
@@ -90,6 +97,7 @@ MODEL_DESCRIPTIONS = {
     "WebhookStep": "POST a JSON body to a URL",
     "TaskStep": "create a task for a person",
     "WaitStep": "pause the program",
+    "Tracking": "click and open tracking of emails",
 }
 
 # Minimal valid instances, dumped to get each default the way a playbook writes it.
@@ -105,6 +113,7 @@ _MINIMAL: dict[str, Any] = {
     "WebhookStep": WebhookStep(webhook="w", url="https://example.com"),
     "TaskStep": TaskStep(task="t"),
     "WaitStep": WaitStep.model_validate({"wait": "1d"}),
+    "Tracking": Tracking(),
 }
 
 

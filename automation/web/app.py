@@ -1,8 +1,9 @@
 """The aiohttp application of ``automation serve``: the routes of every concern, and a health check.
 
-Each concern is a module of this package with a ``routes(...)`` function (``unsubscribe``, and
-``segment``, the ``/v1`` ingestion API); the app adds them, ``GET /healthz`` and ``GET /metrics``
-(``metrics``: its middleware counts every request). ``serve`` runs the app until SIGTERM or SIGINT,
+Each concern is a module of this package with a ``routes(...)`` function (``unsubscribe``,
+``tracking``, the click redirect and open pixel of emails, and ``segment``, the ``/v1`` ingestion
+API); the app adds them, ``GET /healthz`` and ``GET /metrics`` (``metrics``: its middleware counts
+every request). ``serve`` runs the app until SIGTERM or SIGINT,
 then lets the requests in flight finish.
 """
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from automation.errors import ConfigError
-from automation.web import metrics, segment, unsubscribe
+from automation.web import metrics, segment, tracking, unsubscribe
 
 log = logging.getLogger("automation.serve")
 
@@ -51,6 +52,7 @@ def make_app(
     app = web.Application(middlewares=[metrics.middleware(counts)])
     app[METRICS] = counts
     app.add_routes(unsubscribe.routes(engine, secret, clock))
+    app.add_routes(tracking.routes(engine, secret, clock))
     app.add_routes(segment.routes(engine, write_keys, clock, counts))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics.handler(counts, metrics_token))

@@ -147,6 +147,7 @@ class Daemon:
             self.config,
             clock=clock,
             environ=self.settings.environ,
+            tracking={p.name: p.loaded.playbook.tracking for p in self.loaded.playbooks},
         )
 
     async def drain(self, clock: Callable[[], datetime], stop: asyncio.Event | None = None) -> DispatchStats:
