@@ -34,6 +34,11 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
     write_keys: tuple[str, ...] = field(default=(), repr=False)  # AUTOMATION_WRITE_KEYS: the /v1 API's keys
     metrics_token: str = field(default="", repr=False)  # AUTOMATION_METRICS_TOKEN: serve's /metrics
+    # the providers' event webhooks of serve (see automation.web.providers); empty: that webhook is off
+    sendgrid_webhook_public_key: str = ""  # AUTOMATION_SENDGRID_WEBHOOK_PUBLIC_KEY
+    postmark_webhook_user: str = ""  # AUTOMATION_POSTMARK_WEBHOOK_USER
+    postmark_webhook_password: str = field(default="", repr=False)  # AUTOMATION_POSTMARK_WEBHOOK_PASSWORD
+    feedback_token: str = field(default="", repr=False)  # AUTOMATION_FEEDBACK_TOKEN: the generic one
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +61,10 @@ class Settings:
             environ=dict(env),
             write_keys=_write_keys(env.get("AUTOMATION_WRITE_KEYS")),
             metrics_token=env.get("AUTOMATION_METRICS_TOKEN", "").strip(),
+            sendgrid_webhook_public_key=env.get("AUTOMATION_SENDGRID_WEBHOOK_PUBLIC_KEY", "").strip(),
+            postmark_webhook_user=env.get("AUTOMATION_POSTMARK_WEBHOOK_USER", "").strip(),
+            postmark_webhook_password=env.get("AUTOMATION_POSTMARK_WEBHOOK_PASSWORD", ""),
+            feedback_token=env.get("AUTOMATION_FEEDBACK_TOKEN", "").strip(),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
