@@ -433,14 +433,6 @@ class Tracking(Frozen):
     opens: bool = Field(default=False, description="add a 1x1 image to count opens (unreliable)")
 
 
-class Tracking(Frozen):
-    """Our own click and open tracking of this playbook's emails (needs ``AUTOMATION_PUBLIC_URL``)."""
-
-    clicks: bool = Field(default=True, description="rewrite the links of emails to count clicks")
-    # off by default: image proxies and privacy protection fetch the pixel without anyone reading
-    opens: bool = Field(default=False, description="add a 1x1 image to count opens (unreliable)")
-
-
 #: How a list of named things is called in messages.
 _KIND_NAMES = {"segments": "segment", "stages": "stage", "recurring": "recurring rule"}
 
@@ -463,7 +455,6 @@ class Playbook(Frozen):
         description="hold automated email and SMS while a high-touch task is open for the customer",
     )
     reentry: ReentryText = Reentry(mode="after", cooldown=timedelta(days=30))
-    tracking: Tracking = Tracking()
     tracking: Tracking = Tracking()
     segments: list[Segment] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
@@ -640,8 +631,6 @@ def _model_at(loc: Sequence[int | str], source: Source) -> type[BaseModel] | Non
         return Segment
     if head == "stages":
         return Stage
-    if head == "tracking":
-        return Tracking
     if head == "tracking":
         return Tracking
     if head == "recurring":
