@@ -301,7 +301,9 @@ def _report_once(daemon: Daemon, stats: DispatchStats) -> None:
 def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: int) -> None:
     """Serve one-click unsubscribe links (AUTOMATION_PUBLIC_URL should point here) and /healthz, and,
     with AUTOMATION_WRITE_KEYS set, the Segment-compatible /v1/identify, /v1/track and /v1/batch, and,
-    with AUTOMATION_METRICS_TOKEN set, Prometheus /metrics (Authorization: Bearer <token>).
+    with AUTOMATION_METRICS_TOKEN set, Prometheus /metrics (Authorization: Bearer <token>), and the
+    email providers' event webhooks /providers/sendgrid/events, /providers/postmark/events and
+    /providers/generic/events once their secrets are set (see the feedback guide).
 
     On SIGTERM or SIGINT it stops accepting connections, lets the requests in flight finish (at most
     --shutdown-timeout seconds) and exits 0. Requests are not logged one by one (their paths hold
@@ -313,6 +315,7 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: 
     from automation import logs
     from automation.web.app import make_app, serve
     from automation.web.processes import STOP, serve_workers
+    from automation.web.providers import ProviderWebhooks
 
     logs.setup("text", logging.INFO)
     logs.quiet_bad_requests()
@@ -322,6 +325,8 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: 
         served.append("the /v1 ingestion API")
     if settings.metrics_token:
         served.append("/metrics")
+    provider_webhooks = ProviderWebhooks.from_settings(settings)  # a key that does not load: exit 2
+    served.extend(provider_webhooks.served())
     engine = app.migrated_engine()
 
     def serve_one(worker: int | None = None) -> None:
@@ -331,7 +336,11 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: 
         if worker is not None:
             where += f" (worker {worker + 1} of {workers})"
         web_app = make_app(
-            engine, settings.secret_key, write_keys=settings.write_keys, metrics_token=settings.metrics_token
+            engine,
+            settings.secret_key,
+            write_keys=settings.write_keys,
+            metrics_token=settings.metrics_token,
+            provider_webhooks=provider_webhooks,
         )
         serve(
             web_app,

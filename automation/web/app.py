@@ -1,10 +1,10 @@
 """The aiohttp application of ``automation serve``: the routes of every concern, and a health check.
 
 Each concern is a module of this package with a ``routes(...)`` function (``unsubscribe``,
-``tracking``, the click redirect and open pixel of emails, and ``segment``, the ``/v1`` ingestion
-API); the app adds them, ``GET /healthz`` and ``GET /metrics`` (``metrics``: its middleware counts
-every request). ``serve`` runs the app until SIGTERM or SIGINT,
-then lets the requests in flight finish.
+``tracking``, the click redirect and open pixel of emails, ``segment``, the ``/v1`` ingestion
+API, and ``providers``, the email providers' event webhooks); the app adds them, ``GET /healthz``
+and ``GET /metrics`` (``metrics``: its middleware counts every request). ``serve`` runs the app
+until SIGTERM or SIGINT, then lets the requests in flight finish.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from sqlalchemy import Engine
 
 from automation.errors import ConfigError
 from automation.web import metrics, segment, tracking, unsubscribe
+from automation.web.providers import ProviderWebhooks
+from automation.web.providers import routes as provider_routes
 
 log = logging.getLogger("automation.serve")
 
@@ -40,10 +42,13 @@ def make_app(
     write_keys: Sequence[str] = (),
     metrics_token: str = "",
     counts: metrics.ServeMetrics | None = None,
+    provider_webhooks: ProviderWebhooks | None = None,
 ) -> web.Application:
     """The application, its handlers bound to ``engine``, the signing ``secret``, ``clock``, the
     ingestion API's ``write_keys`` (none: the API is off) and the bearer token of ``/metrics`` (empty:
-    it answers 404). ``counts``: where requests are counted (default: new counts)."""
+    it answers 404). ``counts``: where requests are counted (default: new counts). The email
+    providers' event webhooks (``providers``) take their secrets from ``provider_webhooks`` (default:
+    all off)."""
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -54,6 +59,7 @@ def make_app(
     app.add_routes(unsubscribe.routes(engine, secret, clock))
     app.add_routes(tracking.routes(engine, secret, clock))
     app.add_routes(segment.routes(engine, write_keys, clock, counts))
+    app.add_routes(provider_routes(engine, provider_webhooks or ProviderWebhooks(), clock))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics.handler(counts, metrics_token))
     return app

@@ -488,3 +488,34 @@ def test_generic_soft_bounces_suppress_on_the_third(engine: Engine) -> None:
     for raw in (b"not json", b"[]", b'{"events": {}}'):
         status, answer, _ = post(engine, GENERIC_PATH, raw=raw, headers=BEARER)
         assert status == 400 and answer["error"].startswith("body: ")
+
+
+# ------------------------------------------------------------------------------------------- serving
+
+
+def test_the_serve_app_routes_the_webhooks_with_the_configured_secrets(engine: Engine) -> None:
+    from automation.web.app import make_app
+
+    async def run(hooks: ProviderWebhooks | None) -> tuple[int, int]:
+        app = make_app(engine, "secret", clock=lambda: NOW, provider_webhooks=hooks)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            generic_answer = await client.post(GENERIC_PATH, json={"events": []}, headers=BEARER)
+            sendgrid_answer = await client.post(SG_PATH, data=b"[]", headers=sign(b"[]"))
+            return generic_answer.status, sendgrid_answer.status
+
+    assert asyncio.run(run(HOOKS)) == (200, 200)
+    assert asyncio.run(run(None)) == (404, 404)
+
+
+def test_serve_refuses_to_start_with_a_key_that_does_not_load(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from automation.cli import main
+
+    env = {"AUTOMATION_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+           "AUTOMATION_SENDGRID_WEBHOOK_PUBLIC_KEY": "bm90IGEga2V5"}  # fmt: skip
+    result = CliRunner().invoke(main, ["serve", "--port", "0"], env=env)
+    assert result.exit_code == 2
+    assert (
+        "AUTOMATION_SENDGRID_WEBHOOK_PUBLIC_KEY: not a public key in base64 DER or PEM form" in result.output
+    )
