@@ -54,7 +54,7 @@ def _click(index: int) -> str:
 def test_html_links_become_signed_redirects_in_order_of_appearance() -> None:
     html, _, links = _tracked(
         '<p><a href="https://shop.example/a" class="b">A</a> and <A HREF=\'http://shop.example/b\'>B</A>'
-        ' and <a href=https://shop.example/a>A again</a></p>'
+        " and <a href=https://shop.example/a>A again</a></p>"
     )
     assert links == ["https://shop.example/a", "http://shop.example/b"]  # the same URL is one link
     assert html == (
@@ -67,12 +67,18 @@ def test_text_links_are_rewritten_without_the_punctuation_after_them() -> None:
     _, text, links = _tracked(
         text="See https://shop.example/a. Or (https://shop.example/wiki/X_(y)), then https://shop.example/c?q=1!"
     )
-    assert links == ["https://shop.example/a", "https://shop.example/wiki/X_(y)", "https://shop.example/c?q=1"]
+    assert links == [
+        "https://shop.example/a",
+        "https://shop.example/wiki/X_(y)",
+        "https://shop.example/c?q=1",
+    ]
     assert text == f"See {_click(0)}. Or ({_click(1)}), then {_click(2)}!"
 
 
 def test_html_and_text_share_the_numbers_of_the_same_url() -> None:
-    html, text, links = _tracked('<a href="https://shop.example/x?a=1&amp;b=2">x</a>', "https://shop.example/x?a=1&b=2")
+    html, text, links = _tracked(
+        '<a href="https://shop.example/x?a=1&amp;b=2">x</a>', "https://shop.example/x?a=1&b=2"
+    )
     assert links == ["https://shop.example/x?a=1&b=2"]  # the entity decoded, as the browser reads it
     assert html == f'<a href="{_click(0)}">x</a>'
     assert text == _click(0)
@@ -110,10 +116,15 @@ def test_quotes_and_entities_in_urls_are_kept_exactly() -> None:
 
 
 def test_a_rewrite_function_returning_none_keeps_the_link() -> None:
-    assert rewrite_html('<a href="https://a.example">a</a>', lambda url: None) == '<a href="https://a.example">a</a>'
+    assert (
+        rewrite_html('<a href="https://a.example">a</a>', lambda url: None)
+        == '<a href="https://a.example">a</a>'
+    )
     assert rewrite_text("go https://a.example now", lambda url: None) == "go https://a.example now"
     # an <abbr> is not an <a>
-    assert rewrite_html('<abbr href="https://a.example">', lambda url: "X") == '<abbr href="https://a.example">'
+    assert (
+        rewrite_html('<abbr href="https://a.example">', lambda url: "X") == '<abbr href="https://a.example">'
+    )
 
 
 def test_the_open_pixel_goes_before_the_last_body_end() -> None:
@@ -216,6 +227,7 @@ def test_the_json_schema_knows_tracking() -> None:
     definition = schema["$defs"]["Tracking"]
     assert definition["additionalProperties"] is False
     assert set(definition["properties"]) == {"clicks", "opens"}
-    assert "unreliable" in definition["properties"]["opens"]["description"] or "proxies" in (
-        definition["properties"]["opens"]["description"]
+    assert (
+        "unreliable" in definition["properties"]["opens"]["description"]
+        or "proxies" in (definition["properties"]["opens"]["description"])
     )
