@@ -29,6 +29,7 @@ class Settings:
     outbox_dir: Path = Path("outbox")
     public_url: str = "http://127.0.0.1:8080"
     secret_key: str = "change-me"
+    sms_auth_token: str = field(default="", repr=False)  # AUTOMATION_SMS_AUTH_TOKEN: Twilio's webhooks
     global_cap: FrequencyCap | None = None  # AUTOMATION_FREQUENCY_CAP, across playbooks
     full_tick_every: timedelta = DEFAULT_FULL_TICK_EVERY  # AUTOMATION_FULL_TICK_EVERY: evaluate everyone
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
@@ -57,6 +58,7 @@ class Settings:
             public_url=env.get("AUTOMATION_PUBLIC_URL", "http://127.0.0.1:8080"),
             secret_key=env.get("AUTOMATION_SECRET_KEY", "change-me"),
             global_cap=_cap(env.get("AUTOMATION_FREQUENCY_CAP")),
+            sms_auth_token=env.get("AUTOMATION_SMS_AUTH_TOKEN", "").strip(),
             full_tick_every=_every(env.get("AUTOMATION_FULL_TICK_EVERY")),
             environ=dict(env),
             write_keys=_write_keys(env.get("AUTOMATION_WRITE_KEYS")),

@@ -25,7 +25,7 @@ from automation.channels.base import Channel
 from automation.channels.email import SmtpChannel, SmtpSettings
 from automation.channels.filebox import FileOutbox
 from automation.channels.http import make_client
-from automation.channels.sms import TwilioSms
+from automation.channels.sms import TwilioSms, status_callback_url
 from automation.channels.task import TaskChannel
 from automation.channels.webhook import (
     MAX_KEY_BYTES,
@@ -129,6 +129,7 @@ def build_channels(settings: Settings, engine: Engine, environ: Mapping[str, str
             account_sid=env.get("AUTOMATION_SMS_ACCOUNT_SID", ""),
             auth_token=env.get("AUTOMATION_SMS_AUTH_TOKEN", ""),
             from_number=env.get("AUTOMATION_SMS_FROM", ""),
+            status_callback=status_callback_url(env.get("AUTOMATION_PUBLIC_URL", "")),
         )
         describe["sms"] = f"Twilio-compatible API at {httpx.URL(sms_url).host}"
     else:

@@ -11,6 +11,8 @@ One request per message::
 
 ``from_number`` may also be a Messaging Service SID (``MG...``): it is then sent as
 ``MessagingServiceSid`` instead of ``From``. The provider's message id (JSON ``sid``) is returned.
+With ``status_callback`` (``AUTOMATION_PUBLIC_URL`` + :data:`STATUS_CALLBACK_PATH`, see
+:func:`status_callback_url`) each message asks Twilio to report its delivery there (``StatusCallback``).
 
 Environment variables the dispatcher reads to build this channel:
 
@@ -32,15 +34,33 @@ from automation.channels.http import raise_for_delivery, send_errors
 from automation.errors import ConfigError, PermanentDeliveryError
 from automation.masking import mask_phone
 
-__all__ = ["ENV_ACCOUNT_SID", "ENV_AUTH_TOKEN", "ENV_FROM", "ENV_URL", "IDEMPOTENCY_HEADER", "TwilioSms"]
+__all__ = [
+    "ENV_ACCOUNT_SID",
+    "ENV_AUTH_TOKEN",
+    "ENV_FROM",
+    "ENV_URL",
+    "IDEMPOTENCY_HEADER",
+    "STATUS_CALLBACK_PATH",
+    "TwilioSms",
+    "status_callback_url",
+]
 
 ENV_URL = "AUTOMATION_SMS_URL"
 ENV_ACCOUNT_SID = "AUTOMATION_SMS_ACCOUNT_SID"
 ENV_AUTH_TOKEN = "AUTOMATION_SMS_AUTH_TOKEN"
 ENV_FROM = "AUTOMATION_SMS_FROM"
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+#: Where ``automation serve`` takes Twilio's status callbacks (automation.web.twilio).
+STATUS_CALLBACK_PATH = "/providers/twilio/status"
 
 log = logging.getLogger(__name__)
+
+
+def status_callback_url(public_url: str) -> str | None:
+    """The ``StatusCallback`` for messages when ``automation serve`` is reachable at ``public_url``
+    (``AUTOMATION_PUBLIC_URL``); None when no public URL is configured."""
+    base = public_url.strip().rstrip("/")
+    return base + STATUS_CALLBACK_PATH if base else None
 
 
 class TwilioSms:
@@ -58,6 +78,7 @@ class TwilioSms:
         auth_token: str,
         from_number: str,
         owns_client: bool = False,
+        status_callback: str | None = None,
     ) -> None:
         missing = [
             env
@@ -77,6 +98,7 @@ class TwilioSms:
         self._auth = httpx.BasicAuth(account_sid, auth_token)
         self._sender_field = "MessagingServiceSid" if from_number.startswith("MG") else "From"
         self.from_number = from_number
+        self.status_callback = status_callback
 
     async def send(self, delivery: Delivery) -> DeliveryResult:
         """Send one SMS; the result's ``provider_id`` is the provider's message SID."""
@@ -86,6 +108,8 @@ class TwilioSms:
         if not body:
             raise PermanentDeliveryError("the rendered SMS has no body")
         form = {"To": delivery.to, self._sender_field: self.from_number, "Body": body}
+        if self.status_callback:
+            form["StatusCallback"] = self.status_callback
         with send_errors(f"SMS to {mask_phone(delivery.to)}"):
             response = await self._client.post(
                 self.url,

@@ -328,6 +328,8 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: 
     provider_webhooks = ProviderWebhooks.from_settings(settings)  # a key that does not load: exit 2
     served.extend(provider_webhooks.served())
     engine = app.migrated_engine()
+    if settings.sms_auth_token:
+        served.append("Twilio's SMS webhooks")
 
     def serve_one(worker: int | None = None) -> None:
         if worker is not None:
@@ -341,6 +343,8 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: 
             write_keys=settings.write_keys,
             metrics_token=settings.metrics_token,
             provider_webhooks=provider_webhooks,
+            twilio_auth_token=settings.sms_auth_token,
+            public_url=settings.public_url,
         )
         serve(
             web_app,

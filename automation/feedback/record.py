@@ -77,6 +77,8 @@ class Report:
     url: str | None = None  # clicked: the link
     machine: bool = False  # opened: it looks machine-made (a privacy proxy's prefetch)
     body: str | None = None  # replied: the text
+    # replied: the opt-out keyword the provider recognised (Twilio's OptOutType); wins over the body's word
+    keyword: Literal["stop", "start", "help"] | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -223,7 +225,7 @@ def _event_properties(report: Report, message: Any) -> dict[str, Any]:
         "status": report.status,
         "body": report.body,
         "machine": report.machine if report.kind == "opened" else None,
-        "keyword": _keyword(report.body) if report.kind == "replied" else None,
+        "keyword": _keyword(report) if report.kind == "replied" else None,
     }
     properties.update({k: v for k, v in optional.items() if v is not None})
     return properties
@@ -238,8 +240,10 @@ def _detail(report: Report) -> dict[str, Any]:
     return out
 
 
-def _keyword(body: str | None) -> str | None:
-    word = (body or "").strip().upper()
+def _keyword(report: Report) -> str | None:
+    if report.keyword is not None:
+        return report.keyword
+    word = (report.body or "").strip().upper()
     if word in SMS_STOP:
         return "stop"
     if word in SMS_START:
@@ -262,7 +266,7 @@ def _consent(conn: Connection, report: Report, customer_id: str, now: datetime) 
             note = f"{report.source}: {SOFT_BOUNCES} soft bounces within {SOFT_BOUNCE_WINDOW.days} days"
             suppressions.add(conn, customer_id, report.channel, "bounced", now, note=note)
         case "replied":
-            keyword = _keyword(report.body)
+            keyword = _keyword(report)
             if keyword == "stop":
                 note = f"{report.source}: replied {(report.body or '').strip().upper()}"
                 suppressions.add(conn, customer_id, "sms", "unsubscribed", now, note=note)

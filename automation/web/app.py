@@ -22,6 +22,7 @@ from automation.errors import ConfigError
 from automation.web import metrics, segment, tracking, unsubscribe
 from automation.web.providers import ProviderWebhooks
 from automation.web.providers import routes as provider_routes
+from automation.web.twilio import routes as twilio_routes
 
 log = logging.getLogger("automation.serve")
 
@@ -43,12 +44,15 @@ def make_app(
     metrics_token: str = "",
     counts: metrics.ServeMetrics | None = None,
     provider_webhooks: ProviderWebhooks | None = None,
+    twilio_auth_token: str = "",
+    public_url: str = "http://127.0.0.1:8080",
 ) -> web.Application:
     """The application, its handlers bound to ``engine``, the signing ``secret``, ``clock``, the
     ingestion API's ``write_keys`` (none: the API is off) and the bearer token of ``/metrics`` (empty:
     it answers 404). ``counts``: where requests are counted (default: new counts). The email
     providers' event webhooks (``providers``) take their secrets from ``provider_webhooks`` (default:
-    all off)."""
+    all off). Twilio's SMS webhooks (``twilio``) check signatures with ``twilio_auth_token`` (empty:
+    they answer 404) over ``public_url`` + the request's path."""
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -60,6 +64,7 @@ def make_app(
     app.add_routes(tracking.routes(engine, secret, clock))
     app.add_routes(segment.routes(engine, write_keys, clock, counts))
     app.add_routes(provider_routes(engine, provider_webhooks or ProviderWebhooks(), clock))
+    app.add_routes(twilio_routes(engine, twilio_auth_token, public_url, clock))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics.handler(counts, metrics_token))
     return app

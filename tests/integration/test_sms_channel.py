@@ -6,10 +6,13 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import create_engine
 
 from automation.channels.base import Delivery, DeliveryResult
 from automation.channels.http import make_client
-from automation.channels.sms import TwilioSms
+from automation.channels.registry import build_channels
+from automation.channels.sms import TwilioSms, status_callback_url
+from automation.config import Settings
 from automation.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from automation.messages.store import RenderedMessage
 from tests.http_server import LocalServer, Reply, closed_port, fake_twilio, serve
@@ -173,3 +176,63 @@ def test_retry_after_failure_sends_once_for_the_provider(server: LocalServer) ->
     result = asyncio.run(attempt_twice())
     assert [r.outcome for r in server.requests] == ["failed:503", "ok"]
     assert result.provider_id is not None and result.provider_id.startswith("SM")
+
+
+def test_a_status_callback_is_sent_with_each_message_when_configured(server: LocalServer) -> None:
+    async def send_with_callback() -> None:
+        async with make_client(timeout=5) as client:
+            channel = TwilioSms(
+                client,
+                base_url=server.url,
+                account_sid=SID,
+                auth_token=TOKEN,
+                from_number=SENDER,
+                status_callback=status_callback_url("https://sms.example.com/"),
+            )
+            await channel.send(sms())
+            await channel.send(sms(key="pb:c1:welcome:2"))
+
+    asyncio.run(send_with_callback())
+    asyncio.run(send(server.url, sms(key="pb:c1:welcome:3")))  # no callback configured
+    forms = [r.form() for r in server.requests]
+    assert [f.get("StatusCallback") for f in forms] == [
+        "https://sms.example.com/providers/twilio/status",
+        "https://sms.example.com/providers/twilio/status",
+        None,
+    ]
+    assert forms[0]["Body"] == "Hi Ann, welcome!"
+
+
+@pytest.mark.parametrize(
+    ("public_url", "expected"),
+    [
+        ("https://sms.example.com", "https://sms.example.com/providers/twilio/status"),
+        (None, None),
+        ("  ", None),
+    ],
+)
+def test_the_registry_asks_for_status_callbacks_only_with_a_public_url(
+    public_url: str | None, expected: str | None
+) -> None:
+    env = {
+        "AUTOMATION_SMS_URL": "http://127.0.0.1:9",
+        "AUTOMATION_SMS_ACCOUNT_SID": SID,
+        "AUTOMATION_SMS_AUTH_TOKEN": TOKEN,
+        "AUTOMATION_SMS_FROM": SENDER,
+        "AUTOMATION_WEBHOOKS": "folder",
+    }
+    if public_url is not None:
+        env["AUTOMATION_PUBLIC_URL"] = public_url
+
+    async def built_callback() -> str | None:
+        engine = create_engine("sqlite://")
+        built = build_channels(Settings(), engine, env)
+        try:
+            channel = built.channels["sms"]
+            assert isinstance(channel, TwilioSms)
+            return channel.status_callback
+        finally:
+            await built.aclose()
+            engine.dispose()
+
+    assert asyncio.run(built_callback()) == expected
