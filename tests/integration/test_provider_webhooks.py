@@ -473,8 +473,8 @@ def test_generic_events_are_recorded_and_bad_ones_refused_by_index(engine: Engin
     assert post(engine, GENERIC_PATH, {"events": events})[1]["duplicate"] == 6
 
 
-def test_generic_soft_bounces_suppress_on_the_third(engine: Engine) -> None:
-    _message(engine, "k-ada", "ada")
+def test_generic_soft_bounces_suppress_on_the_third_and_bad_requests_store_nothing(engine: Engine) -> None:
+    outbox_id = _message(engine, "k-ada", "ada")
     for i in range(3):
         assert _suppressions(engine) == {}
         event = {
@@ -488,6 +488,10 @@ def test_generic_soft_bounces_suppress_on_the_third(engine: Engine) -> None:
     for raw in (b"not json", b"[]", b'{"events": {}}'):
         status, answer, _ = post(engine, GENERIC_PATH, raw=raw, headers=BEARER)
         assert status == 400 and answer["error"].startswith("body: ")
+    many = [{"type": "opened", "id": f"m{i}", "key": "k-ada"} for i in range(1001)]
+    status, answer, _ = post(engine, GENERIC_PATH, {"events": many})
+    assert (status, answer) == (413, {"error": "events: more than 1000 in one request"})
+    assert _row(engine, outbox_id).opens == 0
 
 
 # ------------------------------------------------------------------------------------------- serving
