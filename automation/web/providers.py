@@ -87,9 +87,13 @@ class ProviderWebhooks:
             raise ConfigError(f"{names}: set both or neither")
         return cls(key, user, password, settings.feedback_token)
 
+    @property
+    def postmark_on(self) -> bool:
+        return bool(self.postmark_user and self.postmark_password)
+
     def served(self) -> list[str]:
         """What is on, for the line ``serve`` prints."""
-        on = [("sendgrid", self.sendgrid_key is not None), ("postmark", bool(self.postmark_user)),
+        on = [("sendgrid", self.sendgrid_key is not None), ("postmark", self.postmark_on),
               ("generic", bool(self.feedback_token))]  # fmt: skip
         return [f"/providers/{name}/events" for name, active in on if active]
 
@@ -197,7 +201,7 @@ def routes(engine: Engine, hooks: ProviderWebhooks, clock: Callable[[], datetime
         ),
         web.post(
             "/providers/postmark/events",
-            guarded(postmark_events, bool(hooks.postmark_user), "AUTOMATION_POSTMARK_WEBHOOK_USER"),
+            guarded(postmark_events, hooks.postmark_on, "AUTOMATION_POSTMARK_WEBHOOK_USER"),
         ),
         web.post(
             "/providers/generic/events",

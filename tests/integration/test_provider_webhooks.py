@@ -292,7 +292,7 @@ def test_sendgrid_bodies_over_the_limit_or_not_json_are_refused(engine: Engine) 
 
 
 def test_each_webhook_is_off_until_its_secret_is_configured(engine: Engine) -> None:
-    off = ProviderWebhooks()
+    off = ProviderWebhooks(postmark_user=PM_USER)  # a user without a password: never open to "user:"
     for path, variable in ((SG_PATH, "AUTOMATION_SENDGRID_WEBHOOK_PUBLIC_KEY"),
                            (PM_PATH, "AUTOMATION_POSTMARK_WEBHOOK_USER"),
                            (GENERIC_PATH, "AUTOMATION_FEEDBACK_TOKEN")):  # fmt: skip
