@@ -523,3 +523,37 @@ def test_serve_refuses_to_start_with_a_key_that_does_not_load(tmp_path: Any) -> 
     assert (
         "AUTOMATION_SENDGRID_WEBHOOK_PUBLIC_KEY: not a public key in base64 DER or PEM form" in result.output
     )
+
+
+def test_the_headers_we_send_are_what_finds_the_message_again(engine: Engine) -> None:
+    """The round trip: SendGrid echoes the X-SMTPAPI unique arguments as fields of each event and the
+    Message-ID as ``smtp-id``; Postmark echoes X-PM-Metadata-* as ``Metadata``."""
+    import email
+    import email.policy
+
+    from automation.channels.base import Delivery
+    from automation.channels.mime import build_email_bytes
+    from automation.messages.store import RenderedMessage
+
+    key = "lifecycle_2026-11-22_ada_welcome"
+    rendered = RenderedMessage("email", "welcome", subject="Hi", text="Hi\n", html=None)
+    delivery = Delivery(message_id=1, idempotency_key=key, channel="email", customer_id="ada",
+                        rendered=rendered, to="ada@example.com")  # fmt: skip
+    raw, _recipient, message_id = build_email_bytes(
+        delivery, from_address="news@shop.example", domain="shop.example", now=NOW
+    )
+    sent = email.message_from_bytes(raw, policy=email.policy.default)
+    outbox_id = _message(engine, key, "ada", provider_id=message_id)
+    unique_args = json.loads(str(sent["X-SMTPAPI"]))["unique_args"]
+    stranger = {"email": "someone@else.example"}
+    events = [
+        sg_event("open", None, "r1", **stranger) | unique_args,
+        sg_event("click", None, "r2", url="https://shop.example/", **stranger)
+        | {"smtp-id": sent["Message-ID"]},
+    ]
+    assert sendgrid(engine, events)[1]["recorded"] == 2
+    metadata = {"automation-key": str(sent["X-PM-Metadata-automation-key"])}
+    postmark_open = pm("Open", MessageID="pm-x", Metadata=metadata, Recipient="someone@else.example")
+    assert post(engine, PM_PATH, postmark_open)[1]["recorded"] == 1
+    row = _row(engine, outbox_id)
+    assert (row.opens, row.clicks) == (2, 1)
