@@ -31,6 +31,7 @@ class Settings:
     secret_key: str = "change-me"
     sms_auth_token: str = field(default="", repr=False)  # AUTOMATION_SMS_AUTH_TOKEN: Twilio's webhooks
     global_cap: FrequencyCap | None = None  # AUTOMATION_FREQUENCY_CAP, across playbooks
+    global_control: float = 0.0  # AUTOMATION_GLOBAL_CONTROL: share of customers no playbook sends to
     full_tick_every: timedelta = DEFAULT_FULL_TICK_EVERY  # AUTOMATION_FULL_TICK_EVERY: evaluate everyone
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # for channel settings and ${VAR}
     write_keys: tuple[str, ...] = field(default=(), repr=False)  # AUTOMATION_WRITE_KEYS: the /v1 API's keys
@@ -57,8 +58,9 @@ class Settings:
             outbox_dir=Path(env.get("AUTOMATION_OUTBOX_DIR", "outbox")),
             public_url=env.get("AUTOMATION_PUBLIC_URL", "http://127.0.0.1:8080"),
             secret_key=env.get("AUTOMATION_SECRET_KEY", "change-me"),
-            global_cap=_cap(env.get("AUTOMATION_FREQUENCY_CAP")),
             sms_auth_token=env.get("AUTOMATION_SMS_AUTH_TOKEN", "").strip(),
+            global_cap=_cap(env.get("AUTOMATION_FREQUENCY_CAP")),
+            global_control=_control(env.get("AUTOMATION_GLOBAL_CONTROL")),
             full_tick_every=_every(env.get("AUTOMATION_FULL_TICK_EVERY")),
             environ=dict(env),
             write_keys=_write_keys(env.get("AUTOMATION_WRITE_KEYS")),
@@ -79,6 +81,19 @@ class Settings:
 def _write_keys(text: str | None) -> tuple[str, ...]:
     """The ingestion API's write keys: comma-separated, blanks dropped; none means the API is off."""
     return tuple(key.strip() for key in (text or "").split(",") if key.strip())
+
+
+def _control(text: str | None) -> float:
+    if not text or not text.strip():
+        return 0.0
+    from pydantic_core import PydanticCustomError
+
+    from automation.playbook.models import parse_share
+
+    try:
+        return parse_share(text, 0.5)
+    except PydanticCustomError as exc:
+        raise ConfigError(f"AUTOMATION_GLOBAL_CONTROL={text!r}: {exc.message()}") from None
 
 
 def _cap(text: str | None) -> FrequencyCap | None:

@@ -141,6 +141,7 @@ def explain(
     customer_id: str,
     global_cap: FrequencyCap | None = None,
     events: int = 10,
+    global_control: float = 0.0,
 ) -> Explanation:
     """The decision trace of one customer in each of ``playbooks`` (compiled for the same moment), with
     the customer's ``events`` latest events (0: none, and no count)."""
@@ -151,7 +152,7 @@ def explain(
         raise InputError(f"no customer with id {customer_id!r}; check the id or import the customer first")
     customer = dict(row)
     at = playbooks[0].now if playbooks else datetime.now(UTC)
-    out = [explain_playbook(conn, compiled, customer, global_cap) for compiled in playbooks]
+    out = [explain_playbook(conn, compiled, customer, global_cap, global_control) for compiled in playbooks]
     outbox = [
         dict(r)
         for r in conn.execute(
@@ -242,6 +243,7 @@ def explain_playbook(
     compiled: CompiledPlaybook,
     customer: dict[str, Any],
     global_cap: FrequencyCap | None = None,
+    global_control: float = 0.0,
 ) -> PlaybookExplanation:
     pb = compiled.loaded.playbook
     cid = str(customer["id"])
@@ -323,7 +325,7 @@ def explain_playbook(
     program = _describe_program(compiled, stage, touch, stored, enrollment)
 
     sink = PreviewSink(limit=0)
-    plan(conn, compiled, sink, customer_ids=[cid], global_cap=global_cap)
+    plan(conn, compiled, sink, customer_ids=[cid], global_cap=global_cap, global_control=global_control)
     return PlaybookExplanation(
         pb.name,
         str(compiled.loaded.path),

@@ -57,7 +57,10 @@ class PreviewSink:
 
 def _reason_kind(reason: str) -> str:
     """Group reasons for the summary ("quiet hours until 08:00 Asia/Jakarta" -> "quiet hours")."""
-    for kind in ("quiet hours", "global frequency cap", "frequency cap", "consent", "step guard", "held"):
+    for kind in ("quiet hours", "global frequency cap", "frequency cap", "consent", "step guard", "holdout"):
+        if reason.startswith(kind):
+            return kind
+    for kind in ("held",):
         if reason.startswith(kind):
             return kind
     return reason
@@ -106,8 +109,8 @@ class Preview:
             "summary": {
                 "actions": self.sink.total_actions,
                 "planned": sum(n for (_, status), n in self.sink.by_channel.items() if status == "planned"),
-                "suppressed": sum(
-                    n for (_, status), n in self.sink.by_channel.items() if status == "suppressed"
+                "suppressed": sum(  # held back: suppressed, deferred or held out (a control group)
+                    n for (_, status), n in self.sink.by_channel.items() if status != "planned"
                 ),
                 "by_channel": _by_channel(self.sink.by_channel),
                 "reasons": dict(self.sink.reasons.most_common()),
@@ -127,7 +130,8 @@ class Preview:
 def _by_channel(counter: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for (channel, status), n in sorted(counter.items()):
-        out.setdefault(channel, {"planned": 0, "suppressed": 0})[status] = n
+        counts = out.setdefault(channel, {"planned": 0, "suppressed": 0})
+        counts["planned" if status == "planned" else "suppressed"] += n
     return out
 
 

@@ -29,7 +29,7 @@ from automation.playbook.models import (
     discover,
     load_playbook,
     step_channel,
-    step_template,
+    step_templates,
 )
 from automation.rules.compiled import CompiledPlaybook, compile_playbook
 
@@ -144,22 +144,25 @@ def template_problems(
     for loc, stage, touch, step in located_steps(loaded):
         if isinstance(step, WaitStep):
             continue
-        channel, name = step_channel(step), step_template(step)
-        key = (name, channel)
-        found = templates.check(name, channel)
-        line, column, _ = loaded.source.locate([*loc, channel])
-        if not found:
-            if renders is not None and key not in checked:
-                used_at = f"{loaded.path}:{line}:{column}"
-                problems.extend(_sandbox_problems(loaded, templates, renders, key, used_at, stage, touch))
-        elif not templates.path_for(name, channel).is_file():
-            detail = found[0].message
-            problems.append(
-                loaded.source.problem(line, column, f"unknown {channel} template {name!r}: {detail}")
-            )
-        elif key not in checked:
-            problems.extend(found)
-        checked.add(key)
+        channel = step_channel(step)
+        variants = getattr(step, "variants", None)
+        for name in step_templates(step):
+            key = (name, channel)
+            found = templates.check(name, channel)
+            where = [*loc, "variants", name] if variants else [*loc, channel]
+            line, column = loaded.source.key_position(where) if variants else loaded.source.locate(where)[:2]
+            if not found:
+                if renders is not None and key not in checked:
+                    used_at = f"{loaded.path}:{line}:{column}"
+                    problems.extend(_sandbox_problems(loaded, templates, renders, key, used_at, stage, touch))
+            elif not templates.path_for(name, channel).is_file():
+                detail = found[0].message
+                problems.append(
+                    loaded.source.problem(line, column, f"unknown {channel} template {name!r}: {detail}")
+                )
+            elif key not in checked:
+                problems.extend(found)
+            checked.add(key)
     return problems
 
 

@@ -168,7 +168,14 @@ def explain_cmd(
             compile_playbook(item.loaded, now) for item in validate_paths([app.settings.playbooks_dir], store)
         ]
     with app.migrated_engine().connect() as conn:
-        result = explain(conn, compiled, customer_id, app.settings.global_cap, events=events)
+        result = explain(
+            conn,
+            compiled,
+            customer_id,
+            app.settings.global_cap,
+            events=events,
+            global_control=app.settings.global_control,
+        )
         conn.rollback()
     if fmt == "json":
         click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False, default=str))

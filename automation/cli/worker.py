@@ -56,6 +56,7 @@ def tick_cmd(app: App, playbooks: tuple[Path, ...], at_text: str | None, full: b
             app.settings.global_cap,
             full=full,
             full_every=app.settings.full_tick_every,
+            global_control=app.settings.global_control,
         )
         s = result.stats
         click.echo(
@@ -327,9 +328,9 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: 
         served.append("/metrics")
     provider_webhooks = ProviderWebhooks.from_settings(settings)  # a key that does not load: exit 2
     served.extend(provider_webhooks.served())
-    engine = app.migrated_engine()
     if settings.sms_auth_token:
         served.append("Twilio's SMS webhooks")
+    engine = app.migrated_engine()
 
     def serve_one(worker: int | None = None) -> None:
         if worker is not None:
@@ -342,9 +343,9 @@ def serve_cmd(app: App, host: str, port: int, shutdown_timeout: float, workers: 
             settings.secret_key,
             write_keys=settings.write_keys,
             metrics_token=settings.metrics_token,
-            provider_webhooks=provider_webhooks,
             twilio_auth_token=settings.sms_auth_token,
             public_url=settings.public_url,
+            provider_webhooks=provider_webhooks,
         )
         serve(
             web_app,

@@ -30,7 +30,8 @@ from automation.db.tables import OUTBOX, PICKABLE
 #: Statuses a claim takes a due row from (a tick cancels a leaving customer's messages in these too).
 CLAIMABLE = ("pending", "retry")
 #: Statuses a row never leaves.
-FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled", "failed")  # failed: the provider said so
+#: (failed: the provider said so; held_out: a control group's message, recorded and never sent)
+FINAL = ("sent", "dead", "suppressed", "skipped", "cancelled", "failed", "held_out")
 
 #: The columns :func:`claim` returns: what sending a message needs.
 CLAIMED_COLUMNS = (

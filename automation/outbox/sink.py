@@ -212,7 +212,9 @@ class OutboxSink:
 
     def action(self, item: PlannedAction) -> None:
         status, error = "pending", None
-        if item.status == "suppressed":
+        if item.status == "held_out":
+            status, error = "held_out", item.reason
+        elif item.status == "suppressed":
             reason = item.reason or ""
             if item.until is not None:  # quiet hours, frequency cap: deferred, not dropped
                 status, error = "pending", reason
@@ -234,7 +236,7 @@ class OutboxSink:
             "touch": item.touch,
             "step": item.step,
             "priority": item.priority,
-            "payload": self._payload(item.assignee, item.url, item.due, customer_facing),
+            "payload": self._payload(item.assignee, item.url, item.due, customer_facing, item.variant),
             "status": status,
             "due_at": item.due_at,
             "expires_at": item.due_at + self.ttl if customer_facing else None,
@@ -247,9 +249,11 @@ class OutboxSink:
         if len(self._actions) >= FLUSH_EVERY:
             self.flush()
 
-    def _payload(self, assignee: str | None, url: str | None, due: datetime | None, facing: bool) -> str:
+    def _payload(
+        self, assignee: str | None, url: str | None, due: datetime | None, facing: bool, variant: str | None
+    ) -> str:
         """The message's payload as JSON text, written once per distinct payload of the tick."""
-        key = (assignee, url, due, facing)
+        key = (assignee, url, due, facing, variant)
         text = self._payloads.get(key)
         if text is None:
             payload: dict[str, Any] = {"timezone": self.fallback_timezone}
@@ -259,6 +263,8 @@ class OutboxSink:
                 payload["url"] = url
             if due:
                 payload["due"] = due.isoformat()
+            if variant:
+                payload["variant"] = variant  # the template chosen among the step's variants
             if self.quiet_hours and facing:
                 payload["quiet_hours"] = self.quiet_hours
             if self.hold_during_tasks and facing:

@@ -23,6 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from automation.db.in_list import among
 from automation.db.tables import CUSTOMER, OUTBOX, SUPPRESSION, TASK
+from automation.plan import assign
 from automation.plan.records import CONTACT_COLUMNS, Contact, PlannedAction, Sink
 from automation.plan.timeutil import aware, stored
 from automation.playbook.models import (
@@ -61,13 +62,19 @@ class Checks:
     the messages and tasks planned so far, a batch's outbox rows, quiet hours per time zone."""
 
     def __init__(
-        self, conn: Connection, compiled: CompiledPlaybook, sink: Sink, global_cap: FrequencyCap | None
+        self,
+        conn: Connection,
+        compiled: CompiledPlaybook,
+        sink: Sink,
+        global_cap: FrequencyCap | None,
+        global_control: float = 0.0,
     ):
         self.conn, self.compiled, self.sink = conn, compiled, sink
         self.dialect = conn.dialect.name
         self.pb: Playbook = compiled.loaded.playbook
         self.now = compiled.now
         self.global_cap = global_cap
+        self.global_control = global_control  # AUTOMATION_GLOBAL_CONTROL: share held out of every playbook
         self.fallback_zone = ZoneInfo(self.pb.timezone)
         # customer-facing messages planned this tick, by idempotency key (some may already be flushed)
         self.planned: dict[str, dict[str, datetime]] = defaultdict(dict)
@@ -182,6 +189,9 @@ class Checks:
     ) -> None:
         assert not isinstance(step, WaitStep)
         channel, template = step_channel(step), step_template(step)
+        variants = getattr(step, "variants", None)
+        if variants:
+            template = assign.variant(self.pb.name, step_name, customer.id, variants)
         reason, until = guard_reason, None
         assignee = due = url = None
         if channel == "task":
@@ -205,6 +215,10 @@ class Checks:
             if reason is None:
                 reason, until = self.frequency(customer.id, facts)
         status = "planned" if reason is None else "suppressed"
+        control = self.control_group(customer.id) if reason is None or until is not None else None
+        if control is not None and (channel != "task" or self.pb.holdout_tasks):
+            # recorded like any message, never sent: the group the playbook's effect is measured against
+            status, reason, until = "held_out", control, None
         if status == "planned" and channel in CUSTOMER_CHANNELS:
             self.planned[customer.id][key] = self.now
         elif status == "planned" and channel == "task":
@@ -228,8 +242,17 @@ class Checks:
                 assignee=assignee,
                 due=due,
                 url=url,
+                variant=template if variants else None,
             )
         )
+
+    def control_group(self, customer_id: str) -> str | None:
+        """Why the customer gets nothing from this playbook (a control group), or None."""
+        if assign.in_global_control(customer_id, self.global_control):
+            return f"holdout: global control group ({self.global_control * 100:g}%)"
+        if assign.in_holdout(self.pb.name, customer_id, self.pb.holdout):
+            return f"holdout: {self.pb.holdout * 100:g}% of {self.pb.name}'s customers get nothing"
+        return None
 
     def quiet_hours(self, customer: Any) -> tuple[str | None, datetime | None]:
         window: QuietHours | None = self.pb.quiet_hours

@@ -56,6 +56,7 @@ def plan(
     only: Any = None,
     only_recurring: Any = None,
     alongside: Alongside | None = None,
+    global_control: float = 0.0,
 ) -> None:
     """Plan the next tick of ``compiled`` at ``compiled.now`` into ``sink``.
 
@@ -65,10 +66,12 @@ def plan(
     ``only_recurring`` (another, or None) adds customers for the recurring rules alone: an incremental
     tick's candidates (``automation.plan.incremental``). Due program steps run for everyone.
 
+    ``global_control``: the share of customers in the global control group (``AUTOMATION_GLOBAL_CONTROL``).
+
     ``alongside``: work for ``conn`` that runs on a thread while the tick is planned, the planner's
     lookups going through ``alongside.reader`` meanwhile (see ``Alongside``).
     """
-    planner = Planner(conn, compiled, sink, global_cap)
+    planner = Planner(conn, compiled, sink, global_cap, global_control)
     found: Iterable[Transition] = transitions(conn, compiled, customer_ids, materialized, only)
     if materialized:  # the evaluated customers' matches are in the tick's table; look up the others only
         extra = None if only is None or only_recurring is None else [only_recurring, only]

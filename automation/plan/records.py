@@ -80,12 +80,13 @@ class PlannedAction:
     due_at: datetime
     idempotency_key: str
     priority: int
-    status: str  # planned | suppressed
+    status: str  # planned | suppressed | held_out (a control group: recorded, never sent)
     reason: str | None = None
     until: datetime | None = None  # for actions deferred (quiet hours, frequency cap): when they may go
     assignee: str | None = None
     due: datetime | None = None  # tasks: when the person should have done it
     url: str | None = None  # webhooks: the target (may name ${ENV})
+    variant: str | None = None  # the template chosen among the step's variants (then also ``template``)
 
     def as_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}

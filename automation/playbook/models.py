@@ -307,6 +307,33 @@ ReentryText = Annotated[
 ]
 
 
+def parse_share(value: Any, most: float) -> float:
+    """A share written ``10%`` (or a number of percent, ``10``) as a fraction 0.1, at most ``most``;
+    PydanticCustomError otherwise."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("share", "expected a percentage such as 10%")
+    text = str(value).strip().removesuffix("%").strip()
+    try:
+        share = float(text) / 100
+    except ValueError:
+        raise PydanticCustomError("share", "expected a percentage such as 10%") from None
+    if not 0 <= share <= most or share != share:
+        raise PydanticCustomError("share", f"expected 0% to {most * 100:g}%")
+    return share
+
+
+def _to_holdout(value: Any) -> float:
+    return parse_share(value, 0.5)
+
+
+HoldoutText = Annotated[
+    float,
+    BeforeValidator(_to_holdout),
+    PlainSerializer(lambda share: f"{share * 100:g}%", return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["10%", "5%"], "description": "0% to 50%"}),
+]
+
+
 # -- steps -----------------------------------------------------------------------------------
 class _GuardedStep(Frozen):
     when: RuleText | None = None
@@ -314,12 +341,25 @@ class _GuardedStep(Frozen):
     priority: int = 0
 
 
+Variants = dict[Name, Annotated[int, Field(gt=0, le=1_000_000)]]
+
+
 class EmailStep(_GuardedStep):
     email: Name
+    variants: Variants | None = Field(
+        default=None,
+        description="templates to choose from, with weights; each customer gets one, always the same",
+        min_length=1,
+    )
 
 
 class SmsStep(_GuardedStep):
     sms: Name
+    variants: Variants | None = Field(
+        default=None,
+        description="templates to choose from, with weights; each customer gets one, always the same",
+        min_length=1,
+    )
 
 
 class WebhookStep(_GuardedStep):
@@ -391,6 +431,12 @@ def step_template(step: MessageStep) -> str:
     return str(getattr(step, step_channel(step)))
 
 
+def step_templates(step: MessageStep) -> list[str]:
+    """Every template a step may send: its own, or its variants'."""
+    variants = getattr(step, "variants", None)
+    return list(variants) if variants else [step_template(step)]
+
+
 # -- the playbook ----------------------------------------------------------------------------
 class Segment(Frozen):
     name: Name
@@ -455,6 +501,14 @@ class Playbook(Frozen):
         description="hold automated email and SMS while a high-touch task is open for the customer",
     )
     reentry: ReentryText = Reentry(mode="after", cooldown=timedelta(days=30))
+    holdout: HoldoutText = Field(
+        default=0.0,
+        description="share of customers (0% to 50%) who get nothing from this playbook: the control group",
+    )
+    holdout_tasks: bool = Field(
+        default=True,
+        description="hold the tasks of high-touch steps back from the control group too",
+    )
     tracking: Tracking = Tracking()
     segments: list[Segment] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)

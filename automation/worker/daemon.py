@@ -96,6 +96,7 @@ class Daemon:
                         compiled,
                         self.settings.global_cap,
                         full_every=self.settings.full_tick_every,
+                        global_control=self.settings.global_control,
                     )
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
@@ -120,11 +121,21 @@ class Daemon:
     def _sqlite_tick(self, compiled: CompiledPlaybook) -> TickResult:
         """A tick on SQLite, run again (up to ``SQLITE_ATTEMPTS`` times) when another process wrote between
         its first read and its first write: SQLite then refuses the write at once ("database is locked")
-        and the tick's one transaction is rolled back whole, so running it again is safe."""
+        and the tick's one transaction is rolled back whole, so running it again is safe.
+
+        The first attempt reads without the write lock, so other writers (``automation serve``, an
+        import) go on meanwhile; an attempt after a refusal takes the lock when it begins (``BEGIN
+        IMMEDIATE``): other writers then wait for it (their busy timeout), and a steady stream of their
+        commits cannot refuse tick after tick."""
         for attempt in range(1, SQLITE_ATTEMPTS + 1):
             try:
                 return run_tick(
-                    self.engine, compiled, self.settings.global_cap, full_every=self.settings.full_tick_every
+                    self.engine,
+                    compiled,
+                    self.settings.global_cap,
+                    full_every=self.settings.full_tick_every,
+                    global_control=self.settings.global_control,
+                    immediate=attempt > 1,
                 )
             except OperationalError as exc:
                 if attempt == SQLITE_ATTEMPTS or "database is locked" not in str(exc.orig):

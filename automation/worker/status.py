@@ -35,7 +35,10 @@ from automation.masking import mask_text
 from automation.outbox.lease import CLAIMABLE
 
 #: Outbox statuses in the order they are shown (unknown ones follow, sorted).
-STATUSES = ("pending", "claimed", "retry", "sent", "dead", "suppressed", "skipped", "cancelled", "failed")
+STATUSES = (
+    *("pending", "claimed", "retry", "sent", "dead"),
+    *("suppressed", "skipped", "cancelled", "failed", "held_out"),
+)
 #: The stage of customers who match no stage rule.
 NO_STAGE = "(none)"
 _TICK_CHANGES = ("transitions", "enrolled", "exited", "actions", "deferred")

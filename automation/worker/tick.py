@@ -49,6 +49,8 @@ def run_tick(
     full: bool = False,
     full_every: timedelta = incremental.FULL_EVERY,
     alongside: bool = True,
+    global_control: float = 0.0,
+    immediate: bool = False,
 ) -> TickResult:
     """Evaluate ``compiled`` at its ``now`` and record state changes and actions; safe to repeat.
 
@@ -58,11 +60,16 @@ def run_tick(
     tick are evaluated (``automation.plan.incremental``); ``full`` evaluates everyone. On PostgreSQL a
     second, read-only connection evaluates half of the candidates, and the state, history and planned
     rows are written while the planner plans, reading through it (``alongside=False``: all of it one
-    after the other, on one connection).
+    after the other, on one connection). ``immediate`` (SQLite): take the database's write lock when
+    the tick begins instead of at its first write.
     """
     started = time.perf_counter()
     horizon = incremental.change_horizon(engine)
     with engine.begin() as conn:
+        if immediate and conn.dialect.name == "sqlite":
+            # take the write lock now (waiting for it), so no other writer's commit can refuse the
+            # tick's first write later; see Daemon._sqlite_tick
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         scope = incremental.begin(conn, compiled, horizon, full, full_every)
         only = only_recurring = None
         if scope.window is not None:
@@ -93,6 +100,7 @@ def run_tick(
                 compiled,
                 sink,
                 global_cap=global_cap,
+                global_control=global_control,
                 materialized=True,
                 only=only,
                 only_recurring=only_recurring,
