@@ -23,6 +23,11 @@ def _ts(nullable: bool = True, index: bool = False) -> Any:
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customer"
+    __table_args__ = (
+        # providers' reports name the recipient: finding the customer by address (automation.feedback)
+        Index("ix_customer_email", "email"),
+        Index("ix_customer_phone", "phone"),
+    )
 
     id: str = Field(primary_key=True, max_length=255)
     email: str | None = Field(default=None, max_length=320)
@@ -161,6 +166,7 @@ class Outbox(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_claim", "status", "due_at"),
         Index("ix_outbox_customer", "customer_id", "created_at"),
+        Index("ix_outbox_provider", "provider_id"),  # a provider's report names its own message id
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -167,11 +167,11 @@ def _customer_by_address(conn: Connection, report: Report) -> str | None:
     if not report.address:
         return None
     address = report.address.strip()
-    if report.channel == "sms":
-        where = CUSTOMER.c.phone == address
-    else:
-        where = func.lower(CUSTOMER.c.email) == address.lower()
-    found = conn.execute(select(CUSTOMER.c.id).where(where).order_by(CUSTOMER.c.id).limit(1)).scalar()
+    column = CUSTOMER.c.phone if report.channel == "sms" else CUSTOMER.c.email
+    query = select(CUSTOMER.c.id).order_by(CUSTOMER.c.id).limit(1)
+    found = conn.execute(query.where(column == address)).scalar()  # the address as we sent it: indexed
+    if found is None and report.channel != "sms":  # a provider that changed its case: rare, a scan
+        found = conn.execute(query.where(func.lower(column) == address.lower())).scalar()
     return str(found) if found is not None else None
 
 
