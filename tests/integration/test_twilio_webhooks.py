@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,10 @@ from twilio.request_validator import RequestValidator
 from automation.db.tables import EVENT, FEEDBACK, OUTBOX, SUPPRESSION
 from automation.web.app import make_app
 from automation.web.twilio import BODY_MAX, EMPTY_TWIML, INBOUND_PATH, STATUS_PATH
+from tests.http_server import fake_twilio, serve
+from tests.integration import known
 from tests.integration.known import T, customer
+from tests.integration.test_delivery import dispatch, env_for, tick
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 TOKEN = "twilio-auth-token-0123456789abcdef"
@@ -330,3 +334,32 @@ def test_a_signed_callback_without_message_sid_is_a_bad_request(engine: Engine) 
     answer = post(engine, STATUS_PATH, params)
     assert answer.status == 400 and answer.json()["error"] == "MessageSid: missing"
     assert _feedback_count(engine) == 0
+
+
+def test_a_message_sent_through_the_sms_channel_is_reported_delivered(data: Engine, tmp_path: Path) -> None:
+    """The worker sends with ``StatusCallback``; the callback names the SID Twilio answered with."""
+    with serve() as server:
+        server.route("/2010-04-01/Accounts/AC123/Messages.json", fake_twilio())
+        env = env_for(server.url, tmp_path) | {"AUTOMATION_PUBLIC_URL": PUBLIC}
+        later = known.NOW + timedelta(days=14, hours=1)
+        tick(data, known.NOW)
+        dispatch(data, env, known.NOW)
+        tick(data, later)  # regular's retention program: the NPS survey by SMS
+        dispatch(data, env, later)
+        [sent] = [r for r in server.requests if r.path.endswith("Messages.json")]
+    assert sent.form()["StatusCallback"] == PUBLIC + STATUS_PATH
+    sid = _sid_of(data)  # what the channel stored from Twilio's answer
+    params = _status("delivered", sid=sid, To=sent.form()["To"])
+    assert post(data, STATUS_PATH, params, signed_url=sent.form()["StatusCallback"]).status == 200
+    with data.connect() as conn:
+        row = conn.execute(select(OUTBOX).where(OUTBOX.c.channel == "sms")).one()
+        names = conn.execute(select(EVENT.c.name).where(EVENT.c.customer_id == row.customer_id)).scalars()
+        assert "sms_delivered" in list(names)
+    assert (row.status, row.provider_status, row.delivered_at is not None) == ("sent", "delivered", True)
+
+
+def _sid_of(engine: Engine) -> str:
+    with engine.connect() as conn:
+        sid = conn.execute(select(OUTBOX.c.provider_id).where(OUTBOX.c.channel == "sms")).scalar_one()
+    assert isinstance(sid, str) and sid.startswith("SM")
+    return sid
