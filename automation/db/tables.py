@@ -157,6 +157,8 @@ class Enrollment(SQLModel, table=True):
     status: str = Field(default="active", max_length=20)  # active | completed | exited
     ended_at: datetime | None = _ts()
     end_reason: str | None = None
+    # treatment | holdout (the playbook's) | control (the global control group), fixed at entry
+    cohort: str = Field(default="treatment", max_length=20, sa_column_kwargs={"server_default": "treatment"})
 
 
 class Outbox(SQLModel, table=True):
@@ -255,6 +257,29 @@ class Feedback(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
 
 
+class Conversion(SQLModel, table=True):
+    """A goal reached: a customer whose goal rule became true within the window after entering the
+    program (``goal`` is ``playbook`` for the playbook's own goal, else the stage of a program's), with
+    the customer's cohort and the program's last message sent before it (last-touch attribution)."""
+
+    __tablename__ = "conversion"
+    __table_args__ = (
+        UniqueConstraint("playbook", "goal", "customer_id", "entered_at", name="uq_conversion_entry"),
+        Index("ix_conversion_time", "playbook", "converted_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    playbook: str = Field(max_length=255)
+    goal: str = Field(max_length=255)
+    customer_id: str = Field(max_length=255)
+    enrollment_id: int | None = None
+    cohort: str = Field(default="treatment", max_length=20)
+    entered_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    converted_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    outbox_id: int | None = None  # the attributed message, if one was sent before the conversion
+    template: str | None = Field(default=None, max_length=255)  # its template (the variant)
+
+
 class Task(SQLModel, table=True):
     """A high-touch action: a person does something for a customer by a due date."""
 
@@ -303,4 +328,5 @@ OUTBOX: Table = metadata.tables["outbox"]
 SUPPRESSION: Table = metadata.tables["suppression"]
 TASK: Table = metadata.tables["task"]
 FEEDBACK: Table = metadata.tables["feedback"]
+CONVERSION: Table = metadata.tables["conversion"]
 RUN_LOG: Table = metadata.tables["run_log"]

@@ -194,6 +194,7 @@ class OutboxSink:
                 "segment": item.segment,
                 "touch": item.touch,
                 "started_at": item.started_at,
+                "cohort": item.cohort,
                 **values,
             }
             with self._rows:

@@ -246,6 +246,14 @@ class Checks:
             )
         )
 
+    def cohort(self, customer_id: str) -> str:
+        """``control`` (the global control group), ``holdout`` (this playbook's) or ``treatment``."""
+        if assign.in_global_control(customer_id, self.global_control):
+            return "control"
+        if assign.in_holdout(self.pb.name, customer_id, self.pb.holdout):
+            return "holdout"
+        return "treatment"
+
     def control_group(self, customer_id: str) -> str | None:
         """Why the customer gets nothing from this playbook (a control group), or None."""
         if assign.in_global_control(customer_id, self.global_control):

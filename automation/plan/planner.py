@@ -290,6 +290,7 @@ class Planner(RecurringRules):
                     next_at,
                     status,
                     d.enrollment_id,
+                    cohort=self.cohort(d.customer_id) if d.enrollment_id is None else "treatment",
                 )
             )
 

@@ -65,6 +65,7 @@ class EnrollmentChange:
     status: str  # active | completed | exited
     enrollment_id: int | None = None  # None for a new enrollment
     reason: str | None = None
+    cohort: str = "treatment"  # a new enrollment's: treatment | holdout | control (see Checks.cohort)
 
 
 @dataclass(slots=True)

@@ -110,6 +110,11 @@ def test_held_out_customers_get_recorded_messages_that_are_never_sent(engine: En
     assert len(claimed) == CUSTOMERS - len(held)  # the control group's messages are never picked
     assert not {row.customer_id for row in claimed} & held
 
+    with engine.connect() as conn:
+        cohorts = dict(conn.execute(select(T["enrollment"].c.customer_id, T["enrollment"].c.cohort)).all())
+    assert {cid for cid, cohort in cohorts.items() if cohort == "holdout"} == held
+    assert {cohort for cid, cohort in cohorts.items() if cid not in held} == {"treatment"}
+
     later = NOW + timedelta(minutes=15)
     run_tick(engine, compile_playbook(check_playbook(_playbook(tmp_path), TEMPLATES, later).loaded, later))
     again = _outbox(engine)
@@ -122,6 +127,9 @@ def test_global_control_holds_customers_out_of_every_playbook(engine: Engine, tm
     run_tick(engine, compiled, global_control=0.25)
     held = {cid for cid, (status, _t, _p) in _outbox(engine).items() if status == "held_out"}
     assert held == {f"c{n:04d}" for n in range(CUSTOMERS) if assign.in_global_control(f"c{n:04d}", 0.25)}
+    with engine.connect() as conn:
+        cohorts = dict(conn.execute(select(T["enrollment"].c.customer_id, T["enrollment"].c.cohort)).all())
+    assert {cid for cid, cohort in cohorts.items() if cohort == "control"} == held
 
 
 def test_settings_read_the_global_control_share() -> None:
