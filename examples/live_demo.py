@@ -10,7 +10,12 @@ at the end. The customer's time zone is one where it is daytime now, so quiet ho
 
 from __future__ import annotations
 
+import email
+import email.policy
+import http.client
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -94,7 +99,11 @@ def main() -> None:
     engine = make_engine(settings.database_url)
     user = f"live-{datetime.now(UTC):%H%M%S}"
     port = free_port()
-    env = os.environ | {"AUTOMATION_WRITE_KEYS": WRITE_KEY}
+    # links in emails point at this server, so a click comes back as an event (click tracking)
+    env = os.environ | {
+        "AUTOMATION_WRITE_KEYS": WRITE_KEY,
+        "AUTOMATION_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
     print(f"live events: automation serve on 127.0.0.1:{port} and the worker (automation run)")
     server = Process(["serve", "--host", "127.0.0.1", "--port", str(port)], env)
     worker = Process(["run"], env, echo=True)
@@ -123,10 +132,48 @@ def main() -> None:
         print(
             f"  {user}'s messages: {done} (with no provider configured, to files in {settings.outbox_dir}/)"
         )
+        click_first_link(engine, user, port)
     finally:
         server.stop()
         worker.stop()
         engine.dispose()
+
+
+def click_first_link(engine: Engine, user: str, port: int) -> None:
+    """Open the first tracked link of the customer's first email file, as a reader would, and show
+    the redirect and the ``email_clicked`` event it records."""
+    with engine.connect() as conn:
+        path = conn.execute(
+            text("SELECT provider_id FROM outbox WHERE customer_id = :c AND channel = 'email' ORDER BY id"),
+            {"c": user},
+        ).scalar()
+    if not path or not Path(path).is_file():
+        return
+    message = email.message_from_bytes(Path(path).read_bytes(), policy=email.policy.default)
+    body = message.get_body(("html", "plain"))
+    content = body.get_content() if body is not None else ""  # type: ignore[attr-defined]
+    found = re.search(rf"http://127\.0\.0\.1:{port}(/c/[A-Za-z0-9_.~-]+)", content)
+    if found is None:
+        print("  (no tracked link found in the email)")
+        return
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", found.group(1))
+    answer = conn.getresponse()
+    conn.close()
+    print(f"clicked a link in {Path(path).name}: {answer.status} to {answer.getheader('Location')}")
+    template = wait_for(partial(clicked, engine, user), "the click event")
+    print(f"  recorded as the event email_clicked of {user} (template {template}); rules can use it")
+
+
+def clicked(engine: Engine, user: str) -> str | None:
+    with engine.connect() as conn:
+        props = conn.execute(
+            text("SELECT properties FROM event WHERE customer_id = :c AND name = 'email_clicked'"),
+            {"c": user},
+        ).scalar()
+    if props is None:
+        return None
+    return str((json.loads(props) if isinstance(props, str) else props).get("template"))
 
 
 def queued(engine: Engine, user: str, seen: int) -> list[tuple[str, str, str]]:
