@@ -479,6 +479,24 @@ class Tracking(Frozen):
     opens: bool = Field(default=False, description="add a 1x1 image to count opens (unreliable)")
 
 
+class Goal(Frozen):
+    """What counts as success after entering a program: ``when`` true at a tick within ``within`` of entry."""
+
+    when: RuleText
+    within: Duration
+
+    @field_validator("within")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise PydanticCustomError("duration", "within must be a positive duration such as 7d")
+        return value
+
+
+#: The goal name of the playbook's own goal in ``conversion`` (a stage's goal is named after its stage).
+PLAYBOOK_GOAL = "playbook"
+
+
 #: How a list of named things is called in messages.
 _KIND_NAMES = {"segments": "segment", "stages": "stage", "recurring": "recurring rule"}
 
@@ -514,6 +532,13 @@ class Playbook(Frozen):
     stages: list[Stage] = Field(min_length=1)
     programs: dict[Name, Program] = Field(default_factory=dict)
     recurring: list[Recurring] = Field(default_factory=list)
+    goal: Goal | None = Field(
+        default=None,
+        description="the playbook's goal: a customer converts when `when` holds within `within` of entering",
+    )
+    goals: dict[Name, Goal] = Field(
+        default_factory=dict, description="{stage: {when, within}}: the goal of each stage's program"
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -687,6 +712,8 @@ def _model_at(loc: Sequence[int | str], source: Source) -> type[BaseModel] | Non
         return Stage
     if head == "tracking":
         return Tracking
+    if head == "goal" or (head == "goals" and len(path) > 1):
+        return Goal
     if head == "recurring":
         if len(path) == 1:
             return Recurring
@@ -741,6 +768,21 @@ def _references(loaded: LoadedPlaybook) -> list[Problem]:
             guess = difflib.get_close_matches(stage, pb.stage_names, n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else f"; stages are: {', '.join(pb.stage_names)}"
             problems.append(source.problem(line, column, f"program for unknown stage {stage!r}{hint}"))
+    for stage in pb.goals:
+        line, column = source.key_position(["goals", stage])
+        if stage == PLAYBOOK_GOAL:
+            problems.append(
+                source.problem(
+                    line,
+                    column,
+                    f"a stage named {PLAYBOOK_GOAL!r} cannot have a goal: conversions record the "
+                    f"playbook's own goal (`goal:`) under that name",
+                )
+            )
+        elif stage not in pb.stage_names:
+            guess = difflib.get_close_matches(stage, pb.stage_names, n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else f"; stages are: {', '.join(pb.stage_names)}"
+            problems.append(source.problem(line, column, f"goal for unknown stage {stage!r}{hint}"))
     for index, segment in enumerate(pb.segments[:-1]):
         if segment.when is None:
             line, column, _ = source.locate(["segments", index, "name"])

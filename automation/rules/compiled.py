@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, literal, null
@@ -14,6 +14,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from automation.db.tables import CUSTOMER
 from automation.errors import PlaybookError, Problem
 from automation.playbook.models import (
+    PLAYBOOK_GOAL,
     TOUCH_MODELS,
     EmailStep,
     LoadedPlaybook,
@@ -38,6 +39,17 @@ class Guard:
 
 
 @dataclass(frozen=True)
+class CompiledGoal:
+    """A goal as one SQL condition on the customer, and whose entries it counts."""
+
+    name: str  # ``playbook`` for the playbook's own goal, else the stage's name
+    stage: str | None  # None: any enrollment of the playbook
+    condition: ColumnElement[bool]
+    within: timedelta
+    text: str
+
+
+@dataclass(frozen=True)
 class CompiledPlaybook:
     loaded: LoadedPlaybook
     now: datetime
@@ -56,6 +68,8 @@ class CompiledPlaybook:
     clock: tuple[Any, ...] = ()
     fingerprint: str = ""
     recurring_clock: tuple[Any, ...] = ()  # the same for the recurring rules' own conditions
+    goals: tuple[CompiledGoal, ...] = ()
+    goal_clock: tuple[Any, ...] = ()  # the same for the goal rules (``automation.plan.goals``)
 
     def scan_from(self) -> Any:
         """``customer`` LEFT JOIN each hoisted event subquery."""
@@ -137,6 +151,15 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
         recurring[rule.name] = compile_one(rule.when, recurring_scope)
         add_guards((f"recurring:{rule.name}", ""), list(rule.steps))
 
+    goals: list[CompiledGoal] = []
+    goal_clock: list[Any] = []
+    goal_scope = Scope(now=now, fallback_timezone=pb.timezone, names=full.names, clock=goal_clock)
+    stage_goals: list[tuple[str, str | None, Any]] = [(name, name, goal) for name, goal in pb.goals.items()]
+    for name, goal_stage, goal in [(PLAYBOOK_GOAL, None, pb.goal), *stage_goals]:
+        if goal is not None:
+            condition = compile_one(goal.when, goal_scope)
+            goals.append(CompiledGoal(name, goal_stage, condition, goal.within, goal.when.text))
+
     if problems:
         raise PlaybookError(problems)
     joins: list[Any] = []
@@ -155,6 +178,8 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
         tuple(clock),
         rules_fingerprint(loaded),
         tuple(recurring_clock),
+        tuple(goals),
+        tuple(goal_clock),
     )
 
 
@@ -165,11 +190,18 @@ RULES_VERSION = "1"
 def rules_fingerprint(loaded: LoadedPlaybook) -> str:
     """A hash of what decides segment, stage and recurring rules; another value re-evaluates everyone."""
     pb = loaded.playbook
-    parts = {
+    parts: dict[str, Any] = {
         "version": RULES_VERSION,
         "timezone": pb.timezone,
         "segments": [[s.name, s.touch, s.when.text if s.when else None] for s in pb.segments],
         "stages": [[s.name, s.when.text] for s in pb.stages],
         "recurring": [[r.name, r.when.text, r.once_per] for r in pb.recurring],
     }
+    if pb.goal is not None or pb.goals:
+        # a new or changed goal looks at everyone once: customers who already meet it are candidates of
+        # no incremental tick (the key is left out without goals, so other fingerprints stay the same)
+        goals = {PLAYBOOK_GOAL: pb.goal, **pb.goals}
+        parts["goals"] = {
+            name: [goal.when.text, goal.within.total_seconds()] for name, goal in goals.items() if goal
+        }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

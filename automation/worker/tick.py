@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from automation.db.tables import RUN_LOG
 from automation.outbox.sink import OutboxSink
-from automation.plan import incremental
+from automation.plan import goals, incremental
 from automation.plan.alongside import Alongside
 from automation.plan.evaluate import materialize
 from automation.plan.planner import plan
@@ -112,12 +112,15 @@ def run_tick(
             # ticks; written before the lookups, on the same connection, every later lookup of the tick
             # had to evict them itself, which made ticks measurably slower (docs/performance.md)
             sink.write_states(touch_of)
+        conversions = goals.detect(conn, compiled, scope.window)  # after the tick's enrollments
         incremental.finish(conn, compiled, scope)
         seconds = time.perf_counter() - started
         stats = sink.stats()
         stats["full"] = int(scope.full)
         if candidates is not None:
             stats["candidates"] = candidates
+        if compiled.goals:
+            stats["conversions"] = conversions
         conn.execute(
             insert(RUN_LOG).values(
                 playbook=compiled.name,
