@@ -16,6 +16,7 @@ from typing import Any
 
 from automation.playbook.models import (
     EmailStep,
+    Goal,
     Playbook,
     Recurring,
     Segment,
@@ -65,6 +66,12 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("", "programs"): "{stage: {high|low|none: [steps]}}: the steps started when a customer enters a stage, "
     "by the touch model of their segment",
     ("", "recurring"): "date-based rules checked on every tick, at most once per period (no wait steps)",
+    ("", "goal"): "the playbook's goal {when: RULE, within: 7d}: a customer converts when the rule holds "
+    "at a tick within `within` of entering any of its programs (recorded in `conversion` as `playbook`)",
+    ("", "goals"): "{stage: {when: RULE, within: 7d}}: the goal of a stage's program, recorded under the "
+    "stage's name",
+    ("Goal", "when"): "the rule that means the customer converted, e.g. orders_count >= 1",
+    ("Goal", "within"): "how long after entering the goal counts, an absolute duration such as 7d or 48h",
     ("Segment", "name"): "segment name, usable in rules as segment == \"name\"",
     ("Segment", "when"): "the rule a customer must match; leave it out for the catch-all (last) segment",
     ("Segment", "touch"): "how much people are involved: high (tasks), low (mixed) or none (automated only)",
@@ -98,6 +105,7 @@ MODEL_DESCRIPTIONS = {
     "TaskStep": "create a task for a person",
     "WaitStep": "pause the program",
     "Tracking": "click and open tracking of emails",
+    "Goal": "a conversion goal: a rule and the window after entry in which it counts",
 }
 
 # Minimal valid instances, dumped to get each default the way a playbook writes it.
@@ -114,6 +122,7 @@ _MINIMAL: dict[str, Any] = {
     "TaskStep": TaskStep(task="t"),
     "WaitStep": WaitStep.model_validate({"wait": "1d"}),
     "Tracking": Tracking(),
+    "Goal": Goal.model_validate({"when": "true", "within": "7d"}),
 }
 
 
