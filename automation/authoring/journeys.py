@@ -24,6 +24,10 @@ stored segment and stage, and the messages sent since the customer's previous ch
         stage: acquisition
         sent: [{channel: email, template: welcome}]     # exactly these (in any order)
         not_sent: [{channel: email, template: getting_started}]
+      - at: +7d
+        customer: ada
+        cohort: treatment               # of the customer's last entry: treatment, holdout or control
+        converted: [playbook, {goal: acquisition, template: getting_started}]   # goals reached so far
 
 One module, although long: reading a test file, running its simulated clock and comparing checkpoints
 share the test's own types, and the file format is documented here in one place.
@@ -47,7 +51,7 @@ from sqlalchemy import func, insert, select, update
 from automation.channels.base import Delivery, DeliveryResult
 from automation.config import Settings
 from automation.db.connect import make_engine, upgrade
-from automation.db.tables import CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE
+from automation.db.tables import CONVERSION, CUSTOMER, ENROLLMENT, EVENT, OUTBOX, STATE
 from automation.errors import PlaybookError, Problem
 from automation.outbox.dispatch import DispatchConfig
 from automation.playbook.models import CHANNELS
@@ -58,7 +62,8 @@ from automation.worker.daemon import Daemon
 TIME_FIELDS = ("signed_up_at", "last_order_at", "last_seen_at", "updated_at")
 CUSTOMER_FIELDS = tuple(c.name for c in CUSTOMER.columns)
 TOP_KEYS = ("playbook", "start", "step", "customers", "events", "changes", "expect")
-CHECKPOINT_KEYS = ("at", "customer", "segment", "stage", "sent", "not_sent")
+CHECKPOINT_KEYS = ("at", "customer", "segment", "stage", "sent", "not_sent", "converted", "cohort")
+COHORTS = ("treatment", "holdout", "control")
 MAX_TICKS = 20_000
 
 
@@ -69,6 +74,20 @@ class Message:
 
     def __str__(self) -> str:
         return f"{self.channel} {self.template}"
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A goal reached; with ``check_template``, also the template of the message it is attributed to."""
+
+    goal: str
+    template: str | None = None
+    check_template: bool = False
+
+    def __str__(self) -> str:
+        if not self.check_template:
+            return self.goal
+        return f"{self.goal} (after {self.template})" if self.template else f"{self.goal} (after nothing)"
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,8 @@ class Checkpoint:
     check_stage: bool = False
     sent: tuple[Message, ...] | None = None
     not_sent: tuple[Message, ...] = ()
+    converted: tuple[Converted, ...] | None = None
+    cohort: str | None = None
 
 
 @dataclass(frozen=True)
@@ -294,8 +315,12 @@ def load_test(path: Path) -> PlaybookTest:
         at = r.time(item["at"], [*loc, "at"], base)
         if at is not None and start is not None and at < start:
             r.error([*loc, "at"], "a checkpoint cannot be before start")
-        if not any(k in item for k in ("segment", "stage", "sent", "not_sent")):
-            r.error(loc, "a checkpoint checks at least one of segment, stage, sent, not_sent")
+        if not any(k in item for k in CHECKPOINT_KEYS[2:]):
+            r.error(loc, f"a checkpoint checks at least one of {', '.join(CHECKPOINT_KEYS[2:])}")
+        converted = _converted(r, item["converted"], [*loc, "converted"]) if "converted" in item else None
+        cohort = str(item["cohort"]) if "cohort" in item else None
+        if cohort is not None and cohort not in COHORTS:
+            r.error([*loc, "cohort"], f"unknown cohort {cohort!r}; one of {', '.join(COHORTS)}")
         sent = _messages(r, item["sent"], [*loc, "sent"]) if "sent" in item else None
         not_sent = _messages(r, item["not_sent"], [*loc, "not_sent"]) if "not_sent" in item else ()
         if at is not None:
@@ -311,6 +336,8 @@ def load_test(path: Path) -> PlaybookTest:
                     check_stage="stage" in item,
                     sent=sent,
                     not_sent=not_sent or (),
+                    converted=converted,
+                    cohort=cohort,
                 )
             )
     if r.problems:
@@ -338,6 +365,23 @@ def _messages(r: _Reader, value: Any, loc: list[int | str]) -> tuple[Message, ..
                 [*loc, i, "channel"], f"unknown channel {str(raw['channel'])!r}; one of {', '.join(CHANNELS)}"
             )
         out.append(Message(str(raw["channel"]), str(raw["template"])))
+    return tuple(out)
+
+
+def _converted(r: _Reader, value: Any, loc: list[int | str]) -> tuple[Converted, ...]:
+    if not isinstance(value, list):
+        r.error(loc, "a list of goals: [playbook, {goal: <stage>, template: <name>}] ([] for none)")
+        return ()
+    out: list[Converted] = []
+    for i, raw in enumerate(value):
+        if isinstance(raw, str):
+            out.append(Converted(raw))
+        elif isinstance(raw, dict) and "goal" in raw:
+            r.unknown_keys(raw, [*loc, i], ("goal", "template"))
+            template = None if raw.get("template") is None else str(raw["template"])
+            out.append(Converted(str(raw["goal"]), template, "template" in raw))
+        else:
+            r.error([*loc, i], "a goal is its name (playbook or a stage) or {goal: <name>, template: <name>}")
     return tuple(out)
 
 
@@ -483,6 +527,7 @@ def _run(test: PlaybookTest, engine: Any, templates_dir: Path) -> TestResult:
                 ).first()
             segment, stage = (state.segment, state.stage) if state is not None else (None, None)
             problems = _compare(cp, segment, stage, sent)
+            problems += _compare_goals(cp, *_goals(engine, name, cp.customer))
             if problems:
                 result.failures.append(_failure(test, cp, since, problems))
         now = _next_moment(engine, now, grid)
@@ -538,6 +583,48 @@ def _compare(cp: Checkpoint, segment: str | None, stage: str | None, sent: list[
         if got[message]:
             out.append(f"not_sent: {message} was sent")
     return out
+
+
+def _goals(engine: Any, playbook: str, customer: str) -> tuple[list[tuple[str, str | None]], str | None]:
+    """The customer's conversions in ``playbook`` (goal, attributed template) and last entry's cohort."""
+    with engine.connect() as conn:
+        converted = conn.execute(
+            select(CONVERSION.c.goal, CONVERSION.c.template)
+            .where(CONVERSION.c.playbook == playbook, CONVERSION.c.customer_id == customer)
+            .order_by(CONVERSION.c.converted_at, CONVERSION.c.id)
+        ).all()
+        cohort = conn.execute(
+            select(ENROLLMENT.c.cohort)
+            .where(ENROLLMENT.c.playbook == playbook, ENROLLMENT.c.customer_id == customer)
+            .order_by(ENROLLMENT.c.started_at.desc(), ENROLLMENT.c.id.desc())
+            .limit(1)
+        ).scalar()
+    return [(goal, template) for goal, template in converted], cohort
+
+
+def _compare_goals(cp: Checkpoint, converted: list[tuple[str, str | None]], cohort: str | None) -> list[str]:
+    out: list[str] = []
+    if cp.cohort is not None and cp.cohort != cohort:
+        out.append(f"cohort:  expected {cp.cohort}, got {cohort or '(never entered a program)'}")
+    if cp.converted is not None:
+        got = [Converted(goal, template, True) for goal, template in converted]
+        want = Counter(c.goal for c in cp.converted)
+        if want != Counter(c.goal for c in got):
+            out.append(f"converted: expected {_goal_list(cp.converted)}, got {_goal_list(got)}")
+        else:
+            for expected in cp.converted:
+                templates = [c.template for c in got if c.goal == expected.goal]
+                if expected.check_template and expected.template not in templates:
+                    attributed = ", ".join(t or "nothing" for t in templates)
+                    out.append(
+                        f"converted: {expected.goal} expected after {expected.template or 'nothing'}, "
+                        f"got after {attributed}"
+                    )
+    return out
+
+
+def _goal_list(goals: Sequence[Converted]) -> str:
+    return "[" + ", ".join(c.goal for c in goals) + "]" if goals else "[] (none)"
 
 
 def _list(messages: Sequence[Message]) -> str:
