@@ -1,6 +1,6 @@
 """The command line: the ``automation`` group, its global options, and every command added to it.
 
-The commands live in one module per group (``data``, ``authoring``, ``worker``, ``ops``), each
+The commands live in one module per group (``data``, ``authoring``, ``worker``, ``ops``, ``report``), each
 importing only ``automation.cli._app`` (the app object, the error handler) and the core packages; this
 module is the only one that knows them all. Commands parse arguments, call one function and leave the
 mapping of errors to exit codes to ``_app.handle_errors``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from automation.cli import authoring, data, ops, worker
+from automation.cli import authoring, data, ops, report, worker
 from automation.cli._app import App, handle_errors
 from automation.config import Settings
 
@@ -68,6 +68,7 @@ COMMANDS: tuple[click.Command, ...] = (
     ops.retry_dead_cmd,
     ops.suppress_group,
     ops.tasks_group,
+    report.report_cmd,
 )
 
 for _command in COMMANDS:
