@@ -17,7 +17,7 @@ from automation.errors import InputError
 from automation.outbox import suppressions
 
 if TYPE_CHECKING:
-    from automation.worker.status import PlaybookStatus, QueueStatus
+    from automation.worker.status import GoalStatus, PlaybookStatus, QueueStatus
 
 
 # -- status and dead letters ----------------------------------------------------------------------
@@ -35,24 +35,51 @@ if TYPE_CHECKING:
 @pass_app
 @handle_errors
 def status_cmd(app: App, fmt: str, dead_limit: int, at_text: str | None) -> None:
-    """Per playbook the last tick, customers per stage and open enrollments; the outbox by channel and
-    status, what is due and the oldest due message; the newest dead letters (addresses masked).
+    """Per playbook the last tick, customers per stage and open enrollments; the 7-day conversion rate
+    of each goal for treatment and holdout, and the lift; the outbox by channel and status, what is due
+    and the oldest due message; the newest dead letters (addresses masked).
     """
     import json
 
-    from automation.worker.status import playbook_status, queue_status
+    from automation.worker.status import goal_status, playbook_status, queue_status
 
     now = parse_at(at_text)
     with app.migrated_engine().connect() as conn:
         playbooks = playbook_status(conn)
+        goals = goal_status(conn, now)
         queue = queue_status(conn, now, dead_limit)
     if fmt == "json":
         outbox = queue.as_json()
         at, dead = outbox.pop("at"), outbox.pop("dead")
-        data = {"at": at, "playbooks": [p.as_json() for p in playbooks], "outbox": outbox, "dead": dead}
+        data = {
+            "at": at,
+            "playbooks": [p.as_json() for p in playbooks],
+            "goals": [g.as_json() for g in goals],
+            "outbox": outbox,
+            "dead": dead,
+        }
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
-    _print_status(playbooks, queue)
+    _print_status(playbooks, queue, goals)
+
+
+def _goals_table(goals: list[GoalStatus]) -> Table:
+    """Per playbook and goal: conversions / entries of the last 7 days for treatment and holdout, lift."""
+    from rich.text import Text
+
+    table = Table(title="Goals (programs entered in the last 7 days)", title_justify="left")
+    for name in ("playbook", "goal", "treatment", "holdout", "lift"):
+        table.add_column(name, justify="left" if name in ("playbook", "goal") else "right")
+    for goal in goals:
+        cells = []
+        for cohort in ("treatment", "holdout"):
+            figures = goal.cohorts.get(cohort)
+            cells.append(
+                f"{figures.rate:.1%} ({figures.conversions:,}/{figures.entries:,})" if figures else "-"
+            )
+        lift = goal.lift
+        table.add_row(Text(goal.playbook), Text(goal.goal), *cells, "-" if lift is None else f"{lift:+.1%}")
+    return table
 
 
 def _took(seconds: float | None) -> str:
@@ -74,7 +101,7 @@ def _took(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def _print_status(playbooks: list[PlaybookStatus], queue: QueueStatus) -> None:
+def _print_status(playbooks: list[PlaybookStatus], queue: QueueStatus, goals: list[GoalStatus]) -> None:
     """The tables of ``status``: playbooks, customers per stage, the outbox, what is due, dead letters.
 
     Names and error texts go in as ``Text``, so brackets in them are printed, not read as markup.
@@ -119,6 +146,8 @@ def _print_status(playbooks: list[PlaybookStatus], queue: QueueStatus) -> None:
         console.print(ticks)
         if stages.row_count:
             console.print(stages)
+    if goals:
+        console.print(_goals_table(goals))
 
     by_channel = queue.by_channel()
     if not by_channel:

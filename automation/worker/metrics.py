@@ -21,6 +21,7 @@ Metric names (all prefixed ``automation_``)::
     outbox_messages{channel,status}              gauge    outbox rows by channel and status
     outbox_queue_depth                           gauge    pending or retry messages due now
     outbox_oldest_due_age_seconds                gauge    how long the oldest due message has waited
+    conversions{playbook,goal,cohort}            gauge    conversions recorded (treatment, holdout, control)
     dispatch_claimed_total                       counter  messages claimed by this process
     dispatch_messages_total{channel,status}      counter  outcomes in this process (sent, retry, dead, ...)
 """
@@ -40,7 +41,7 @@ from sqlalchemy import Engine, text
 from automation.errors import ConfigError
 from automation.logs import quiet_bad_requests
 from automation.outbox.dispatch import DispatchStats
-from automation.worker.status import playbook_status, queue_status
+from automation.worker.status import conversion_counts, playbook_status, queue_status
 
 log = logging.getLogger("automation.metrics")
 
@@ -137,9 +138,13 @@ def collect_database(engine: Engine, now: datetime) -> list[Family]:
         "Sent messages by channel that were delivered, bounced, complained, opened (machine_opened apart) "
         "or clicked, as reported by providers and tracking.",
     )
+    goals = Family("conversions", "gauge", "Conversions recorded per playbook, goal and cohort.")
     with engine.connect() as conn:
         playbooks = playbook_status(conn)
         queue = queue_status(conn, now, dead_limit=0)
+        converted = conversion_counts(conn)
+    for (playbook, goal, cohort), n in sorted(converted.items()):
+        goals.add(n, playbook=playbook, goal=goal, cohort=cohort)
     for pb in playbooks:
         ticks.add(pb.ticks, playbook=pb.playbook)
         if pb.last_tick is not None:
@@ -156,7 +161,7 @@ def collect_database(engine: Engine, now: datetime) -> list[Family]:
             after.add(n, channel=channel, fact=fact)
     depth.add(queue.due)
     oldest.add(queue.oldest_due.age_seconds if queue.oldest_due else 0.0)
-    return [ticks, last_at, last_took, customers, enrollments, outbox, depth, oldest, after]
+    return [ticks, last_at, last_took, customers, enrollments, outbox, depth, oldest, after, goals]
 
 
 def collect_dispatch(stats: DispatchStats | None) -> list[Family]:

@@ -8,6 +8,8 @@ Pure functions over a ``Connection`` (a few aggregate queries each; the caller o
 * ``queue_status(conn, now)``: outbox counts by channel and status, what is due now and the oldest
   due message, and the most recent dead letters.
 * ``held_back(conn)``: the messages not sent, grouped by channel, status and reason.
+* ``goal_status(conn, now)``: per playbook and goal the entries of the last 7 days by cohort, their
+  conversions and conversion rate (both counted in SQL), and the lift of treatment over holdout.
 
 Requeueing dead letters (``retry-dead``) changes the outbox, so it lives with it, in
 ``automation.outbox.retry``.
@@ -25,12 +27,12 @@ is the reasons of ``held_back``, grouped as stored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, Float, and_, case, cast, func, literal, or_, select
 
-from automation.db.tables import ENROLLMENT, OUTBOX, RUN_LOG, STATE
+from automation.db.tables import CONVERSION, ENROLLMENT, OUTBOX, RUN_LOG, STATE
 from automation.masking import mask_text
 from automation.outbox.lease import CLAIMABLE
 
@@ -42,6 +44,12 @@ STATUSES = (
 #: The stage of customers who match no stage rule.
 NO_STAGE = "(none)"
 _TICK_CHANGES = ("transitions", "enrolled", "exited", "actions", "deferred")
+
+
+#: The entries ``goal_status`` looks at: programs entered this long before now.
+GOAL_WINDOW = timedelta(days=7)
+#: The goal name of a playbook's own goal (``automation.playbook.models.PLAYBOOK_GOAL``).
+_PLAYBOOK_GOAL = "playbook"
 
 
 # -- playbooks ------------------------------------------------------------------------------------
@@ -348,3 +356,86 @@ def held_back(conn: Connection) -> list[HeldBack]:
         for channel, status, why, n in rows
         if status != "pending" or why
     ]
+
+
+# -- goals ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CohortFigures:
+    entries: int
+    conversions: int
+    rate: float  # conversions / entries
+
+    def as_json(self) -> dict[str, Any]:
+        return {"entries": self.entries, "conversions": self.conversions, "rate": self.rate}
+
+
+@dataclass(frozen=True)
+class GoalStatus:
+    """One goal of one playbook over the entries of the last ``GOAL_WINDOW``, by cohort."""
+
+    playbook: str
+    goal: str
+    cohorts: dict[str, CohortFigures]  # treatment, holdout, control (those with entries)
+
+    @property
+    def lift(self) -> float | None:
+        """Treatment's conversion rate over holdout's, minus 1 (0.25: a quarter more); None without both."""
+        treated, held = self.cohorts.get("treatment"), self.cohorts.get("holdout")
+        if treated is None or held is None or held.rate == 0:
+            return None
+        return treated.rate / held.rate - 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "playbook": self.playbook,
+            "goal": self.goal,
+            "cohorts": {name: figures.as_json() for name, figures in self.cohorts.items()},
+            "lift": self.lift,
+        }
+
+
+def goal_status(conn: Connection, now: datetime, window: timedelta = GOAL_WINDOW) -> list[GoalStatus]:
+    """Per playbook and goal (those with a conversion ever recorded), the entries started in the
+    ``window`` before ``now`` by cohort, how many of them converted and the rate, counted in SQL.
+
+    The entries of the playbook's own goal are all its enrollments; a stage goal's, its stage's."""
+    e, c = ENROLLMENT, CONVERSION
+    goals = select(c.c.playbook, c.c.goal).distinct().subquery("goals")
+    entries = func.count(e.c.id)
+    converted = func.count(c.c.id)
+    rate = cast(converted, Float) / cast(entries, Float)
+    query = (
+        select(e.c.playbook, goals.c.goal, e.c.cohort, entries, converted, rate)
+        .select_from(
+            e.join(
+                goals,
+                and_(
+                    goals.c.playbook == e.c.playbook,
+                    or_(goals.c.goal == literal(_PLAYBOOK_GOAL), goals.c.goal == e.c.stage),
+                ),
+            ).outerjoin(
+                c,
+                and_(
+                    c.c.playbook == e.c.playbook,
+                    c.c.goal == goals.c.goal,
+                    c.c.customer_id == e.c.customer_id,
+                    c.c.entered_at == e.c.started_at,
+                ),
+            )
+        )
+        .where(e.c.started_at >= now - window, e.c.started_at <= now)
+        .group_by(e.c.playbook, goals.c.goal, e.c.cohort)
+        .order_by(e.c.playbook, goals.c.goal, e.c.cohort)
+    )
+    found: dict[tuple[str, str], dict[str, CohortFigures]] = {}
+    for playbook, goal, cohort, n, k, r in conn.execute(query):
+        found.setdefault((playbook, goal), {})[cohort] = CohortFigures(int(n), int(k), float(r))
+    return [GoalStatus(playbook, goal, cohorts) for (playbook, goal), cohorts in found.items()]
+
+
+def conversion_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
+    """Every conversion recorded, counted by (playbook, goal, cohort)."""
+    c = CONVERSION
+    columns = (c.c.playbook, c.c.goal, c.c.cohort)
+    query = select(*columns, func.count()).group_by(*columns)
+    return {(playbook, goal, cohort): int(n) for playbook, goal, cohort, n in conn.execute(query)}
