@@ -35,6 +35,7 @@ from automation.messages.context import CUSTOMER_FIELDS
 from automation.messages.store import TemplateStore
 from automation.playbook.models import (
     EmailStep,
+    Goal,
     LoadedPlaybook,
     Rule,
     SmsStep,
@@ -139,6 +140,7 @@ def lint_playbook(
     broken = template_problems(loaded, templates)
     findings.extend(_invalid(broken))
     findings.extend(unreachable(loaded))
+    findings.extend(goal_findings(loaded))
     steps = list(located_steps(loaded))
     findings.extend(webhook_urls(loaded, steps, environ))
     findings.extend(template_findings(loaded, steps, templates))
@@ -284,6 +286,45 @@ def unreachable(loaded: LoadedPlaybook) -> list[Finding]:
                     findings.append(Finding(problem, fix, "unreachable"))
                     break
             earlier.append((name, rule))
+    return findings
+
+
+# -- goals -----------------------------------------------------------------------------------------
+def goal_findings(loaded: LoadedPlaybook) -> list[Finding]:
+    """Goals that can never convert (no program, so no entries) or that every entry reaches at once."""
+    pb, source, findings = loaded.playbook, loaded.source, []
+    goals: list[tuple[list[int | str], str, Goal, str | None]] = []
+    if pb.goal is not None:
+        goals.append((["goal"], "the playbook's goal", pb.goal, None))
+    goals += [
+        (["goals", stage], f"the goal of stage {stage!r}", goal, stage) for stage, goal in pb.goals.items()
+    ]
+    for loc, what, goal, stage in goals:
+        programs = [s for s, by_touch in pb.programs.items() if any(by_touch.values())]
+        if (stage is None and not programs) or (stage is not None and stage not in programs):
+            line, column = source.key_position(loc)
+            where = "the playbook has no program" if stage is None else f"stage {stage!r} has no program"
+            problem = Problem(
+                loaded.path,
+                line,
+                column,
+                f"{what} never converts: {where}, so no one enters one",
+                severity=WARNING,
+            )
+            fix = "add the program under `programs:`, or remove the goal"
+            findings.append(Finding(problem, fix, "goal"))
+        elif _always_true(goal.when.node):
+            line, column, _ = source.locate([*loc, "when"])  # also for a YAML boolean (`when: true`)
+            problem = Problem(
+                loaded.path,
+                line,
+                column,
+                f"{what} is always true: every entry converts at once",
+                severity=WARNING,
+            )
+            findings.append(
+                Finding(problem, "write the rule that means success, e.g. orders_count >= 1", "goal")
+            )
     return findings
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from automation.authoring.lint import lint_paths
+from automation.cli import main
 from automation.errors import PlaybookError, Problem
+from automation.messages.store import TemplateStore
 from automation.playbook.models import load_playbook
 from automation.rules.compiled import compile_playbook
+from tests.conftest import ROOT
 
 BASE = """\
 name: goals
@@ -55,7 +61,7 @@ def test_goals_load_and_compile(tmp_path: Path) -> None:
 
 
 def test_a_goal_rule_of_the_wrong_type_points_into_the_rule(tmp_path: Path) -> None:
-    text = BASE.replace('when: orders_count >= 1', 'when: orders_count >= "one"')
+    text = BASE.replace("when: orders_count >= 1", 'when: orders_count >= "one"')
     (problem,) = problems(tmp_path, text, compile_too=True)
     assert (problem.line, problem.column) == (11, 25)  # the string compared with a number
     assert "number" in problem.message or "int" in problem.message
@@ -96,3 +102,49 @@ def test_a_stage_named_playbook_cannot_have_a_goal(tmp_path: Path) -> None:
     (problem,) = problems(tmp_path, text)
     assert (problem.line, problem.column) == (14, 3)
     assert "playbook's own goal" in problem.message
+
+
+def _project(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "playbooks").mkdir(parents=True)
+    path = tmp_path / "playbooks" / "pb.yaml"
+    path.write_text(text)
+    return path
+
+
+WITH_PROGRAM = BASE + "programs:\n  fresh:\n    none:\n      - email: welcome\n"
+
+
+def test_lint_warns_of_goals_that_cannot_convert_or_always_do(tmp_path: Path) -> None:
+    buyer = "goals:\n  buyer:\n    when: true\n    within: 1d\n  fresh:"
+    text = WITH_PROGRAM.replace("goals:\n  fresh:", buyer)
+    text = text.replace("  when: orders_count >= 1\n", "  when: true\n")
+    _project(tmp_path, text)
+    result = lint_paths([tmp_path / "playbooks"], TemplateStore(ROOT / "templates"))
+    goal = sorted(
+        (f.problem.line, f.problem.column, f.problem.message) for f in result.findings if f.rule == "goal"
+    )
+    assert goal == [
+        (11, 9, "the playbook's goal is always true: every entry converts at once"),
+        (
+            14,
+            3,
+            "the goal of stage 'buyer' never converts: stage 'buyer' has no program, so no one enters one",
+        ),
+    ]
+    assert {f.severity for f in result.findings if f.rule == "goal"} == {"warning"}
+    bare = lint_paths([_project(tmp_path / "bare", BASE)], TemplateStore(ROOT / "templates"))
+    assert [f.problem.line for f in bare.findings if f.rule == "goal"] == [10, 14]  # no program at all
+
+
+def test_validate_and_schema_commands_know_goals(tmp_path: Path) -> None:
+    path = _project(tmp_path, WITH_PROGRAM)
+    env = {"AUTOMATION_TEMPLATES_DIR": str(ROOT / "templates")}
+    ok = CliRunner().invoke(main, ["validate", str(path)], env=env)
+    assert ok.exit_code == 0, ok.output
+    path.write_text(WITH_PROGRAM.replace("goals:\n  fresh:", "goals:\n  frsh:"))
+    bad = CliRunner().invoke(main, ["validate", str(path)], env=env)
+    assert bad.exit_code == 2
+    assert f"{path}:14:3: goal for unknown stage 'frsh' (did you mean 'fresh'?)" in bad.output
+    schema = json.loads(CliRunner().invoke(main, ["schema"]).output)
+    assert schema["properties"]["goal"]["anyOf"][0]["$ref"] == "#/$defs/Goal"
+    assert schema["$defs"]["Goal"]["required"] == ["when", "within"]
