@@ -37,7 +37,8 @@ class TickResult:
     playbook: str
     at: datetime
     seconds: float
-    stats: dict[str, int]  # transitions, enrolled, exited, actions, deferred, full (0/1), candidates
+    # transitions, enrolled, exited, actions, deferred, full (0/1), candidates, conversions (with goals)
+    stats: dict[str, int]
     evaluated: str = ""  # whom: "everyone (first tick)", "10,015 customers"
 
 

@@ -246,3 +246,21 @@ def test_a_goal_turning_true_with_time_alone_is_found_incrementally(engine: Engi
     found = _conversions(engine)
     assert set(found) == {("playbook", "stays")}
     assert found[("playbook", "stays")].converted_at == NOW + timedelta(days=2)
+
+
+def test_a_new_goal_looks_at_everyone_once(engine: Engine, tmp_path: Path) -> None:
+    without = tmp_path / "plain" / "shop.yaml"
+    without.parent.mkdir()
+    without.write_text(PLAYBOOK.replace("HOLDOUT", "0%").split("goal:\n")[0])
+    plain = check_playbook(without, TEMPLATES, NOW).loaded
+    _customers(engine, ["already"])
+    _tick(engine, plain, NOW)
+    assert compile_playbook(plain, NOW).goals == ()
+    with engine.begin() as conn:  # activated before the goal existed; no write after it
+        conn.execute(
+            insert(EVENT).values(customer_id="already", name="activated", occurred_at=NOW, properties={})
+        )
+    _tick(engine, plain, NOW + timedelta(hours=1))
+    result = _tick(engine, _loaded(tmp_path), NOW + timedelta(hours=2))
+    assert result.stats["full"] == 1 and result.stats["conversions"] == 1
+    assert set(_conversions(engine)) == {("fresh", "already")}
