@@ -165,8 +165,8 @@ def _verdict(
     few = [name for name, x, n in ((a, x_a, n_a), (b, x_b, n_b)) if min(x, n - x) < MIN_OUTCOMES]
     if few:
         return False, (
-            f"not enough data: {' and '.join(few)} need at least {MIN_OUTCOMES} conversions and "
-            f"{MIN_OUTCOMES} non-conversions each"
+            f"not enough data: {' and '.join(few)} {'need' if len(few) > 1 else 'needs'} at least "
+            f"{MIN_OUTCOMES} conversions and {MIN_OUTCOMES} non-conversions"
         )
     if required is None or p_value is None:
         return False, f"no difference between {a} and {b}"

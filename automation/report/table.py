@@ -34,6 +34,10 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f} pts"
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -54,16 +58,16 @@ def print_report(report: Report, console: Console | None = None) -> None:
     console.print(Text(f"{data['playbook']}: {period['since']} to {period['until']}"))
 
     steps = Table(title="Steps (rates per message sent)", title_justify="left")
-    for name in ("stage", "step", "template", "channel"):
-        steps.add_column(name)
+    # the step names its stage (acquisition/none#0)
+    for name in ("step", "template", "channel"):
+        steps.add_column(name, no_wrap=True)
     for name in _STEP_COLUMNS:
         steps.add_column(name.replace("_", " "), justify="right")
     for name in ("click rate", "conv. rate"):
         steps.add_column(name, justify="right")
     for row in data["steps"]:
         steps.add_row(
-            Text(row["stage"] or "-"),
-            Text(row["step"] or "-"),
+            Text(row["step"] or row["stage"] or "-"),
             Text(row["template"]),
             Text(row["channel"]),
             *(f"{row[k]:,}" for k in _STEP_COLUMNS),
@@ -89,10 +93,10 @@ def print_report(report: Report, console: Console | None = None) -> None:
                     f"{goal['converted'][k]:,}/{goal['entries'][k]:,} {_pct(goal['rates'][k])}"
                     for k in COHORTS
                 ),
-                _pct(h["lift"]),
+                _points(h["lift"]),
                 f"[{_pct(low)}, {_pct(high)}]" if low is not None else "-",
                 _num(h["p_value"]),
-                _pct(c["lift"]),
+                _points(c["lift"]),
                 _num(c["p_value"]),
                 _duration(goal["median_seconds_to_convert"].get("treatment")),
                 Text(h["verdict"]),
@@ -103,19 +107,18 @@ def print_report(report: Report, console: Console | None = None) -> None:
 
     if data["variants"]:
         variants = Table(title="Variants: each against the step's other variants", title_justify="left")
-        for name in ("stage", "step", "template", "sent", "converted", "rate", "lift", "p"):
-            variants.add_column(name, justify="left" if name in ("stage", "step", "template") else "right")
+        for name in ("step", "template", "sent", "converted", "rate", "lift", "p"):
+            variants.add_column(name, justify="left" if name in ("step", "template") else "right")
         variants.add_column("verdict", overflow="fold")
         for v in data["variants"]:
             rest: dict[str, Any] = v["vs_other_variants"]
             variants.add_row(
-                Text(v["stage"] or "-"),
-                Text(v["step"] or "-"),
+                Text(v["step"] or v["stage"] or "-"),
                 Text(v["template"]),
                 f"{v['sent']:,}",
                 f"{v['converted']:,}",
                 _pct(v["rate"]),
-                _pct(rest["lift"]),
+                _points(rest["lift"]),
                 _num(rest["p_value"]),
                 Text(rest["verdict"]),
             )
