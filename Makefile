@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create the SQLite database, load sample data, preview the example playbook, run it once,
-#               then send live events over HTTP and watch the worker react
+#               then send live events over HTTP and watch the worker react, and measure a playbook
+#               against its holdout (automation report)
 #   make test   run the whole test suite (PostgreSQL tests skip locally when no server answers)
 PYTHON ?= python3
 VENV := .venv
@@ -24,6 +25,7 @@ demo: $(STAMP)
 	$(BIN)/automation preview playbooks/lifecycle.yaml --limit 15
 	$(BIN)/automation run --once
 	$(BIN)/python examples/live_demo.py
+	$(BIN)/python examples/outcomes_demo.py
 
 test: $(STAMP)
 	$(BIN)/ruff check automation tests bench examples
@@ -34,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/evaluate.py
 
 clean:
-	rm -rf $(VENV) automation.db automation.db-wal automation.db-shm sample outbox
+	rm -rf $(VENV) automation.db automation.db-wal automation.db-shm sample outbox report.html
 
 reset:
-	rm -rf automation.db automation.db-wal automation.db-shm sample outbox
+	rm -rf automation.db automation.db-wal automation.db-shm sample outbox report.html
