@@ -20,10 +20,12 @@ evaluates every enrollment in a window.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, String, and_, exists, literal, select, union
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
 
 from automation.db.tables import CONVERSION, CUSTOMER, ENROLLMENT, OUTBOX
 from automation.db.types import UTCDateTime, to_utc_naive
@@ -69,19 +71,25 @@ def detect(conn: Connection, compiled: CompiledPlaybook, window: Window | None) 
     return recorded
 
 
+def at_or_after(column: ColumnElement[Any], moment: datetime, dialect: str) -> ColumnElement[bool]:
+    """``column >= moment`` for a timestamp column, inclusive on both databases.
+
+    SQLite compares the stored text: the tick's sink writes whole seconds without a fraction
+    (``10:00:00``), a bound timestamp has one (``10:00:00.000000``), which sorts after it. The shorter
+    form is the smaller of the two, so a row stored at exactly ``moment`` is included either way.
+    """
+    if dialect == "sqlite":
+        return column >= literal(str(to_utc_naive(moment)), String())
+    return column >= moment
+
+
 def _entries(compiled: CompiledPlaybook, goal: CompiledGoal, only: Any, dialect: str) -> Any:
     """The SELECT of the conversions of ``goal``: entries in the window, no conversion yet, rule true."""
     now = compiled.now
     e = ENROLLMENT
-    opened: Any = now - goal.within
-    if dialect == "sqlite":
-        # SQLite compares the stored text: the tick's sink writes whole seconds without a fraction
-        # ("10:00:00"), a bound timestamp has one ("10:00:00.000000"), which sorts after it. The
-        # shorter form is the smaller of the two, so an entry exactly ``within`` ago is inside
-        opened = literal(str(to_utc_naive(opened)), String())
     entry = [
         e.c.playbook == compiled.name,
-        e.c.started_at >= opened,
+        at_or_after(e.c.started_at, now - goal.within, dialect),
         e.c.started_at <= now,
     ]
     if goal.stage is not None:
@@ -129,4 +137,4 @@ def _entries(compiled: CompiledPlaybook, goal: CompiledGoal, only: Any, dialect:
     )
 
 
-__all__ = ["COLUMNS", "detect"]
+__all__ = ["COLUMNS", "at_or_after", "detect"]

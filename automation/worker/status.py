@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Float, and_, case, cast, func, literal, or_, 
 from automation.db.tables import CONVERSION, ENROLLMENT, OUTBOX, RUN_LOG, STATE
 from automation.masking import mask_text
 from automation.outbox.lease import CLAIMABLE
+from automation.plan.goals import at_or_after
 
 #: Outbox statuses in the order they are shown (unknown ones follow, sorted).
 STATUSES = (
@@ -423,7 +424,7 @@ def goal_status(conn: Connection, now: datetime, window: timedelta = GOAL_WINDOW
                 ),
             )
         )
-        .where(e.c.started_at >= now - window, e.c.started_at <= now)
+        .where(at_or_after(e.c.started_at, now - window, conn.dialect.name), e.c.started_at <= now)
         .group_by(e.c.playbook, goals.c.goal, e.c.cohort)
         .order_by(e.c.playbook, goals.c.goal, e.c.cohort)
     )
