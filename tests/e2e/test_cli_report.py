@@ -11,6 +11,7 @@ import pytest
 
 from automation.db.connect import make_engine
 from tests import report_data as rd
+from tests.conftest import ROOT
 from tests.e2e.test_cli_playbooks import run
 from tests.e2e.test_html_chromium import chromium
 
@@ -84,3 +85,10 @@ def test_html_in_chromium(project: Path, tmp_path: Path) -> None:
     assert re.findall(r'class="daily-line" data-cohort="(\w+)"', dom)[:2] == ["treatment", "holdout"]
     assert len(re.findall(r'class="variant-bar" data-template="welcome(?:_short)?"', dom)) >= 2
     assert "CONSOLE" not in shown.stderr and "Refused to" not in shown.stderr, shown.stderr[-2000:]
+
+
+def test_a_playbook_file_names_its_playbook(project: Path) -> None:
+    path = str(ROOT / "playbooks" / "lifecycle.yaml")
+    result = run("report", path, "--until", UNTIL, "--format", "json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["playbook"] == rd.PLAYBOOK
