@@ -115,7 +115,9 @@ def _in_flight(port: int) -> int | None:
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # reset: the connection reached the backlog of the listening socket as it closed, and was
+        # dropped unserved, which is what the client of a stopping server should see too
         return True
     return False
 
