@@ -9,7 +9,8 @@ Generates customers and events with bench/evaluate.py's generator (same rows, sa
    at that ``now`` is timed next to ``evaluate(conn, compiled)`` at the same ``now`` (the preview's
    evaluation), alternating which runs first, then every message due by ``now`` is marked sent, as the
    daemon's dispatcher would have done by the next tick (``deliver``; ``--no-deliver`` leaves them
-   all pending);
+   all pending); on PostgreSQL each round begins with a ``CHECKPOINT``, as 15 minutes between ticks
+   against the default 5-minute ``checkpoint_timeout`` have (``--no-checkpoint``: back to back);
 3. one more round under cProfile, with every SQL statement's time recorded, to show where a tick
    spends its time (reported separately, not part of the ratio);
 4. the tick's full scans alone next to the evaluation, with prototypes of cheaper forms;
@@ -18,7 +19,8 @@ Generates customers and events with bench/evaluate.py's generator (same rows, sa
    from /proc (P = 1, the default; 0.1 to measure one poll; 3600 for no polling at all).
 
     .venv/bin/python bench/tick.py [--customers N] [--events M] [--backend sqlite|postgresql|both|none]
-                                   [--repeat K] [--keep] [--reuse] [--no-deliver] [--no-profile] [--no-scans]
+                                   [--repeat K] [--keep] [--reuse] [--no-deliver] [--no-checkpoint]
+                                   [--no-profile] [--no-scans]
                                    [--no-idle] [--idle-seconds S] [--idle-long S] [--output PATH]
 
 Goals (the requirements): the steady-state tick at most 2x the preview's evaluation of the same
@@ -129,17 +131,54 @@ def ticks_since_first(engine: Any) -> int:
 
 
 def settle(engine: Any, backend: str, tables: tuple[str, ...]) -> float:
-    """PostgreSQL: VACUUM ANALYZE what a tick wrote (autovacuum does the same within a minute or so)."""
+    """PostgreSQL: VACUUM ANALYZE what a tick wrote (autovacuum does the same within a minute or so).
+
+    Then a CHECKPOINT: the gigabytes of WAL a first tick writes would otherwise go on starting
+    checkpoints (one per ~540 MB with the default ``max_wal_size``) into the timed rounds.
+    """
     start = time.perf_counter()
     if backend == "postgresql":
         with engine.connect() as conn:
             raw = conn.execution_options(isolation_level="AUTOCOMMIT")
             for table in tables:
                 raw.exec_driver_sql(f"VACUUM ANALYZE {table}")
+            raw.exec_driver_sql("CHECKPOINT")
     else:
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return time.perf_counter() - start
+
+
+def checkpoint(engine: Any) -> float:
+    """PostgreSQL: a CHECKPOINT, what a daemon ticking every 15 minutes has between two ticks.
+
+    After it, the first change to each page writes the whole page into the WAL (full_page_writes):
+    a steady tick then writes about 300 MB of WAL instead of about 50 MB.
+    """
+    start = time.perf_counter()
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("CHECKPOINT")
+    return time.perf_counter() - start
+
+
+def wal_position(engine: Any, backend: str) -> str | None:
+    """PostgreSQL: the WAL insert position (the whole server's WAL, other databases' included)."""
+    if backend != "postgresql":
+        return None
+    with engine.connect() as conn:
+        position: str = conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()::text").scalar_one()
+    return position
+
+
+def wal_mb(engine: Any, start: str | None, end: str | None) -> float | None:
+    if start is None or end is None:
+        return None
+    with engine.connect() as conn:
+        written = conn.exec_driver_sql(
+            "SELECT pg_wal_lsn_diff(CAST(%(end)s AS pg_lsn), CAST(%(start)s AS pg_lsn))",
+            {"start": start, "end": end},
+        ).scalar_one()
+    return round(float(written) / 2**20, 1)
 
 
 def change_stage(engine: Any, backend: str, k: int) -> int:
@@ -231,6 +270,13 @@ def time_tick(engine: Any, compiled: Any) -> tuple[float, dict[str, int]]:
     start = time.perf_counter()
     result = run_tick(engine, compiled)
     return time.perf_counter() - start, dict(result.stats)
+
+
+def time_tick_wal(engine: Any, backend: str, compiled: Any) -> tuple[float, dict[str, int], float | None]:
+    """A timed tick and the MB of WAL written meanwhile (PostgreSQL; None on SQLite)."""
+    before = wal_position(engine, backend)
+    seconds, stats = time_tick(engine, compiled)
+    return seconds, stats, wal_mb(engine, before, wal_position(engine, backend))
 
 
 def time_evaluate(engine: Any, compiled: Any) -> tuple[float, int]:
@@ -461,12 +507,13 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
         changed = change_stage(engine, b.name, offset + k)
         now += STEP
         compiled = compiled_at(now)
+        checkpoint_s = checkpoint(engine) if b.name == "postgresql" and args.checkpoint else None
         tick_first = k % 2 == 1
         if tick_first:
-            tick_s, stats = time_tick(engine, compiled)
+            tick_s, stats, tick_wal = time_tick_wal(engine, b.name, compiled)
         eval_s, total = time_evaluate(engine, compiled)
         if not tick_first:
-            tick_s, stats = time_tick(engine, compiled)
+            tick_s, stats, tick_wal = time_tick_wal(engine, b.name, compiled)
         assert total == args.customers, f"{b.name}: evaluation counted {total:,} customers"
         if args.deliver:
             deliver(engine, now)
@@ -481,6 +528,8 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
                 "tick_s": round(tick_s, 4),
                 "evaluate_s": round(eval_s, 4),
                 "ratio": round(tick_s / eval_s, 3),
+                "checkpoint_before_s": None if checkpoint_s is None else round(checkpoint_s, 3),
+                "tick_wal_mb": tick_wal,
                 "tick_stats": stats,
             }
         )
@@ -488,8 +537,9 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
             f"{b.name}: round {k + 1}/{args.repeat} now={now:%H:%M} changed {changed:,}: "
             f"tick {tick_s:.3f} s ({stats.get('candidates', 'all'):,} evaluated, "
             f"{stats['transitions']:,} transitions, {stats['enrolled']:,} enrolled, "
-            f"{stats['exited']:,} exited, {stats['actions']:,} actions), evaluate {eval_s:.3f} s, "
-            f"ratio {tick_s / eval_s:.2f}"
+            f"{stats['exited']:,} exited, {stats['actions']:,} actions"
+            f"{'' if tick_wal is None else f', {tick_wal:.0f} MB of WAL'}), evaluate {eval_s:.3f} s, "
+            f"ratio {tick_s / eval_s:.2f}{'' if checkpoint_s is None else ' (after a CHECKPOINT)'}"
         )
     out["rounds"] = rounds
     out["tick"] = summary(ticks)
@@ -1024,6 +1074,12 @@ def main() -> None:
         action="store_true",
         help="with --reuse: keep the engine's state and go on from the last tick (no first tick)",
     )
+    parser.add_argument(
+        "--no-checkpoint",
+        dest="checkpoint",
+        action="store_false",
+        help="PostgreSQL: no CHECKPOINT before each round (rounds back to back within a checkpoint cycle)",
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled round")
     parser.add_argument(
         "--no-scans", dest="scans", action="store_false", help="skip timing the scans and their prototypes"
@@ -1062,6 +1118,7 @@ def main() -> None:
         "repeat": args.repeat,
         "changed_per_tick_percent": 100 / SLICES,
         "delivered_between_ticks": args.deliver,
+        "checkpoint_before_each_round": args.checkpoint,
         "goal": {"max_ratio": GOAL_RATIO},
         "prototypes": {name: PROTOTYPES[name] for name in args.prototype},
         "commit": _git("rev-parse", "HEAD"),
