@@ -19,7 +19,7 @@ from sqlalchemy import Executable, String, Table, TypeDecorator, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
-from automation.db.in_list import PgArray, among_param
+from automation.db.in_list import among_param
 from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import DatabaseError
 from automation.ingest.rows import CUSTOMER_DEFAULTS, CUSTOMER_FIELDS
@@ -66,8 +66,9 @@ def stored_attributes(conn: Connection, ids: Iterable[str]) -> dict[str, dict[st
     return {row.id: dict(row.attributes or {}) for row in conn.execute(query, {"ids": sorted(set(ids))})}
 
 
-def _known_customers(conn: Connection, batch: list[tuple[int, dict[str, Any]]]) -> set[str]:
-    ids = sorted({row["customer_id"] for _line, row in batch})
+def _known_customers(conn: Connection, ids: Collection[str]) -> set[str]:
+    """The ids among ``ids`` of stored customers (one statement)."""
+    ids = sorted(set(ids))
     query = select(CUSTOMER.c.id).where(among_param(CUSTOMER.c.id, "ids", conn.dialect.name))
     return set(conn.execute(query, {"ids": ids}).scalars())
 
@@ -76,7 +77,7 @@ def _stored_only(
     conn: Connection, batch: list[tuple[int, dict[str, Any]]], reject: Callable[[int, str], None], hint: str
 ) -> list[dict[str, Any]]:
     """The rows of ``batch`` naming a stored customer; the others go to ``reject(line, message)``."""
-    known = _known_customers(conn, batch)
+    known = _known_customers(conn, {row["customer_id"] for _line, row in batch})
     rows = []
     for line, row in batch:
         if row["customer_id"] in known:
@@ -145,7 +146,7 @@ def write_prepared_events(
         flat = tuple(value for _line, _customer, values in chunk for value in values)
         inserted += conn.exec_driver_sql(_insert_rows(conn.dialect.name, len(chunk)), flat).rowcount
     if inserted < len(rows):
-        known = _known_ids(conn, {customer for _line, customer, _values in rows})
+        known = _known_customers(conn, {customer for _line, customer, _values in rows})
         for line, customer, _values in rows:
             if customer not in known:
                 reject(line, f"unknown customer {customer!r}; {hint}")
@@ -205,17 +206,3 @@ def _stored_form(dialect: Dialect) -> Callable[[dict[str, Any]], tuple[Any, ...]
 
 def _apply(processor: Callable[[Any], Any] | None, value: Any) -> Any:
     return value if processor is None else processor(value)
-
-
-def _known_ids(conn: Connection, ids: Collection[str]) -> set[str]:
-    """The ids among ``ids`` of stored customers, asked in the driver's own terms (one statement,
-    no SQL built per call beyond SQLite's list of placeholders)."""
-    if not ids:
-        return set()
-    values = sorted(ids)
-    if conn.dialect.name == "postgresql":
-        rows = conn.exec_driver_sql("SELECT id FROM customer WHERE id = ANY(%s::text[])", (PgArray(values),))
-    else:
-        placeholders = ",".join("?" * len(values))
-        rows = conn.exec_driver_sql(f"SELECT id FROM customer WHERE id IN ({placeholders})", tuple(values))
-    return {row[0] for row in rows}
