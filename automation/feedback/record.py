@@ -91,8 +91,7 @@ def record(conn: Connection, report: Report, now: datetime) -> Outcome:
     """Apply ``report`` (see the module's docstring); the caller commits."""
     if report.kind not in KINDS:
         raise ValueError(f"unknown feedback kind {report.kind!r}")
-    message = _message(conn, report)
-    customer_id = message["customer_id"] if message is not None else _customer_by_address(conn, report)
+    message, customer_id = _message(conn, report)
     row = {
         "dedupe_key": report.dedupe_key,
         "outbox_id": message["id"] if message is not None else None,
@@ -134,7 +133,8 @@ def record(conn: Connection, report: Report, now: datetime) -> Outcome:
     return "recorded"
 
 
-def _message(conn: Connection, report: Report) -> Any:
+def _message(conn: Connection, report: Report) -> tuple[Any, str | None]:
+    """The message the report is about (or None) and its customer (or the one with the address)."""
     columns = [OUTBOX.c.id, OUTBOX.c.customer_id, OUTBOX.c.playbook, OUTBOX.c.stage, OUTBOX.c.step,
                OUTBOX.c.template, OUTBOX.c.idempotency_key, OUTBOX.c.channel]  # fmt: skip
     for column, value in (
@@ -146,10 +146,10 @@ def _message(conn: Connection, report: Report) -> Any:
             continue
         found = conn.execute(select(*columns).where(column == value)).mappings().first()
         if found is not None:
-            return found
+            return found, str(found["customer_id"])
     customer_id = _customer_by_address(conn, report)
     if customer_id is None:
-        return None
+        return None, None
     newest = (
         select(*columns)
         .where(
@@ -160,7 +160,7 @@ def _message(conn: Connection, report: Report) -> Any:
         .order_by(OUTBOX.c.sent_at.desc(), OUTBOX.c.id.desc())
         .limit(1)
     )
-    return conn.execute(newest).mappings().first()
+    return conn.execute(newest).mappings().first(), customer_id
 
 
 def _customer_by_address(conn: Connection, report: Report) -> str | None:
