@@ -1,22 +1,23 @@
 """Dispatch throughput end to end (claim, render, send, mark) next to raw clients on the same sink.
 
-    .venv/bin/python bench/dispatch.py                    # 20,000 webhooks and 20,000 emails, SQLite
+    .venv/bin/python bench/dispatch.py                    # 20,000 webhooks and 20,000 emails, 5 rounds
     .venv/bin/python bench/dispatch.py --channel webhook --messages 5000
-    .venv/bin/python bench/dispatch.py --channel webhook --repeat 5
+    .venv/bin/python bench/dispatch.py --channel webhook --profile
 
-With ``--repeat N`` the raw client and the library run alternately N times each (a fresh outbox for
-every library run); the report gives every round, the best of each side and their ratio, and the
-median of the rounds' ratios. On a busy machine a single round can catch one side in a quiet moment
-and the other in a loaded one; alternating rounds and taking the best of each evens that out.
+Every side of every round runs in a fresh interpreter of its own (``--side``, below), which times
+itself and reports its rate and its peak RSS (``VmHWM``): neither side's objects, imports or garbage
+are in the other's process. The sinks run in their own processes too, for the whole run. The order of
+the two sides alternates from round to round; every round's ratio is reported and counted.
 
-Webhooks: a local aiohttp sink in its own process (127.0.0.1) answers 200 to every POST. The baseline
-is a raw aiohttp client posting the same number of prebuilt bodies at the same concurrency; the
-library run is ``automation.outbox.dispatch.Dispatcher`` with the webhook channel (httpx on the aiohttp
-transport) draining an outbox of that many queued messages.
+Webhooks: a local aiohttp sink (127.0.0.1) answers 200 to every POST. The baseline is a raw aiohttp
+client posting the same prebuilt request (the body the library renders for the first customer, with
+the library's set of headers) the same number of times, at the same concurrency, on a keep-alive
+connection pool of that size. The library side is ``automation.outbox.dispatch.Dispatcher`` with the
+webhook channel draining a SQLite outbox of that many queued messages.
 
-Email: a local aiosmtpd sink in its own process accepts everything. The baseline is raw aiosmtplib
-with the same number of connections, each sending prebuilt messages; the library run is the
-Dispatcher with the SMTP channel.
+Email: a local aiosmtpd sink accepts everything. The baseline is raw aiosmtplib with the same number of
+connections, each sending prebuilt ``EmailMessage`` objects (built before the clock starts); the
+library side is the Dispatcher with the SMTP channel.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
+import platform
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +39,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from automation.db.tables import CUSTOMER, OUTBOX
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 RESULTS = ROOT / "bench" / "results"
+SECRET = "whsec_YmVuY2gtc2VjcmV0LTAxMjM0NTY3ODlhYmNkZWZnaCE="
+GOALS = {"webhook": 0.5, "email": 0.5}  # library / raw, in every round
+BASELINES = {"webhook": "raw aiohttp", "email": "raw aiosmtplib"}
 
 
 def free_port() -> int:
@@ -49,6 +54,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def proc_status(field: str, pid: int | str = "self") -> float:
+    """A ``/proc/<pid>/status`` memory figure in MB (VmHWM: peak RSS, VmRSS: current)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 # -- sinks, each in its own process --------------------------------------------------------------
@@ -93,229 +106,343 @@ def start(target: Callable[[int], None]) -> tuple[multiprocessing.Process, int]:
     raise RuntimeError("the sink did not start")
 
 
-# -- the outbox ------------------------------------------------------------------------------------
+# -- the outbox (library side) ---------------------------------------------------------------------
 def queue_messages(db_url: str, channel: str, count: int) -> Any:
     from sqlalchemy import insert
 
     from automation.db.connect import make_engine, upgrade
+    from automation.db.tables import CUSTOMER, OUTBOX
 
     engine = make_engine(db_url)
     upgrade(engine)
-    customers = [
-        {
-            "id": f"c{i:06d}",
-            "email": f"c{i}@example.com",
-            "first_name": "Sam",
-            "timezone": "UTC",
-            "orders_count": 12,
-            "clv": 420.0,
-            "attributes": {},
-        }
-        for i in range(count)
-    ]
     template = "loyalty_points" if channel == "webhook" else "vip_welcome"
     payload = {"url": "${BENCH_SINK_URL}", "timezone": "UTC"} if channel == "webhook" else {"timezone": "UTC"}
-    rows = [
-        {
-            "idempotency_key": f"bench:{channel}:{i}",
-            "playbook": "lifecycle",
-            "customer_id": f"c{i:06d}",
-            "channel": channel,
-            "template": template,
-            "stage": "loyalty",
-            "segment": "self_serve",
-            "touch": "none",
-            "step": "loyalty/none#1",
-            "priority": 0,
-            "payload": payload,
-            "status": "pending",
-            "due_at": NOW,
-            "created_at": NOW,
-            "attempts": 0,
-        }
-        for i in range(count)
-    ]
     with engine.begin() as conn:
-        for start in range(0, count, 5000):
-            conn.execute(insert(CUSTOMER), customers[start : start + 5000])
-            conn.execute(insert(OUTBOX), rows[start : start + 5000])
+        for begin in range(0, count, 5000):
+            ids = range(begin, min(begin + 5000, count))
+            conn.execute(insert(CUSTOMER), [customer(i) for i in ids])
+            conn.execute(
+                insert(OUTBOX),
+                [
+                    {
+                        "idempotency_key": f"bench:{channel}:{i}",
+                        "playbook": "lifecycle",
+                        "customer_id": f"c{i:06d}",
+                        "channel": channel,
+                        "template": template,
+                        "stage": "loyalty",
+                        "segment": "self_serve",
+                        "touch": "none",
+                        "step": "loyalty/none#1",
+                        "priority": 0,
+                        "payload": payload,
+                        "status": "pending",
+                        "due_at": NOW,
+                        "created_at": NOW,
+                        "attempts": 0,
+                    }
+                    for i in ids
+                ],
+            )
     return engine
 
 
-def run_dispatcher(engine: Any, channel: Any, name: str, concurrency: int, env: dict[str, str]) -> float:
+def customer(i: int) -> dict[str, Any]:
+    return {
+        "id": f"c{i:06d}",
+        "email": f"c{i}@example.com",
+        "first_name": "Sam",
+        "timezone": "UTC",
+        "orders_count": 12,
+        "clv": 420.0,
+        "attributes": {},
+    }
+
+
+def make_channel(channel: str, port: int, width: int) -> Any:
+    if channel == "webhook":
+        from automation.channels.http import make_client
+        from automation.channels.webhook import WebhookChannel
+
+        return WebhookChannel(make_client(max_connections=width), secret=SECRET, owns_client=True)
+    from automation.channels.email import SmtpChannel, SmtpSettings
+
+    return SmtpChannel(
+        SmtpSettings.from_url(f"smtp://127.0.0.1:{port}?pool={width}"),
+        from_address="Juniper <hello@example.com>",
+    )
+
+
+def library_side(channel: str, port: int, count: int, width: int, profile: str | None) -> dict[str, Any]:
+    """Drain an outbox of ``count`` queued messages; the clock runs from the first claim to the last mark."""
     from automation.messages.store import TemplateStore
     from automation.outbox.dispatch import DispatchConfig, Dispatcher
 
-    async def go() -> float:
-        dispatcher = Dispatcher(
-            engine,
-            {name: channel},
-            TemplateStore(ROOT / "templates"),
-            DispatchConfig(worker_id="bench", batch_size=500, concurrency={name: concurrency}),
-            clock=lambda: NOW,
-            environ=env,
-        )
-        started = time.perf_counter()
-        stats = await dispatcher.drain()
-        elapsed = time.perf_counter() - started
-        await channel.aclose()
-        assert stats.count("sent") == stats.claimed, stats.as_dict()
-        return elapsed
+    env = {"BENCH_SINK_URL": f"http://127.0.0.1:{port}/loyalty"}
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = queue_messages(f"sqlite:///{tmp}/bench.db", channel, count)
+        sender = make_channel(channel, port, width)
+        used: dict[str, float] = {}
 
-    return asyncio.run(go())
+        async def go() -> tuple[float, Any]:
+            dispatcher = Dispatcher(
+                engine,
+                {channel: sender},
+                TemplateStore(ROOT / "templates"),
+                DispatchConfig(worker_id="bench", batch_size=500, concurrency={channel: width}),
+                clock=lambda: NOW,
+                environ=env,
+            )
+            started, cpu = time.perf_counter(), time.process_time()
+            stats = await dispatcher.drain()
+            elapsed = time.perf_counter() - started
+            used["cpu_s"] = time.process_time() - cpu
+            await sender.aclose()
+            return elapsed, stats
+
+        rss_before = proc_status("VmRSS")
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            elapsed, stats = profiler.runcall(asyncio.run, go())
+            profiler.dump_stats(profile)
+        else:
+            elapsed, stats = asyncio.run(go())
+        engine.dispose()
+    if stats.count("sent") != count or stats.claimed != count:
+        raise SystemExit(f"not every message was sent: {stats.as_dict()}")
+    return {"seconds": elapsed, "cpu_s": used["cpu_s"], "rss_before_mb": rss_before}
 
 
-# -- webhooks --------------------------------------------------------------------------------------
-def bench_webhook(count: int, concurrency: int, repeat: int = 1) -> dict[str, Any]:
+async def timed(work: Any) -> tuple[float, float]:
+    """Await ``work``: (wall seconds, this process's CPU seconds) it took."""
+    started, cpu = time.perf_counter(), time.process_time()
+    await work
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+# -- the raw clients -------------------------------------------------------------------------------
+def webhook_request() -> tuple[bytes, dict[str, str]]:
+    """The library's request for the first customer, made once: its rendered body and its headers
+    (with this signature and timestamp), which the raw client posts unchanged every time."""
+    from automation.messages.render import render_for_action
+    from automation.messages.store import TemplateStore
+    from automation.outbox.dispatch import _Message
+
+    row = _Message(
+        0, "bench:webhook:0", "lifecycle", "c000000", "webhook", "loyalty_points", "loyalty",
+        "self_serve", "none", "loyalty/none#1", 0, {}, NOW, None, 1,
+    )  # fmt: skip
+    rendered, _ = render_for_action(
+        TemplateStore(ROOT / "templates"),
+        row,
+        customer(0),
+        playbook="lifecycle",
+        now=NOW,
+        public_url="http://127.0.0.1:8080",
+        secret_key="change-me",
+    )
+    from automation.channels.webhook import message_id, signature_headers
+
+    assert rendered.body is not None
+    body = rendered.body.encode("utf-8")  # what WebhookChannel.body_of sends
+    headers = {
+        "User-Agent": "automation/0.1",
+        **signature_headers(SECRET, message_id(row.idempotency_key), body, timestamp=int(NOW.timestamp())),
+        "Content-Type": "application/json",
+        "Idempotency-Key": row.idempotency_key,
+    }
+    return body, headers
+
+
+def raw_webhook(port: int, count: int, width: int, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """Post the prebuilt request ``count`` times with ``width`` workers on one keep-alive session."""
     import aiohttp
 
-    process, port = start(http_sink)
     url = f"http://127.0.0.1:{port}/loyalty"
-    try:
-        body = json.dumps({"event": "loyalty_points", "customer_id": "c000001", "points": 420}).encode()
 
-        async def raw() -> float:
-            connector = aiohttp.TCPConnector(limit=concurrency)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                queue: asyncio.Queue[int] = asyncio.Queue()
-                for i in range(count):
-                    queue.put_nowait(i)
-
-                async def worker() -> None:
-                    while not queue.empty():
-                        queue.get_nowait()
-                        async with session.post(
-                            url, data=body, headers={"Content-Type": "application/json"}
-                        ) as r:
-                            await r.read()
-                            assert r.status == 200
-
-                started = time.perf_counter()
-                await asyncio.gather(*(worker() for _ in range(concurrency)))
-                return time.perf_counter() - started
-
-        def library() -> float:
-            with tempfile.TemporaryDirectory() as tmp:
-                engine = queue_messages(f"sqlite:///{tmp}/bench.db", "webhook", count)
-                from automation.channels.http import make_client
-                from automation.channels.webhook import WebhookChannel
-
-                channel = WebhookChannel(
-                    make_client(max_connections=concurrency),
-                    secret="whsec_YmVuY2gtc2VjcmV0LTAxMjM0NTY3ODlhYmNkZWZnaCE=",
-                    owns_client=True,
-                )
-                elapsed = run_dispatcher(engine, channel, "webhook", concurrency, {"BENCH_SINK_URL": url})
-                engine.dispose()
-                return elapsed
-
-        rounds = [(asyncio.run(raw()), library()) for _ in range(repeat)]
-    finally:
-        process.terminate()
-    return report("webhook", count, concurrency, rounds, "raw aiohttp client", 0.35, 800)
-
-
-# -- email -----------------------------------------------------------------------------------------
-def bench_email(count: int, connections: int, repeat: int = 1) -> dict[str, Any]:
-    import aiosmtplib
-
-    process, port = start(smtp_sink)
-    try:
-        from email.message import EmailMessage
-
-        def message(i: int) -> EmailMessage:
-            msg = EmailMessage()
-            msg["From"] = "Juniper <hello@example.com>"
-            msg["To"] = f"c{i}@example.com"
-            msg["Subject"] = "Welcome to the VIP club"
-            msg.set_content("Hello Sam,\n\nthanks for being with us.\n")
-            msg.add_alternative("<p>Hello Sam,</p><p>thanks for being with us.</p>", subtype="html")
-            return msg
-
-        prebuilt = [message(i) for i in range(count)]
-
-        async def raw() -> float:
-            queue: asyncio.Queue[EmailMessage] = asyncio.Queue()
-            for msg in prebuilt:
-                queue.put_nowait(msg)
+    async def go() -> tuple[float, float]:
+        connector = aiohttp.TCPConnector(limit=width)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            left = count
 
             async def worker() -> None:
-                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, use_tls=False)
-                await smtp.connect()
-                while not queue.empty():
-                    await smtp.send_message(queue.get_nowait())
-                await smtp.quit()
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    async with session.post(url, data=body, headers=headers) as answer:
+                        await answer.read()
+                        if answer.status != 200:
+                            raise SystemExit(f"the sink answered {answer.status}")
 
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(connections)))
-            return time.perf_counter() - started
+            return await timed(asyncio.gather(*(worker() for _ in range(width))))
 
-        def library() -> float:
-            with tempfile.TemporaryDirectory() as tmp:
-                engine = queue_messages(f"sqlite:///{tmp}/bench.db", "email", count)
-                from automation.channels.email import SmtpChannel, SmtpSettings
+    rss_before = proc_status("VmRSS")
+    seconds, cpu = asyncio.run(go())
+    return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": rss_before}
 
-                channel = SmtpChannel(
-                    SmtpSettings.from_url(f"smtp://127.0.0.1:{port}?pool={connections}"),
-                    from_address="Juniper <hello@example.com>",
+
+def raw_email(port: int, count: int, width: int) -> dict[str, Any]:
+    """Send ``count`` prebuilt messages over ``width`` connections with ``send_message``."""
+    from email.message import EmailMessage
+
+    import aiosmtplib
+
+    def message(i: int) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"] = "Juniper <hello@example.com>"
+        msg["To"] = f"c{i}@example.com"
+        msg["Subject"] = "Welcome to the VIP club"
+        msg.set_content("Hello Sam,\n\nthanks for being with us.\n")
+        msg.add_alternative("<p>Hello Sam,</p><p>thanks for being with us.</p>", subtype="html")
+        return msg
+
+    prebuilt = [message(i) for i in range(count)]
+
+    async def go() -> tuple[float, float]:
+        pending = iter(prebuilt)
+
+        async def worker() -> None:
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, use_tls=False)
+            await smtp.connect()
+            for msg in pending:
+                await smtp.send_message(msg)
+            await smtp.quit()
+
+        return await timed(asyncio.gather(*(worker() for _ in range(width))))
+
+    rss_before = proc_status("VmRSS")
+    seconds, cpu = asyncio.run(go())
+    return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": rss_before}
+
+
+def side_main(args: argparse.Namespace) -> None:
+    """One side of one round, in this (fresh) process; one JSON line on stdout."""
+    if args.side == "library":
+        result = library_side(args.channel, args.port, args.messages, args.width, args.profile_to)
+    elif args.channel == "webhook":
+        request = json.loads(Path(args.request).read_text())
+        result = raw_webhook(
+            args.port, args.messages, args.width, request["body"].encode(), request["headers"]
+        )
+    else:
+        result = raw_email(args.port, args.messages, args.width)
+    result["per_s"] = args.messages / result["seconds"]
+    result["cpu_share"] = result.pop("cpu_s") / result["seconds"]
+    result["peak_rss_mb"] = proc_status("VmHWM")
+    print(json.dumps(result))
+
+
+def run_side(side: str, channel: str, port: int, count: int, width: int, extra: list[str]) -> dict[str, Any]:
+    command = [
+        sys.executable, __file__, "--side", side, "--channel", channel, "--port", str(port),
+        "--messages", str(count), "--width", str(width), *extra,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the {side} side failed:\n{done.stdout}\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- the parent ------------------------------------------------------------------------------------
+def bench(channel: str, count: int, width: int, repeat: int, profile: bool) -> dict[str, Any]:
+    process, port = start(http_sink if channel == "webhook" else smtp_sink)
+    extra: list[str] = []
+    request: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if channel == "webhook":
+                body, headers = webhook_request()
+                request = {"body": body.decode(), "headers": headers}
+                (Path(tmp) / "request.json").write_text(json.dumps(request))
+                extra = ["--request", str(Path(tmp) / "request.json")]
+            rounds = []
+            for i in range(repeat):
+                order = ("raw", "library") if i % 2 == 0 else ("library", "raw")
+                got = {side: run_side(side, channel, port, count, width, extra) for side in order}
+                got["first"] = order[0]  # type: ignore[assignment]
+                rounds.append(got)
+                print(f"  round {i + 1} ({order[0]} first): {describe(channel, got)}", flush=True)
+            profiled = None
+            if profile:
+                stats_file = str(RESULTS / f"dispatch-{channel}.prof")
+                profiled = run_side(
+                    "library", channel, port, count, width, [*extra, "--profile-to", stats_file]
                 )
-                elapsed = run_dispatcher(engine, channel, "email", connections, {})
-                engine.dispose()
-                return elapsed
-
-        rounds = [(asyncio.run(raw()), library()) for _ in range(repeat)]
+                show_profile(stats_file)
     finally:
         process.terminate()
-    return report("email", count, connections, rounds, "raw aiosmtplib", 0.5, None)
+    return report(channel, count, width, rounds, profiled, request)
+
+
+def describe(channel: str, got: dict[str, Any]) -> str:
+    raw, lib = got["raw"], got["library"]
+    return (
+        f"{BASELINES[channel]} {raw['per_s']:8,.0f} msg/s (CPU {raw['cpu_share']:.0%},"
+        f" peak RSS {raw['peak_rss_mb']:,.0f} MB), automation {lib['per_s']:8,.0f} msg/s"
+        f" (CPU {lib['cpu_share']:.0%}, peak RSS {lib['peak_rss_mb']:,.0f} MB),"
+        f" ratio {lib['per_s'] / raw['per_s']:.2f}x"
+    )
+
+
+def show_profile(path: str) -> None:
+    import pstats
+
+    print(f"  profile (not timed with the rounds), {path}:")
+    pstats.Stats(path).sort_stats("tottime").print_stats(30)
 
 
 def report(
     channel: str,
     count: int,
-    concurrency: int,
-    rounds: list[tuple[float, float]],
-    baseline: str,
-    goal_ratio: float,
-    goal_rate: float | None,
+    width: int,
+    rounds: list[dict[str, Any]],
+    profiled: dict[str, Any] | None,
+    request: dict[str, Any],
 ) -> dict[str, Any]:
-    """Print and return the figures; ``rounds`` holds (raw seconds, library seconds) per round."""
-    raw_rate = count / min(raw for raw, _ in rounds)
-    lib_rate = count / min(lib for _, lib in rounds)
-    ratio = lib_rate / raw_rate
-    ratios = sorted(raw / lib for raw, lib in rounds)
-    median = statistics.median(ratios)
-    ok = ratio >= goal_ratio and (goal_rate is None or lib_rate >= goal_rate)
-    print(f"{channel}: {count:,} messages, concurrency {concurrency}")
-    if len(rounds) > 1:
-        for i, (raw, lib) in enumerate(rounds, 1):
-            print(
-                f"  round {i}: {baseline} {count / raw:8,.0f} msg/s, automation {count / lib:8,.0f} msg/s,"
-                f" ratio {raw / lib:.2f}x"
-            )
-    best = " (best of each)" if len(rounds) > 1 else ""
-    print(f"  {baseline:<28} {raw_rate:8,.0f} msg/s{best}")
-    print(f"  {'automation end to end':<28} {lib_rate:8,.0f} msg/s{best}")
-    goal = f">= {goal_ratio}x" + (f" and >= {goal_rate:,.0f}/s" if goal_rate else "")
-    extra = f"; median of the rounds' ratios {median:.2f}x" if len(rounds) > 1 else ""
-    print(f"  ratio {ratio:.2f}x (goal {goal}): {'met' if ok else 'NOT met'}{extra}")
+    goal = GOALS[channel]
+    ratios = [r["library"]["per_s"] / r["raw"]["per_s"] for r in rounds]
+    every = all(ratio >= goal for ratio in ratios)
+
+    def span(side: str, key: str) -> tuple[float, float]:
+        values = [r[side][key] for r in rounds]
+        return min(values), max(values)
+
+    raw_lo, raw_hi = span("raw", "per_s")
+    lib_lo, lib_hi = span("library", "per_s")
+    print(f"{channel}: {count:,} messages, {width} in flight, {len(rounds)} rounds")
+    raw_rss, lib_rss = span("raw", "peak_rss_mb")[1], span("library", "peak_rss_mb")[1]
+    print(f"  {BASELINES[channel]:<22} {raw_lo:8,.0f} - {raw_hi:8,.0f} msg/s, peak RSS {raw_rss:,.0f} MB")
+    print(
+        f"  {'automation end to end':<22} {lib_lo:8,.0f} - {lib_hi:8,.0f} msg/s, peak RSS {lib_rss:,.0f} MB"
+    )
+    print(
+        f"  ratio per round {min(ratios):.2f}-{max(ratios):.2f}x (median {statistics.median(ratios):.2f}x);"
+        f" goal >= {goal}x in every round: {'met' if every else 'NOT met'}"
+    )
     return {
         "channel": channel,
         "messages": count,
-        "concurrency": concurrency,
-        "baseline": baseline,
-        "baseline_per_s": round(raw_rate),
-        "library_per_s": round(lib_rate),
-        "ratio": round(ratio, 3),
+        "in_flight": width,
+        "baseline": BASELINES[channel],
         "rounds": [
             {
-                "baseline_per_s": round(count / raw),
-                "library_per_s": round(count / lib),
-                "ratio": round(raw / lib, 3),
+                "first": r["first"],
+                "raw": {k: round(v, 4) for k, v in r["raw"].items()},
+                "library": {k: round(v, 4) for k, v in r["library"].items()},
+                "ratio": round(ratio, 3),
             }
-            for raw, lib in rounds
+            for r, ratio in zip(rounds, ratios, strict=True)
         ],
-        "median_ratio": round(median, 3),
-        "goal_met": ok,
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+        "ratio_median": round(statistics.median(ratios), 3),
+        "goal_ratio": goal,
+        "goal_met_every_round": every,
+        "profiled_library_round": profiled,
+        "webhook_request": request or None,
     }
 
 
@@ -325,19 +452,39 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--channel", choices=["webhook", "email", "both"], default="both")
-    parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--connections", type=int, default=4, help="SMTP connections (email)")
-    parser.add_argument("--repeat", type=int, default=1, help="alternating rounds of raw and library")
+    parser.add_argument("--concurrency", type=int, default=20, help="webhooks in flight (both sides)")
+    parser.add_argument("--connections", type=int, default=4, help="SMTP connections (both sides)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds (each side: a fresh process)")
+    parser.add_argument("--profile", action="store_true", help="then one more library run under cProfile")
+    parser.add_argument("--output", type=Path, default=RESULTS / "dispatch.json")
+    # one side of one round (the parent runs these in subprocesses)
+    parser.add_argument("--side", choices=["raw", "library"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--request", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side:
+        side_main(args)
+        return
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    results = []
-    if args.channel in ("webhook", "both"):
-        results.append(bench_webhook(args.messages, args.concurrency, args.repeat))
-    if args.channel in ("email", "both"):
-        results.append(bench_email(args.messages, args.connections, args.repeat))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dispatch.json").write_text(json.dumps(results, indent=2))
+    load_before = os.getloadavg()
+    results = []
+    for channel in ("webhook", "email"):
+        if args.channel in (channel, "both"):
+            width = args.concurrency if channel == "webhook" else args.connections
+            results.append(bench(channel, args.messages, width, args.repeat, args.profile))
+    machine = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    args.output.write_text(json.dumps({"machine": machine, "channels": results}, indent=2))
+    print(f"written to {args.output}")
 
 
 if __name__ == "__main__":
