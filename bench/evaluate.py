@@ -18,7 +18,7 @@ runs the evaluation, and writes the figures to ``bench/results/evaluate.json``.
 Prototypes of library changes (the library's compiled playbook with one change each) are timed next
 to it and reported separately; see bench/README.md.
 
-Goal: the library at most 1.5x the best hand-written query; peak memory under 300 MB.
+Goal: the library at most 1.2x the best hand-written query in every round; peak memory under 300 MB.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ DEFAULT_SIZE = (1_000_000, 5_000_000)
 
 #: The moment every query is evaluated at (fixed, so both sides and every run agree).
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
-GOAL_RATIO = 1.5
+GOAL_RATIO = 1.2  # in every round, against the best hand-written formulation in the same round
 GOAL_RSS_MB = 300.0
 
 # -- deterministic data ---------------------------------------------------------------------------
@@ -389,8 +389,8 @@ PROTOTYPES: dict[str, Prototype] = {
     "library_jit_off": Prototype(
         ("postgresql",), "evaluate() unchanged, under SET LOCAL jit = off", ("SET LOCAL jit = off",)
     ),
-    "library_filter_counts": Prototype(
-        ("sqlite", "postgresql"),
+    "library_filter_counts": Prototype(  # on SQLite the library counts this way already
+        ("postgresql",),
         "compiled rules unchanged; each known cell counted with COUNT(*) FILTER over a fenced subquery",
         filter_counts=True,
     ),
@@ -709,6 +709,10 @@ def benchmark(b: Backend, args: argparse.Namespace) -> dict[str, Any]:
         }
         out["ratio_median"] = round(lib["median_s"] / hand[best]["median_s"], 3)
         out["ratio_min"] = round(lib["min_s"] / hand[best]["min_s"], 3)
+        # each round's library time against the best formulation's time in the same round
+        out["ratio_per_round"] = [
+            round(a / h, 3) for a, h in zip(series["library"].times, series[best].times, strict=True)
+        ]
         out["ratio_per_variant"] = {v: round(lib["median_s"] / hand[v]["median_s"], 3) for v in HAND_WRITTEN}
         log(f"{b.name}: plans")
         out["plans"] = explain(conn, b.name, args.explain_analyze, prototypes)
@@ -831,19 +835,21 @@ def _cpu_model() -> str:
 def summary_table(results: dict[str, Any]) -> str:
     lines = [
         "| Backend | Generation | Library min / median | Hand-written min / median (variant) "
-        "| Ratio (median) | Peak RSS library | Goal met |",
-        "|---|---|---|---|---|---|---|",
+        "| Ratio (median) | Ratio per round | Peak RSS library | Goal met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["backends"].items():
         lib, hand = r["timings"]["library"], r["hand_written"]
         gen = r["generation"].get("total_s")
         rss = r["memory"]["library"]["peak_rss_mb"]
-        ok = r["ratio_median"] <= GOAL_RATIO and rss < GOAL_RSS_MB
+        rounds = r["ratio_per_round"]
+        ok = max(rounds) <= GOAL_RATIO and rss < GOAL_RSS_MB
         lines.append(
             f"| {name} | {f'{gen:.0f} s' if gen else 'reused'} "
             f"| {lib['min_s']:.2f} s / {lib['median_s']:.2f} s "
             f"| {hand['min_s']:.2f} s / {hand['median_s']:.2f} s ({hand['variant']}) "
-            f"| {r['ratio_median']:.2f}x | {rss:.0f} MB | {'yes' if ok else 'no'} |"
+            f"| {r['ratio_median']:.2f}x | {min(rounds):.2f}-{max(rounds):.2f}x "
+            f"| {rss:.0f} MB | {'yes' if ok else 'no'} |"
         )
     return "\n".join(lines)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,6 +63,10 @@ class CompiledPlaybook:
     scan_segment: ColumnElement[Any] | None = None
     scan_stage: ColumnElement[Any] | None = None
     scan_joins: tuple[Any, ...] = ()
+    #: The same again for scanning every customer on SQLite: event tests become ``customer.id IN
+    #: (SELECT ...)``, whose set SQLite collects once into an ephemeral index (see ``Scope.events_in``).
+    listed_segment: ColumnElement[Any] | None = None
+    listed_stage: ColumnElement[Any] | None = None
     #: Every part of the segment, stage and recurring rules whose truth depends on ``now``
     #: (see ``automation.plan.incremental``), and a fingerprint of those rules.
     clock: tuple[Any, ...] = ()
@@ -99,16 +103,18 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
 
     clock: list[Any] = []
 
-    def segment_and_stage(hoist: list[Any] | None) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-        record = clock if hoist is None else None
-        base = Scope(now=now, fallback_timezone=pb.timezone, hoist=hoist, clock=record)
+    def segment_and_stage(
+        hoist: list[Any] | None, events_in: bool = False
+    ) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+        record = clock if hoist is None and not events_in else None
+        base = Scope(now=now, fallback_timezone=pb.timezone, hoist=hoist, events_in=events_in, clock=record)
         whens = [(compile_one(s.when, base), s.name) for s in pb.segments if s.when is not None]
         catch_all = next((s.name for s in pb.segments if s.when is None), None)
         default = literal(catch_all) if catch_all else null()
         segment: ColumnElement[Any] = case(*whens, else_=default) if whens else default
         touch: ColumnElement[Any] = case(touch_map, value=segment, else_=null())
         names = {"segment": Binding(segment, pb.segment_names), "touch": Binding(touch, TOUCH_MODELS)}
-        staged = Scope(now=now, fallback_timezone=pb.timezone, names=names, hoist=hoist, clock=record)
+        staged = replace(base, names=names)
         stage_whens = [(compile_one(s.when, staged), s.name) for s in pb.stages]
         return segment, case(*stage_whens, else_=null())
 
@@ -164,6 +170,7 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
         raise PlaybookError(problems)
     joins: list[Any] = []
     scan_segment, scan_stage = segment_and_stage(joins)
+    listed_segment, listed_stage = segment_and_stage(None, events_in=True)
     return CompiledPlaybook(
         loaded,
         now,
@@ -175,6 +182,8 @@ def compile_playbook(loaded: LoadedPlaybook, now: datetime) -> CompiledPlaybook:
         scan_segment,
         scan_stage,
         tuple(joins),
+        listed_segment,
+        listed_stage,
         tuple(clock),
         rules_fingerprint(loaded),
         tuple(recurring_clock),

@@ -82,6 +82,9 @@ class Scope:
     #: events instead of a correlated EXISTS: the planner then scans the events once (PostgreSQL
     #: costs EXISTS inside CASE as one lookup per customer). The caller joins what is collected here.
     hoist: list[Any] | None = None
+    #: ``events(...) > 0`` as ``customer.id IN (SELECT customer_id FROM event WHERE ...)``: SQLite
+    #: collects the set once into an ephemeral index, instead of one probe per customer (full scans).
+    events_in: bool = False
     #: When a list is given, every part of a rule whose truth depends on ``now`` is recorded in it
     #: (``DaysBoundary``, ``EventWindow``, ``Anniversary``), so a tick can find the customers whose
     #: rules may have changed between two moments without evaluating everyone.
@@ -426,23 +429,28 @@ class _Compiler:
             if self.scope.hoist is not None:
                 present: ColumnElement[bool] = self.hoisted_events(value.call).c.customer_id.is_not(None)
                 return present if lo == 1 else not_(present)
+            if self.scope.events_in:
+                listed = self.scope.table.c.id.in_(self.events_customers(value.call))
+                return listed if lo == 1 else not_(listed)
             any_event = exists().where(self.events_where(value.call)).correlate(self.scope.table)
             return any_event if lo == 1 else not_(any_event)
         count = self.sql(value)
         return and_(count >= _param(lo), count <= _param(hi)) if hi is not None else count >= _param(lo)
 
-    def hoisted_events(self, call: ast.Call) -> Any:
-        """The distinct customers with matching events, as a subquery to LEFT JOIN on customer.id."""
-        assert self.scope.hoist is not None
+    def events_customers(self, call: ast.Call) -> Any:
+        """SELECT of the customer ids with matching events (uncorrelated)."""
         name, within = self.events_args(call)
         self.record(EventWindow(name, within))
         ev, now = self.scope.events, self.now
         parts = [ev.c.name == name, ev.c.occurred_at <= now]
         if within is not None:
             parts.append(ev.c.occurred_at >= now - within)
-        sub = (
-            select(ev.c.customer_id).where(*parts).distinct().subquery(f"has_events_{len(self.scope.hoist)}")
-        )
+        return select(ev.c.customer_id).where(*parts)
+
+    def hoisted_events(self, call: ast.Call) -> Any:
+        """The distinct customers with matching events, as a subquery to LEFT JOIN on customer.id."""
+        assert self.scope.hoist is not None
+        sub = self.events_customers(call).distinct().subquery(f"has_events_{len(self.scope.hoist)}")
         self.scope.hoist.append(sub)
         return sub
 

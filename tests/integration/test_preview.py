@@ -6,12 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, event, func, insert, select
 
 from automation.authoring.preview import PreviewSink, run_preview
 from automation.authoring.validate import check_playbook
 from automation.config import Settings
-from automation.plan.evaluate import transitions
+from automation.db.tables import CUSTOMER
+from automation.plan.evaluate import evaluate, transitions
 from automation.plan.planner import plan
 from tests.conftest import ROOT
 from tests.integration.known import NOW, TEMPLATES, T
@@ -82,6 +83,35 @@ def test_counts_matrix_and_actions(data: Engine) -> None:
         "consent": 1,
         "no account owner: owner_email is empty": 1,
     }
+
+
+def test_a_full_count_asks_each_event_test_once_for_everyone(data: Engine) -> None:
+    """Counting everyone, event tests are one set (SQLite: IN, PostgreSQL: a join), not one probe per
+    customer; the counts are those of the per-customer form."""
+    compiled = check_playbook(ROOT / "playbooks" / "lifecycle.yaml", TEMPLATES, NOW)
+    statements: list[str] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    with data.connect() as conn:
+        ids = list(conn.execute(select(CUSTOMER.c.id)).scalars())
+        event.listen(data, "before_cursor_execute", seen)
+        try:
+            everyone = evaluate(conn, compiled)
+        finally:
+            event.remove(data, "before_cursor_execute", seen)
+        listed = evaluate(conn, compiled, ids)
+    assert everyone.matrix == listed.matrix
+    assert "loyalty" in {stage for _, stage in everyone.matrix}, "the fixture has a referrer in loyalty"
+    (statement,) = statements
+    assert "EXISTS" not in statement
+    form = (
+        "IN (SELECT event.customer_id"
+        if data.dialect.name == "sqlite"
+        else "LEFT OUTER JOIN (SELECT DISTINCT"
+    )
+    assert form in statement
 
 
 def test_limit_keeps_counts_whole(data: Engine) -> None:

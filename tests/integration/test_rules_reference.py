@@ -123,9 +123,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         anniversary_dates,
         st.sampled_from([0, 1, 43_200, 86_399]),
     )
-    timestamps = st.one_of(
-        st.none(), offsets.map(lambda s: now + timedelta(seconds=s)), anniversary_times
-    )
+    timestamps = st.one_of(st.none(), offsets.map(lambda s: now + timedelta(seconds=s)), anniversary_times)
     birthdays = st.one_of(st.none(), anniversary_dates, st.dates(date(1950, 1, 1), date(2030, 12, 31)))
 
     count = draw(st.integers(5, 30))
@@ -321,12 +319,21 @@ def load(engine: Engine, customers: Sequence[Mapping[str, Any]], events: Sequenc
             conn.execute(insert(EVENT), [{**e, "properties": {}} for e in events])
 
 
+#: How event tests are compiled: correlated EXISTS, LEFT JOINs (``Scope.hoist``) or IN (``Scope.events_in``).
+FORMS = {
+    "exists": "with correlated event subqueries",
+    "joins": "with hoisted event joins",
+    "in": "with event tests as IN (subquery)",
+}
+
+
 def selected(
-    engine: Engine, text: str, now: datetime, fallback: str = "UTC", hoisted: bool = False
+    engine: Engine, text: str, now: datetime, fallback: str = "UTC", form: str = "exists"
 ) -> set[str]:
-    """Ids the compiled rule selects; ``hoisted``: with event tests as LEFT JOINs (``Scope.hoist``)."""
-    joins: list[Any] | None = [] if hoisted else None
-    condition = compile_rule(parse(text), Scope(now=now, fallback_timezone=fallback, hoist=joins))
+    """Ids the compiled rule selects, with event tests in the given form (``FORMS``)."""
+    joins: list[Any] | None = [] if form == "joins" else None
+    scope = Scope(now=now, fallback_timezone=fallback, hoist=joins, events_in=form == "in")
+    condition = compile_rule(parse(text), scope)
     source: Any = CUSTOMER
     for sub in joins or []:
         source = source.outerjoin(sub, sub.c.customer_id == CUSTOMER.c.id)
@@ -347,10 +354,9 @@ def check_against_reference(
 ) -> None:
     tree = parse(text)
     want = matching_ids(tree, customers, events, now, fallback)
-    for hoisted in (False, True):
-        form = "with hoisted event joins" if hoisted else "with correlated event subqueries"
+    for name, form in FORMS.items():
         try:
-            got = selected(engine, text, now, fallback, hoisted)
+            got = selected(engine, text, now, fallback, name)
         except DBAPIError as exc:
             raise AssertionError(
                 f"rule {text!r} ({form}): the query fails on {engine.dialect.name}: {exc.orig}"
@@ -435,8 +441,8 @@ def expect(
     load(engine, customers, events)
     for text, want in cases.items():
         assert matching_ids(parse(text), customers, events, now, fallback) == want, f"reference: {text}"
-        assert selected(engine, text, now, fallback) == want, f"SQL: {text}"
-        assert selected(engine, text, now, fallback, hoisted=True) == want, f"SQL with joins: {text}"
+        for name, form in FORMS.items():
+            assert selected(engine, text, now, fallback, name) == want, f"SQL {form}: {text}"
 
 
 def test_days_since_and_until_floor_whole_days_at_the_boundary(engine: Engine) -> None:
