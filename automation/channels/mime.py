@@ -22,17 +22,21 @@ quoted-printable or base64 encoded, so the message is 7-bit clean for any SMTP s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import random
 import re
+import sys
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.header import Header
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from email.policy import Policy, compat32
+from email.policy import Compat32, Policy
 from email.policy import default as _default_policy
 from email.utils import format_datetime
+from typing import Any
 
 from automation.channels.base import Delivery
 from automation.errors import PermanentDeliveryError
@@ -210,7 +214,6 @@ def build_email_bytes(
     from email.charset import QP, Charset
     from email.mime.multipart import MIMEMultipart
     from email.mime.nonmultipart import MIMENonMultipart
-    from email.utils import formataddr, parseaddr
 
     if not delivery.to or not delivery.to.strip():
         raise PermanentDeliveryError("no email address")
@@ -245,20 +248,20 @@ def build_email_bytes(
             return value
         return Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
 
-    def address(value: str) -> str:
-        name, addr = parseaddr(value)
-        return formataddr((name, addr), charset="utf-8") if name else addr
-
     parts = [part(rendered.text, "plain")] if rendered.text else []
     if rendered.html:
         parts.append(part(rendered.html, "html"))
     if len(parts) == 2:
-        message: MIMEMultipart | MIMENonMultipart = MIMEMultipart("alternative", _subparts=parts)
+        # The boundary the generator would make, without its search of the parts for it (a regular
+        # expression compiled per message): quoted-printable text never holds "==".
+        message: MIMEMultipart | MIMENonMultipart = MIMEMultipart(
+            "alternative", boundary=_boundary(), _subparts=parts
+        )
     else:
         message = parts[0]
     ident = message_id(delivery.idempotency_key, domain)
-    message["From"] = address(from_address)
-    message["To"] = address(to)
+    message["From"] = _address(from_address)  # the same for every message: remembered
+    message["To"] = _address.__wrapped__(to)
     message["Subject"] = header("Subject", subject)
     message["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
     message["Message-ID"] = ident
@@ -274,4 +277,37 @@ def build_email_bytes(
     return raw, recipient, ident
 
 
-_WIRE = compat32.clone(linesep="\r\n", max_line_length=998)
+@functools.lru_cache(maxsize=64)
+def _address(value: str) -> str:
+    """An address header's value: the display name RFC 2047 encoded when it is not ASCII."""
+    from email.utils import formataddr, parseaddr
+
+    name, addr = parseaddr(value)
+    return formataddr((name, addr), charset="utf-8") if name else addr
+
+
+def _boundary() -> str:
+    """A boundary as ``email.generator`` makes one: fifteen ``=``, 19 random digits, ``==``."""
+    return "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
+
+
+#: A header value written as it is by compat32's folding: printable ASCII words, single spaces.
+_PLAIN_HEADER = re.compile(r"[!-~]+(?: [!-~]+)*")
+
+
+class _Wire(Compat32):
+    """compat32 with CRLF line ends and lines up to 998 characters. A plain ASCII header that fits on
+    its line is written directly: ``Header.encode`` writes it unchanged, at many times the cost."""
+
+    def _fold(self, name: str, value: Any, sanitize: bool) -> str:
+        if (
+            type(value) is str
+            and len(name) + len(value) + 2 <= 998
+            and _PLAIN_HEADER.fullmatch(value) is not None
+        ):
+            return f"{name}: {value}\r\n"
+        folded: str = super()._fold(name, value, sanitize)  # type: ignore[misc]
+        return folded
+
+
+_WIRE = _Wire(linesep="\r\n", max_line_length=998)
