@@ -32,14 +32,27 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from sqlalchemy import String, Table, TypeDecorator
 
 from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import InputError
 
+from phonenumbers.phonenumberutil import (  # isort: skip
+    ValidationResult as _ValidationResult,
+    _maybe_strip_national_prefix_carrier_code as _strip_national_prefix,
+    _test_number_length,
+)
+
 INT32_MAX = 2_147_483_647
 _PHONE_INPUT_MAX = 64  # characters of a phone number as written; stored E.164 is at most 16
 _SHOWN_MAX = 80  # characters of a bad value quoted in a problem
+#: phonenumbers.parse keeps the national prefix when the number without it would have these lengths
+_KEEP_NATIONAL_PREFIX = (
+    _ValidationResult.TOO_SHORT,
+    _ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    _ValidationResult.INVALID_LENGTH,
+)
 
 
 #: Importable customer fields: every column of ``customer`` except the bookkeeping ``updated_at``.
@@ -80,9 +93,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: ``json.loads(text, parse_constant=_reject_constant)`` builds a decoder each call; this one is built once.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+#: ``json.dumps(value, ensure_ascii=False)``'s encoder, built once.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def json_loads(text: str) -> Any:
     """Strict JSON: a JSON text as Python values (ValueError when it is not JSON)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    if text.startswith("\ufeff"):  # what json.loads refuses before decoding
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _JSON_DECODER.decode(text)
 
 
 def json_type(value: Any) -> str:
@@ -132,8 +153,57 @@ def _text(name: str, value: Any, max_length: int | None) -> str | None:
 
 @lru_cache(maxsize=4096)  # owner emails repeat on many rows
 def _normalized_email(text: str) -> str:
-    """email-validator's normalized form (syntax only); raises EmailNotValidError."""
+    """email-validator's normalized form (syntax only); raises EmailNotValidError.
+
+    Most addresses take a shorter way to the same answer (:func:`_plain_email`); anything else, and
+    every address refused, goes through ``validate_email`` itself, whose message the problem quotes.
+    """
+    fast = _plain_email(text)
+    if fast is not None:
+        return fast
     return validate_email(text, check_deliverability=False).normalized
+
+
+#: ``local@domain`` with an ASCII dot-atom local part (email-validator's ``DOT_ATOM_TEXT``: no quotes,
+#: no display name, no Unicode) and a domain of word characters, dots and hyphens (no IP literal).
+_PLAIN_EMAIL = re.compile(
+    r"([A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+)*)@([\w.-]+)"
+)
+_EMAIL_MAX_BYTES = 254  # email-validator's limit on the whole address (RFC 5321), in UTF-8 bytes
+_CASE_INSENSITIVE_MAILBOXES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)  # email-validator lowercases those
+
+
+def _plain_email(text: str) -> str | None:
+    """``validate_email(text).normalized`` for a plain address, or None: ask ``validate_email``.
+
+    For ``local@domain`` with a dot-atom ASCII local part, email-validator keeps the local part as
+    written (except the mailbox names it lowercases, left to it), checks the domain on its own, and
+    checks the length of the whole address in three forms. So the domain's verdict is taken from
+    ``validate_email`` once per domain (:func:`_email_domain`), and the lengths are checked here.
+    """
+    match = _PLAIN_EMAIL.fullmatch(text)
+    if match is None:
+        return None
+    local, domain = match.groups()
+    checked = _email_domain(domain)
+    if checked is None or local.lower() in _CASE_INSENSITIVE_MAILBOXES:
+        return None
+    normalized_domain, longest_domain_bytes = checked
+    if len(local) + 1 + longest_domain_bytes > _EMAIL_MAX_BYTES:
+        return None
+    return f"{local}@{normalized_domain}"
+
+
+@lru_cache(maxsize=4096)
+def _email_domain(domain: str) -> tuple[str, int] | None:
+    """The normalized domain email-validator gives the part after the @-sign, and the UTF-8 length of
+    the longest of its three forms (as written, normalized, IDNA ASCII); None when it refuses it."""
+    try:
+        checked = validate_email(f"a@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    forms = (domain, checked.domain, checked.ascii_domain or "")
+    return checked.domain, max(len(form.encode("utf-8")) for form in forms)
 
 
 def _email(name: str, value: Any) -> str | None:
@@ -159,6 +229,9 @@ def _phone(value: Any, region: str | None) -> str | None:
             f"phone: {text!r} has no country code; write it in E.164 form (e.g. +14155550123) "
             "or import with --default-region"
         )
+    fast = _plain_phone(text)
+    if fast is not None:
+        return fast
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
@@ -167,6 +240,121 @@ def _phone(value: Any, region: str | None) -> str | None:
         raise RowError(f"phone: {text!r} is not a valid phone number")
     e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return e164
+
+
+#: ``+`` and 7 to 17 ASCII digits, single spaces or hyphens between them (``+1 201-555-0123``): what
+#: ``phonenumbers.parse`` reads as a country code and a national number with nothing else to strip.
+_PLAIN_PHONE = re.compile(r"\+[1-9](?:[ -]?[0-9]){6,16}")
+
+
+def _plain_phone(text: str) -> str | None:
+    """The E.164 form of a valid number written as ``+`` and digits, or None: ask ``phonenumbers``.
+
+    The same steps as ``phonenumbers.parse`` (no default region), ``is_valid_number`` and ``format_number``
+    (E.164) take for such a text, with the metadata's patterns compiled once (:func:`_phone_region`).
+    An invalid number, a national number with a leading zero, and every other text go the long way,
+    which words the problem.
+    """
+    if _PLAIN_PHONE.fullmatch(text) is None:
+        return None
+    digits = text[1:].replace(" ", "").replace("-", "")
+    for size in (1, 2, 3):  # phonenumbers' _extract_country_code
+        code = int(digits[:size])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return None
+    country = _phone_country(code)
+    if country is None:
+        return None
+    metadata, single, regions = country
+    national = digits[size:]
+    if len(national) < 2:
+        return None
+    _carrier, stripped, _ = _strip_national_prefix(national, metadata)
+    if stripped != national and _test_number_length(stripped, metadata) not in _KEEP_NATIONAL_PREFIX:
+        national = stripped
+    if not 2 <= len(national) <= 17 or national[0] == "0":  # leading zeros: phonenumbers' own way
+        return None
+    if single:
+        region = regions[0]
+    else:  # phonenumbers' _region_code_for_number_from_list (regions without metadata left out)
+        region = None
+        for candidate in regions:
+            leading, valid = candidate
+            if leading is not None:
+                if leading.match(national):
+                    region = candidate
+                    break
+            elif valid(national):
+                region = candidate
+                break
+        if region is None:
+            return None
+    if region[1] is None or not region[1](national):
+        return None
+    return f"+{code}{national}"
+
+
+_Checks = tuple[re.Pattern[str] | None, Callable[[str], bool] | None]
+
+
+@cache
+def _phone_country(code: int) -> tuple[Any, bool, tuple[_Checks, ...]] | None:
+    """The metadata ``phonenumbers.parse`` reads a number of country code ``code`` with, whether the code
+    has one region, and per region its leading digits pattern and validity check (None: never valid);
+    None when phonenumbers has no metadata."""
+    from phonenumbers.phonemetadata import PhoneMetadata
+
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[code]
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
+    if metadata is None:
+        return None
+    checks = []
+    if len(regions) == 1:  # region_code_for_number takes it as it is; "001" has the code's metadata
+        region_metadata = metadata
+        same_code = regions[0] == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY or (
+            PhoneMetadata.metadata_for_region(regions[0].upper(), None) is not None
+            and phonenumbers.country_code_for_valid_region(regions[0]) == code
+        )
+        checks.append((None, _number_is_valid(region_metadata) if same_code else None))
+    for region in regions if len(regions) > 1 else ():
+        region_metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
+        if region_metadata is None:
+            continue  # _region_code_for_number_from_list skips it
+        leading = region_metadata.leading_digits
+        same_code = region_metadata.country_code == code
+        checks.append(
+            (
+                re.compile(leading) if leading is not None else None,
+                _number_is_valid(region_metadata) if same_code else None,
+            )
+        )
+    return metadata, len(regions) == 1, tuple(checks)
+
+
+def _number_is_valid(metadata: Any) -> Callable[[str], bool]:
+    """``_number_type_helper(national, metadata) != UNKNOWN`` with the patterns compiled once: the
+    general description matches, and so does the description of at least one type."""
+    names = ["premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan"]
+    names += ["voicemail", "fixed_line"]
+    if not metadata.same_mobile_and_fixed_line_pattern:
+        names.append("mobile")
+
+    def matcher(desc: Any) -> Callable[[str], bool] | None:
+        if desc is None or not desc.national_number_pattern:
+            return None
+        pattern = re.compile(desc.national_number_pattern)
+        lengths = frozenset(desc.possible_length)
+        if lengths:
+            return lambda national: len(national) in lengths and pattern.fullmatch(national) is not None
+        return lambda national: pattern.fullmatch(national) is not None
+
+    general = matcher(metadata.general_desc)
+    types = [m for m in (matcher(getattr(metadata, name)) for name in names) if m is not None]
+    if general is None or not types:
+        return lambda national: False
+    return lambda national: general(national) and any(match(national) for match in types)
 
 
 @lru_cache(maxsize=1024)
@@ -270,7 +458,7 @@ def _object(name: str, value: Any, from_text: bool) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RowError(f"{name}: expected a JSON object, got {json_type(value)}")
     try:
-        encoded = json.dumps(value, ensure_ascii=False)
+        encoded = _JSON_ENCODER.encode(value)
     except (ValueError, RecursionError):
         raise RowError(f"{name}: cannot be stored as JSON") from None
     if BAD_CHARS.search(encoded) or "\\u0000" in encoded:
@@ -413,6 +601,16 @@ _NOT_CLEARABLE: dict[str, str] = {"id": "id cannot be cleared (it identifies the
 
 def customer_row(raw: Mapping[str, Any], region: str | None, from_text: bool) -> dict[str, Any]:
     """Validate one customer row: the given columns converted, the cleared ones None."""
+    try:  # the common case, a good row clearing nothing, without the bookkeeping of every problem
+        return _plain_customer_row(raw, region, from_text)
+    except RowError:
+        pass
+    return checked_customer_row(raw, region, from_text)
+
+
+def checked_customer_row(raw: Mapping[str, Any], region: str | None, from_text: bool) -> dict[str, Any]:
+    """:func:`customer_row` the long way, for any row: the columns it sets and clears
+    (:func:`customer_columns`), every field converted, every problem reported."""
     columns = customer_columns(raw)
     fields = [("id", partial(_id, "id", columns.given.get("id")))] + [
         (name, partial(_customer_value, name, value, region, from_text))
@@ -420,6 +618,52 @@ def customer_row(raw: Mapping[str, Any], region: str | None, from_text: bool) ->
         if name != "id"
     ]
     return _collect(fields, columns.problems) | dict.fromkeys(columns.cleared)
+
+
+def _plain_customer_row(raw: Mapping[str, Any], region: str | None, from_text: bool) -> dict[str, Any]:
+    """What :func:`customer_row` gives a row without problems that clears nothing (the same fields, in
+    the same order, converted by the same functions); RowError for any other row, without a message
+    worth showing: :func:`customer_row` then takes the row through :func:`customer_columns`."""
+    row = {"id": _id("id", raw.get("id"))}
+    for name, value in raw.items():
+        convert = _CONVERTERS.get(name)
+        if convert is None:  # clear (unless not given), or an unknown column
+            if name == CLEAR and not _given(value):
+                continue
+            raise RowError(name)
+        if value is None or name == "id" or (isinstance(value, str) and not value.strip()):
+            continue  # not given (as _given says)
+        row[name] = convert(value, region, from_text)
+    return row
+
+
+def _convert_as(name: str) -> Callable[[Any, str | None, bool], Any]:
+    """The converter of one customer field (what :func:`_customer_value` does for ``name``)."""
+    match name:
+        case "id":
+            return lambda value, _region, _from_text: _id("id", value)
+        case "email" | "owner_email":
+            return lambda value, _region, _from_text: _email(name, value)
+        case "phone":
+            return lambda value, region, _from_text: _phone(value, region)
+        case "timezone":
+            return lambda value, _region, _from_text: _timezone(value)
+        case "locale":
+            return lambda value, _region, _from_text: _locale(value)
+        case "signed_up_at" | "last_order_at" | "last_seen_at":
+            return lambda value, _region, _from_text: _timestamp(name, value)
+        case "attributes":
+            return lambda value, _region, from_text: _object(name, value, from_text)
+        case "clv" | "orders_count" | "nps" | "birthday":
+            return lambda value, region, from_text: _customer_value(name, value, region, from_text)
+        case _:  # plain text columns
+            limit = _max_length(CUSTOMER, name)
+            return lambda value, _region, _from_text: _text(name, value, limit)
+
+
+_CONVERTERS: dict[str, Callable[[Any, str | None, bool], Any]] = {
+    name: _convert_as(name) for name in CUSTOMER_FIELDS
+}
 
 
 def _event_name(value: Any) -> str:

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Executable, String, Table, TypeDecorator, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import String, TypeDecorator, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect
 
 from automation.db.in_list import among_param
@@ -24,35 +24,125 @@ from automation.db.tables import CUSTOMER, EVENT
 from automation.errors import DatabaseError
 from automation.ingest.rows import CUSTOMER_DEFAULTS, CUSTOMER_FIELDS
 
-
-def _dialect_insert(name: str, table: Table) -> postgresql.Insert | sqlite.Insert:
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise DatabaseError(f"unsupported database {name!r}")
-
-
 _CUSTOMER_BLANK: dict[str, Any] = {name: None for name in CUSTOMER_FIELDS} | CUSTOMER_DEFAULTS
+#: Every column an upsert writes, in order; a row's other values are its ``given`` bit mask.
+CUSTOMER_COLUMNS: tuple[str, ...] = (*CUSTOMER_FIELDS, "updated_at")
+_GIVEN_BIT: dict[str, int] = {name: 1 << i for i, name in enumerate(CUSTOMER_FIELDS)}
 
 
 def write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
-    """Upsert rows (no id twice: PostgreSQL refuses to update a row twice in one statement)."""
-    now = datetime.now(UTC)
-    # Group rows by the columns they carry: those columns, and only those, replace stored values.
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(sorted(row)), []).append(_CUSTOMER_BLANK | row | {"updated_at": now})
-    for columns, params in groups.items():
-        conn.execute(_customer_upsert(conn.dialect.name, columns), params)
+    """Upsert rows (no id twice: PostgreSQL refuses to update a row twice in one statement).
+
+    A new customer gets the row's columns and the defaults for the others; a stored one gets the row's
+    columns, and only those, replaced (and ``updated_at``). All rows go in one statement whatever
+    columns they carry: each row brings a bit mask of the columns it gives, which the ``DO UPDATE``
+    reads (SQLite: ``executemany``; PostgreSQL: ``COPY`` into a temporary table, then one
+    ``INSERT ... SELECT ... ON CONFLICT``).
+    """
+    params = _customer_params(conn.dialect)(rows, datetime.now(UTC))
+    if not params:
+        return
+    if conn.dialect.name == "postgresql":
+        _copy_upsert(conn, params)
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_SQLITE_CUSTOMER_UPSERT, params)
+    else:
+        raise DatabaseError(f"unsupported database {conn.dialect.name!r}")
 
 
-@lru_cache(maxsize=512)  # rows without a value for some columns make a few dozen column sets a file
-def _customer_upsert(dialect: str, columns: tuple[str, ...]) -> Executable:
-    """The upsert that replaces ``columns`` (and ``updated_at``) of a stored customer."""
-    insert = _dialect_insert(dialect, CUSTOMER)
-    updates = {c: insert.excluded[c] for c in (*columns, "updated_at") if c != "id"}
-    return insert.on_conflict_do_update(index_elements=[CUSTOMER.c.id], set_=updates)
+@lru_cache(maxsize=4)
+def _customer_params(
+    dialect: Dialect,
+) -> Callable[[Iterable[dict[str, Any]], datetime], list[tuple[Any, ...]]]:
+    """A function from rows and their ``updated_at`` to the upsert's parameters: per row its values in
+    :data:`CUSTOMER_COLUMNS` order as SQLAlchemy would bind them for ``dialect`` (JSON text, naive UTC
+    times; the defaults for the columns it does not give), then its ``given`` bit mask."""
+    processors = [
+        CUSTOMER.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in CUSTOMER_COLUMNS
+    ]
+    *field_processors, updated_at_processor = processors
+    defaults = [(name, _CUSTOMER_BLANK[name]) for name in CUSTOMER_FIELDS]
+    converted = [(i, p) for i, p in enumerate(field_processors) if p is not None]
+    masks: dict[tuple[str, ...], int] = {}
+
+    def mask(names: tuple[str, ...]) -> int:
+        given = 0
+        for name in names:
+            given |= _GIVEN_BIT[name]
+        masks[names] = given
+        return given
+
+    def params(rows: Iterable[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
+        updated_at = now if updated_at_processor is None else updated_at_processor(now)
+        out = []
+        for row in rows:
+            values = [row.get(name, default) for name, default in defaults]
+            for i, processor in converted:
+                values[i] = processor(values[i])
+            names = tuple(row)
+            values.append(updated_at)
+            values.append(masks.get(names) or mask(names))
+            out.append(tuple(values))
+        return out
+
+    return params
+
+
+def _replaced_if_given(target: str, given: str, new: str) -> str:
+    """The ``DO UPDATE SET`` list: each column replaced when the row's mask ``given`` has its bit, and
+    ``updated_at`` always."""
+    sets = [
+        f"{name} = CASE WHEN ({given} & {bit}) <> 0 THEN {new}.{name} ELSE {target}.{name} END"
+        for name, bit in _GIVEN_BIT.items()
+        if name != "id"
+    ]
+    return ", ".join([*sets, f"updated_at = {new}.updated_at"])
+
+
+_SQLITE_CUSTOMER_UPSERT = (
+    f"INSERT INTO {CUSTOMER.name} ({', '.join(CUSTOMER_COLUMNS)}) "
+    f"VALUES ({', '.join(f'?{i}' for i in range(1, len(CUSTOMER_COLUMNS) + 1))}) "
+    f"ON CONFLICT (id) DO UPDATE SET "
+    + _replaced_if_given(CUSTOMER.name, f"?{len(CUSTOMER_COLUMNS) + 1}", "excluded")
+)
+
+#: The rows of one PostgreSQL upsert (emptied at every commit, created once per connection).
+_PG_IMPORT_TABLE = "customer_import"
+_PG_CREATE_IMPORT_TABLE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_IMPORT_TABLE} "
+    f"(LIKE {CUSTOMER.name}, given integer NOT NULL, PRIMARY KEY (id)) ON COMMIT DELETE ROWS"
+)
+_PG_COPY = f"COPY {_PG_IMPORT_TABLE} ({', '.join(CUSTOMER_COLUMNS)}, given) FROM STDIN"
+
+
+def _copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: the rows copied into the temporary table, then upserted from it in one statement."""
+    conn.exec_driver_sql(_PG_CREATE_IMPORT_TABLE)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(_PG_COPY) as copy:
+            for values in params:
+                copy.write_row(values)
+        cursor.execute(_pg_customer_upsert())
+        cursor.execute(f"DELETE FROM {_PG_IMPORT_TABLE}")  # a second call in the same transaction
+    finally:
+        cursor.close()
+
+
+@lru_cache(maxsize=1)
+def _pg_customer_upsert() -> str:
+    kept = [
+        f"CASE WHEN (i.given & {bit}) <> 0 THEN i.{name} ELSE {CUSTOMER.name}.{name} END"
+        for name, bit in _GIVEN_BIT.items()
+        if name != "id"
+    ]
+    columns = ", ".join(CUSTOMER_COLUMNS)
+    return (
+        f"INSERT INTO {CUSTOMER.name} ({columns}) SELECT {columns} FROM {_PG_IMPORT_TABLE} "
+        f"ON CONFLICT (id) DO UPDATE SET "
+        f"({', '.join(c for c in CUSTOMER_COLUMNS if c != 'id')}) = "
+        f"(SELECT {', '.join(kept)}, i.updated_at FROM {_PG_IMPORT_TABLE} AS i WHERE i.id = excluded.id)"
+    )
 
 
 def stored_attributes(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
