@@ -325,38 +325,58 @@ PROFILE_PARTS = {  # part -> (file suffix, function name) whose cumulative time 
 
 
 def profile_round(engine: Any, path: Path) -> dict[str, Any]:
-    """One library import under cProfile: seconds per part (cumulative, so parts overlap: validate holds
-    its email and phone parts, writer holds sql_execute), and the functions with the most own time."""
+    """One library import under cProfile, on both of its threads (the loop reading and validating, and
+    the thread writing batches, profiled apart and added up): seconds per part (cumulative, so parts
+    overlap: validate holds its email and phone parts, writer holds sql_execute and commit), and the
+    functions with the most own time."""
+    from automation.ingest import importer
+
     empty(engine)
+    writer_profile = cProfile.Profile()
+    write = importer._write
+
+    def profiled_write(*args: Any) -> Any:
+        writer_profile.enable()
+        try:
+            return write(*args)
+        finally:
+            writer_profile.disable()
+
+    importer._write = profiled_write  # type: ignore[assignment]
     profiler = cProfile.Profile()
     started = time.perf_counter()
-    profiler.enable()
-    library_import(engine, path)
-    profiler.disable()
+    try:
+        profiler.enable()
+        library_import(engine, path)
+        profiler.disable()
+    finally:
+        importer._write = write  # type: ignore[assignment]
     total = time.perf_counter() - started
-    stats = pstats.Stats(profiler)
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    parts: dict[str, float] = {}
-    for part, keys in PROFILE_PARTS.items():
-        seconds = 0.0
-        for (filename, _line, function), (_cc, _nc, _tt, ct, _callers) in raw.items():
-            for suffix, name in keys:
-                if function == name and (filename == suffix or filename.endswith(suffix)):
-                    seconds += ct
-        parts[part] = seconds
-    profiled = max(
-        sum(ct for (_f, _l, fn), (_a, _b, _t, ct, _c) in raw.items() if fn == "import_customers"), 1e-9
-    )
-    own = sorted(
-        ((tt, f"{Path(f).name}:{line}({fn})") for (f, line, fn), (_cc, _nc, tt, _ct, _c) in raw.items()),
-        reverse=True,
-    )[:15]
-    return {
-        "seconds_under_profile": total,
-        "parts_s": parts,
-        "parts_share": {part: seconds / profiled for part, seconds in parts.items()},
-        "top_own_time": [{"function": name, "s": tt} for tt, name in own],
-    }
+    threads = {"loop": pstats.Stats(profiler), "writer": pstats.Stats(writer_profile)}
+    out: dict[str, Any] = {"seconds_under_profile": total, "threads": {}}
+    for thread, stats in threads.items():
+        raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+        parts: dict[str, float] = {}
+        for part, keys in PROFILE_PARTS.items():
+            seconds = 0.0
+            for (filename, _line, function), (_cc, _nc, _tt, ct, _callers) in raw.items():
+                for suffix, name in keys:
+                    if function == name and (filename == suffix or filename.endswith(suffix)):
+                        seconds += ct
+            if seconds:
+                parts[part] = seconds
+        busy = sum(tt for (_f, _l, _fn), (_cc, _nc, tt, _ct, _c) in raw.items())
+        own = sorted(
+            ((tt, f"{Path(f).name}:{line}({fn})") for (f, line, fn), (_cc, _nc, tt, _ct, _c) in raw.items()),
+            reverse=True,
+        )[:12]
+        out["threads"][thread] = {
+            "busy_s": busy,
+            "parts_s": parts,
+            "parts_share_of_wall": {part: seconds / total for part, seconds in parts.items()},
+            "top_own_time": [{"function": name, "s": tt} for tt, name in own],
+        }
+    return out
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -419,8 +439,13 @@ def benchmark(backend: str, args: argparse.Namespace, files: dict[str, Path]) ->
             )
         profile = None if args.no_profile else profile_round(engine, files["insert"])
         if profile is not None:
-            shares = ", ".join(f"{k} {v:.0%}" for k, v in profile["parts_share"].items())
-            print(f"  {backend} profile (cumulative shares of the import): {shares}", flush=True)
+            for thread, figures in profile["threads"].items():
+                shares = ", ".join(f"{k} {v:.0%}" for k, v in figures["parts_share_of_wall"].items())
+                print(
+                    f"  {backend} profile, {thread} thread (busy {figures['busy_s']:.1f} of "
+                    f"{profile['seconds_under_profile']:.1f} s; shares of the wall time): {shares}",
+                    flush=True,
+                )
     finally:
         engine.dispose()
         if not args.keep:

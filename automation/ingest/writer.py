@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Dialect
 
 from automation.db.in_list import among_param
 from automation.db.tables import CUSTOMER, EVENT
+from automation.db.types import UTCDateTime, to_utc_naive
 from automation.errors import DatabaseError
 from automation.ingest.rows import CUSTOMER_DEFAULTS, CUSTOMER_FIELDS
 
@@ -57,9 +58,7 @@ def _customer_params(
     """A function from rows and their ``updated_at`` to the upsert's parameters: per row its values in
     :data:`CUSTOMER_COLUMNS` order as SQLAlchemy would bind them for ``dialect`` (JSON text, naive UTC
     times; the defaults for the columns it does not give), then its ``given`` bit mask."""
-    processors = [
-        CUSTOMER.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in CUSTOMER_COLUMNS
-    ]
+    processors = [_bind_processor(dialect, name) for name in CUSTOMER_COLUMNS]
     *field_processors, updated_at_processor = processors
     defaults = [(name, _CUSTOMER_BLANK[name]) for name in CUSTOMER_FIELDS]
     converted = [(i, p) for i, p in enumerate(field_processors) if p is not None]
@@ -86,6 +85,32 @@ def _customer_params(
         return out
 
     return params
+
+
+def _bind_processor(dialect: Dialect, name: str) -> Callable[[Any], Any] | None:
+    """SQLAlchemy's bind processor of a customer column, or a quicker function giving the same values
+    (SQLite timestamps: the text SQLAlchemy writes, checked on sample values before it is used)."""
+    column_type = CUSTOMER.c[name].type
+    processor = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if dialect.name != "sqlite" or not isinstance(column_type, UTCDateTime) or processor is None:
+        return processor
+    samples = [
+        datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+        datetime(1, 1, 1, 0, 0, 0, 1),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=5))),
+        datetime(2024, 2, 29, 1, 2, 3, 456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        None,
+    ]
+    if all(_sqlite_timestamp(value) == processor(value) for value in samples):
+        return _sqlite_timestamp
+    return processor
+
+
+def _sqlite_timestamp(value: datetime | None) -> str | None:
+    """What SQLAlchemy writes to SQLite for a ``UTCDateTime``: naive UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    if value is None:
+        return None
+    return to_utc_naive(value).isoformat(" ", "microseconds")
 
 
 def _replaced_if_given(target: str, given: str, new: str) -> str:

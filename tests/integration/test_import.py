@@ -474,13 +474,13 @@ def test_clear_sets_the_named_columns_to_null(engine: Engine, tmp_path: Path, fm
             {"id": "n1", "plan": "free", "clear": ["owner_email"]},
         )
     statements: list[str] = []
-    listen = event.listens_for(engine, "before_execute")(
-        lambda _c, clause, *_a: statements.append(str(clause))
+    listen = event.listens_for(engine, "before_cursor_execute")(
+        lambda _c, _cursor, statement, *_a: statements.append(statement)
     )
 
     report = import_customers(engine, path)
 
-    event.remove(engine, "before_execute", listen)
+    event.remove(engine, "before_cursor_execute", listen)
     assert (report.read, report.imported, report.rejected, report.problems) == (3, 3, 0, [])
     stored = customers(engine)
     assert picked(stored["s1"], KEPT) == KEPT | {"email": None, "phone": None, "plan": "enterprise"}

@@ -267,3 +267,26 @@ def test_the_quick_row_check_gives_what_the_full_check_gives(region: str | None)
         except RowError:
             pass
     assert quick > 500
+
+
+# -- stored forms ---------------------------------------------------------------------------------------
+def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them() -> None:
+    from datetime import timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from automation.db.tables import CUSTOMER
+    from automation.ingest import writer
+
+    dialect = sqlite.dialect()
+    reference = CUSTOMER.c.signed_up_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert writer._bind_processor(dialect, "signed_up_at") is writer._sqlite_timestamp
+    rng = random.Random(5)
+    zones = [None, UTC] + [timezone(timedelta(minutes=m)) for m in (-720, -300, 0, 330, 345, 840)]
+    for _ in range(5000):
+        seconds = rng.randrange(86_400 * 366, 86_400 * 365 * 9990)
+        value = datetime(1, 1, 1) + timedelta(
+            seconds=seconds, microseconds=rng.choice([0, rng.randrange(10**6)])
+        )
+        value = value.replace(tzinfo=rng.choice(zones))
+        assert writer._sqlite_timestamp(value) == reference(value), value
