@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jinja2 import meta, nodes
+from jinja2 import Template, meta, nodes
 from jinja2.exceptions import (
     SecurityError,
     TemplateNotFound,
@@ -140,6 +140,7 @@ class TemplateStore:
         self.max_sms_segments = max_sms_segments
         self._env = sandbox(self.templates_dir)
         self._files: dict[tuple[str, str], tuple[Path, str]] = {}  # (name, channel) -> (path, loader name)
+        self._compiled: dict[str, Template] = {}  # loader name -> compiled template
         self._reads: dict[tuple[str, str], frozenset[str] | None] = {}  # (name, channel) -> context names
 
     # -- names and files
@@ -315,7 +316,9 @@ class TemplateStore:
         """Render the whole file (key "") or the named blocks (None for a block that does not exist)."""
 
         def run() -> dict[str, str | None]:
-            template = self._env.get_template(fname)
+            template = self._compiled.get(fname)
+            if template is None:  # compiled once per store (Jinja's own cache is an LRU with a lock)
+                template = self._compiled[fname] = self._env.get_template(fname)
             # new_context copies the variables
             ctx = template.new_context(context if isinstance(context, dict) else dict(context))
             # Run the template once, as Jinja would: this sets top-level variables and registers the

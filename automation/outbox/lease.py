@@ -18,6 +18,7 @@ Statuses of an outbox row:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,19 +108,47 @@ def _stored(conn: Connection, column: str, value: datetime) -> Any:
     return process(value) if process is not None else value
 
 
+#: Rows per ``UPDATE`` of :func:`mark_sent` (two parameters each, well under SQLite's 32,766).
+MARK_CHUNK = 1000
+
+
 def mark_sent(conn: Connection, worker: str, results: Sequence[tuple[int, str | None]], now: datetime) -> int:
-    """Mark claimed messages sent (one batched statement); only rows this worker still holds change."""
+    """Mark claimed messages sent, with their provider ids; only rows this worker still holds change.
+    Returns how many did.
+
+    One ``UPDATE ... FROM (VALUES ...)`` per :data:`MARK_CHUNK` messages: the (id, provider id) pairs
+    are joined to the outbox by id, so each statement marks exactly the messages given. (SQLite before
+    3.33 has no ``UPDATE ... FROM``: there, one driver-level ``executemany``.)"""
     if not results:
         return 0
-    # driver-level executemany: one parameter tuple per row, none of the per-row statement work
-    q = _marker(conn)
-    sql = (
-        f"UPDATE outbox SET status = 'sent', provider_id = {q}, sent_at = {q}, lease_owner = NULL, "
-        f"lease_until = NULL, last_error = NULL WHERE id = {q} AND status = 'claimed' AND lease_owner = {q}"
-    )
     sent_at = _stored(conn, "sent_at", now)
-    params = [(provider, sent_at, message_id, worker) for message_id, provider in results]
-    return conn.exec_driver_sql(sql, params).rowcount
+    if conn.dialect.name != "postgresql" and sqlite3.sqlite_version_info < (3, 33):
+        sql = (
+            "UPDATE outbox SET status = 'sent', provider_id = ?, sent_at = ?, lease_owner = NULL, "
+            "lease_until = NULL, last_error = NULL WHERE id = ? AND status = 'claimed' AND lease_owner = ?"
+        )
+        params = [(provider, sent_at, message_id, worker) for message_id, provider in results]
+        return conn.exec_driver_sql(sql, params).rowcount
+    if conn.dialect.name == "postgresql":
+        row, pairs, columns = "(%s::bigint, %s::text)", "AS v (id, provider)", ("v.id", "v.provider")
+    else:  # SQLite names the columns of VALUES column1, column2, ...
+        row, pairs, columns = "(?, ?)", "AS v", ("v.column1", "v.column2")
+    q = _marker(conn)
+    marked = 0
+    for begin in range(0, len(results), MARK_CHUNK):
+        chunk = results[begin : begin + MARK_CHUNK]
+        sql = (
+            f"UPDATE outbox SET status = 'sent', provider_id = {columns[1]}, sent_at = {q}, "
+            f"lease_owner = NULL, lease_until = NULL, last_error = NULL "
+            f"FROM (VALUES {', '.join([row] * len(chunk))}) {pairs} "
+            f"WHERE outbox.id = {columns[0]} AND outbox.status = 'claimed' AND outbox.lease_owner = {q}"
+        )
+        params: list[Any] = [sent_at]
+        for message_id, provider in chunk:
+            params += (message_id, provider)
+        params.append(worker)
+        marked += conn.exec_driver_sql(sql, tuple(params)).rowcount
+    return marked
 
 
 def mark_failed(
