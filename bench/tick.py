@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,31 @@ def wal_mb(engine: Any, start: str | None, end: str | None) -> float | None:
     return round(float(written) / 2**20, 1)
 
 
+_BLOCK = re.compile(r"rel \d+/\d+/(\d+) fork \w+ blk \d+ \(FPW\)")
+
+
+def full_page_images(engine: Any, start: str | None, end: str | None) -> dict[str, int] | None:
+    """PostgreSQL (``--wal-detail``): the full-page images written between two WAL positions, per
+    relation, read with pg_walinspect (the whole server's WAL: run it on an otherwise quiet server)."""
+    if start is None or end is None:
+        return None
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        names = dict(conn.exec_driver_sql("SELECT relfilenode::text, relname FROM pg_class").all())
+        rows = conn.exec_driver_sql(
+            "SELECT block_ref FROM pg_get_wal_records_info("
+            "CAST(%(start)s AS pg_lsn), LEAST(CAST(%(end)s AS pg_lsn), pg_current_wal_flush_lsn()))"
+            " WHERE fpi_length > 0",
+            {"start": start, "end": end},
+        ).scalars()
+        counts: Counter[str] = Counter()
+        for block_ref in rows:
+            for node in _BLOCK.findall(block_ref or ""):
+                counts[names.get(node, node)] += 1
+        conn.commit()
+    return dict(counts.most_common())
+
+
 def change_stage(engine: Any, backend: str, k: int) -> int:
     """Give slice ``k`` (1% of the customers) an orders_count that moves them to another stage.
 
@@ -272,11 +297,16 @@ def time_tick(engine: Any, compiled: Any) -> tuple[float, dict[str, int]]:
     return time.perf_counter() - start, dict(result.stats)
 
 
-def time_tick_wal(engine: Any, backend: str, compiled: Any) -> tuple[float, dict[str, int], float | None]:
-    """A timed tick and the MB of WAL written meanwhile (PostgreSQL; None on SQLite)."""
+def time_tick_wal(
+    engine: Any, backend: str, compiled: Any, detail: bool = False
+) -> tuple[float, dict[str, int], float | None, dict[str, int] | None]:
+    """A timed tick, the MB of WAL written meanwhile (PostgreSQL; None on SQLite) and, with ``detail``,
+    its full-page images per relation."""
     before = wal_position(engine, backend)
     seconds, stats = time_tick(engine, compiled)
-    return seconds, stats, wal_mb(engine, before, wal_position(engine, backend))
+    after = wal_position(engine, backend)
+    images = full_page_images(engine, before, after) if detail else None
+    return seconds, stats, wal_mb(engine, before, after), images
 
 
 def time_evaluate(engine: Any, compiled: Any) -> tuple[float, int]:
@@ -510,10 +540,10 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
         checkpoint_s = checkpoint(engine) if b.name == "postgresql" and args.checkpoint else None
         tick_first = k % 2 == 1
         if tick_first:
-            tick_s, stats, tick_wal = time_tick_wal(engine, b.name, compiled)
+            tick_s, stats, tick_wal, images = time_tick_wal(engine, b.name, compiled, args.wal_detail)
         eval_s, total = time_evaluate(engine, compiled)
         if not tick_first:
-            tick_s, stats, tick_wal = time_tick_wal(engine, b.name, compiled)
+            tick_s, stats, tick_wal, images = time_tick_wal(engine, b.name, compiled, args.wal_detail)
         assert total == args.customers, f"{b.name}: evaluation counted {total:,} customers"
         if args.deliver:
             deliver(engine, now)
@@ -530,6 +560,7 @@ def benchmark(b: Any, args: argparse.Namespace, reused: bool) -> dict[str, Any]:
                 "ratio": round(tick_s / eval_s, 3),
                 "checkpoint_before_s": None if checkpoint_s is None else round(checkpoint_s, 3),
                 "tick_wal_mb": tick_wal,
+                "tick_full_page_images": images,
                 "tick_stats": stats,
             }
         )
@@ -1097,6 +1128,11 @@ def main() -> None:
         default=[],
         choices=sorted(PROTOTYPES),
         help="time a prototype of a library change (see PROTOTYPES) instead of the library as it is",
+    )
+    parser.add_argument(
+        "--wal-detail",
+        action="store_true",
+        help="PostgreSQL: count each tick's full-page images per relation (pg_walinspect)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "tick.json")
     args = parser.parse_args()

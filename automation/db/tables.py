@@ -122,7 +122,8 @@ class StageHistory(SQLModel, table=True):
     """Every stage or segment transition, with its time: the history a marketer can query."""
 
     __tablename__ = "stage_history"
-    __table_args__ = (Index("ix_stage_history_customer", "playbook", "customer_id", "at"),)
+    # by period, as the report reads it; a tick's rows all go to the end of it (migration 0011)
+    __table_args__ = (Index("ix_stage_history_time", "playbook", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     playbook: str = Field(max_length=255)

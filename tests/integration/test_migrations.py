@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from alembic import command
@@ -108,3 +109,32 @@ def test_sqlite_is_unchanged_by_the_change_notifications(tmp_path: Path) -> None
             assert list(conn.exec_driver_sql(sql)) == before and len(before) == 6
     finally:
         engine.dispose()
+
+
+def test_the_report_reads_stage_history_by_period_through_its_index(tmp_path: Path) -> None:
+    """stage_history is keyed by (playbook, at): the report's period query finds its rows by the
+    index, and a tick's rows, all at the tick's time, go to the end of it (migration 0011)."""
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from automation.db.tables import HISTORY
+    from automation.report.queries import funnel
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'history.db'}")
+    upgrade(engine)
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("stage_history")}
+    assert indexes == {"ix_stage_history_time": ["playbook", "at"]}
+    sent: list[tuple[str, Any]] = []
+    with engine.connect() as conn:
+        rows = [{"playbook": "p", "customer_id": f"c{i}", "to_stage": "s", "at": NOW} for i in range(3)]
+        conn.execute(insert(HISTORY), rows)
+        event.listen(
+            conn, "before_cursor_execute", lambda _c, _cur, sql, params, *_: sent.append((sql, params))
+        )
+        assert funnel(conn, "p", NOW, NOW + timedelta(days=1)) == [(None, "s", 3)]
+        statement, parameters = sent[-1]
+        plan = " ".join(
+            str(row[3]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+        )
+    assert "ix_stage_history_time" in plan, plan
