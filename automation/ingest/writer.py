@@ -46,7 +46,7 @@ def write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
     if conn.dialect.name == "postgresql":
         _copy_upsert(conn, params)
     elif conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(_SQLITE_CUSTOMER_UPSERT, params)
+        _staged_upsert(conn, params)
     else:
         raise DatabaseError(f"unsupported database {conn.dialect.name!r}")
 
@@ -113,26 +113,57 @@ def _sqlite_timestamp(value: datetime | None) -> str | None:
     return to_utc_naive(value).isoformat(" ", "microseconds")
 
 
-def _replaced_if_given(target: str, given: str, new: str) -> str:
-    """The ``DO UPDATE SET`` list: each column replaced when the row's mask ``given`` has its bit, and
-    ``updated_at`` always."""
-    sets = [
-        f"{name} = CASE WHEN ({given} & {bit}) <> 0 THEN {new}.{name} ELSE {target}.{name} END"
+#: Rows per INSERT into SQLite's staging table: 20 parameters each, within SQLite's 32,766.
+_SQLITE_ROWS_PER_INSERT = 1_000
+
+
+def _staged_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
+    """SQLite: the rows inserted into a temporary table in statements of many rows, then upserted from
+    it in one statement. A few long statements rather than one per row: the driver lets other
+    threads run while SQLite works on a statement, so the importer's validation goes on meanwhile."""
+    conn.exec_driver_sql(_SQLITE_CREATE_IMPORT_TABLE)
+    for start in range(0, len(params), _SQLITE_ROWS_PER_INSERT):
+        chunk = params[start : start + _SQLITE_ROWS_PER_INSERT]
+        flat = tuple(value for values in chunk for value in values)
+        conn.exec_driver_sql(_sqlite_stage(len(chunk)), flat)
+    conn.exec_driver_sql(_upsert_from_stage(f"temp.{_IMPORT_TABLE}", "WHERE true "))
+    conn.exec_driver_sql(f"DELETE FROM temp.{_IMPORT_TABLE}")  # for a second call in the transaction
+
+
+#: The staging table of one upsert (SQLite: ``temp.customer_import``; PostgreSQL: emptied at commit).
+_IMPORT_TABLE = "customer_import"
+_SQLITE_CREATE_IMPORT_TABLE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_IMPORT_TABLE} "
+    f"({', '.join(CUSTOMER_COLUMNS)}, given, PRIMARY KEY (id))"
+)
+
+
+@lru_cache(maxsize=8)
+def _sqlite_stage(rows: int) -> str:
+    one = "(" + ", ".join("?" * (len(CUSTOMER_COLUMNS) + 1)) + ")"
+    columns = ", ".join(CUSTOMER_COLUMNS)
+    return f"INSERT INTO temp.{_IMPORT_TABLE} ({columns}, given) VALUES {', '.join([one] * rows)}"
+
+
+@lru_cache(maxsize=4)
+def _upsert_from_stage(stage: str, where: str) -> str:
+    """The upsert of every staged row: a new customer as staged (the defaults filled in), a stored one
+    with the columns its ``given`` mask names replaced, and ``updated_at``."""
+    kept = [
+        f"CASE WHEN (i.given & {bit}) <> 0 THEN i.{name} ELSE {CUSTOMER.name}.{name} END"
         for name, bit in _GIVEN_BIT.items()
         if name != "id"
     ]
-    return ", ".join([*sets, f"updated_at = {new}.updated_at"])
+    columns = ", ".join(CUSTOMER_COLUMNS)
+    return (
+        f"INSERT INTO {CUSTOMER.name} ({columns}) SELECT {columns} FROM {stage} {where}"
+        f"ON CONFLICT (id) DO UPDATE SET "
+        f"({', '.join(c for c in CUSTOMER_COLUMNS if c != 'id')}) = "
+        f"(SELECT {', '.join(kept)}, i.updated_at FROM {stage} AS i WHERE i.id = excluded.id)"
+    )
 
 
-_SQLITE_CUSTOMER_UPSERT = (
-    f"INSERT INTO {CUSTOMER.name} ({', '.join(CUSTOMER_COLUMNS)}) "
-    f"VALUES ({', '.join(f'?{i}' for i in range(1, len(CUSTOMER_COLUMNS) + 1))}) "
-    f"ON CONFLICT (id) DO UPDATE SET "
-    + _replaced_if_given(CUSTOMER.name, f"?{len(CUSTOMER_COLUMNS) + 1}", "excluded")
-)
-
-#: The rows of one PostgreSQL upsert (emptied at every commit, created once per connection).
-_PG_IMPORT_TABLE = "customer_import"
+_PG_IMPORT_TABLE = _IMPORT_TABLE
 _PG_CREATE_IMPORT_TABLE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_IMPORT_TABLE} "
     f"(LIKE {CUSTOMER.name}, given integer NOT NULL, PRIMARY KEY (id)) ON COMMIT DELETE ROWS"
@@ -148,26 +179,10 @@ def _copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
         with cursor.copy(_PG_COPY) as copy:
             for values in params:
                 copy.write_row(values)
-        cursor.execute(_pg_customer_upsert())
+        cursor.execute(_upsert_from_stage(_PG_IMPORT_TABLE, ""))
         cursor.execute(f"DELETE FROM {_PG_IMPORT_TABLE}")  # a second call in the same transaction
     finally:
         cursor.close()
-
-
-@lru_cache(maxsize=1)
-def _pg_customer_upsert() -> str:
-    kept = [
-        f"CASE WHEN (i.given & {bit}) <> 0 THEN i.{name} ELSE {CUSTOMER.name}.{name} END"
-        for name, bit in _GIVEN_BIT.items()
-        if name != "id"
-    ]
-    columns = ", ".join(CUSTOMER_COLUMNS)
-    return (
-        f"INSERT INTO {CUSTOMER.name} ({columns}) SELECT {columns} FROM {_PG_IMPORT_TABLE} "
-        f"ON CONFLICT (id) DO UPDATE SET "
-        f"({', '.join(c for c in CUSTOMER_COLUMNS if c != 'id')}) = "
-        f"(SELECT {', '.join(kept)}, i.updated_at FROM {_PG_IMPORT_TABLE} AS i WHERE i.id = excluded.id)"
-    )
 
 
 def stored_attributes(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
