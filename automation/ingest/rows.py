@@ -276,27 +276,21 @@ def _plain_phone(text: str) -> str | None:
         national = stripped
     if not 2 <= len(national) <= 17 or national[0] == "0":  # leading zeros: phonenumbers' own way
         return None
-    if single:
-        region = regions[0]
-    else:  # phonenumbers' _region_code_for_number_from_list (regions without metadata left out)
-        region = None
+    region: _Checks | None = regions[0] if single else None
+    if not single:  # phonenumbers' _region_code_for_number_from_list (regions without metadata left out)
         for candidate in regions:
-            leading, valid = candidate
-            if leading is not None:
-                if leading.match(national):
-                    region = candidate
-                    break
-            elif valid(national):
+            leading, valid, _same_code = candidate
+            if (leading.match(national) is not None) if leading is not None else valid(national):
                 region = candidate
                 break
-        if region is None:
-            return None
-    if region[1] is None or not region[1](national):
+    if region is None or not region[2] or not region[1](national):  # is_valid_number_for_region
         return None
     return f"+{code}{national}"
 
 
-_Checks = tuple[re.Pattern[str] | None, Callable[[str], bool] | None]
+#: Per region: its leading digits pattern, whether a national number is valid by its metadata, and
+#: whether its country code is the number's (is_valid_number_for_region refuses it otherwise).
+_Checks = tuple[re.Pattern[str] | None, Callable[[str], bool], bool]
 
 
 @cache
@@ -310,24 +304,23 @@ def _phone_country(code: int) -> tuple[Any, bool, tuple[_Checks, ...]] | None:
     metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
     if metadata is None:
         return None
-    checks = []
+    checks: list[_Checks] = []
     if len(regions) == 1:  # region_code_for_number takes it as it is; "001" has the code's metadata
-        region_metadata = metadata
         same_code = regions[0] == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY or (
             PhoneMetadata.metadata_for_region(regions[0].upper(), None) is not None
             and phonenumbers.country_code_for_valid_region(regions[0]) == code
         )
-        checks.append((None, _number_is_valid(region_metadata) if same_code else None))
+        checks.append((None, _number_is_valid(metadata), same_code))
     for region in regions if len(regions) > 1 else ():
         region_metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
         if region_metadata is None:
             continue  # _region_code_for_number_from_list skips it
         leading = region_metadata.leading_digits
-        same_code = region_metadata.country_code == code
         checks.append(
             (
                 re.compile(leading) if leading is not None else None,
-                _number_is_valid(region_metadata) if same_code else None,
+                _number_is_valid(region_metadata),
+                region_metadata.country_code == code,
             )
         )
     return metadata, len(regions) == 1, tuple(checks)
