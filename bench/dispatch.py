@@ -283,19 +283,54 @@ def raw_webhook(port: int, count: int, width: int, body: bytes, headers: dict[st
     return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": rss_before}
 
 
-def raw_email(port: int, count: int, width: int) -> dict[str, Any]:
-    """Send ``count`` prebuilt messages over ``width`` connections with ``send_message``."""
+def email_request() -> dict[str, Any]:
+    """The library's email for the first customer, made once: its rendered subject, text and HTML and
+    its headers, which the raw client's prebuilt messages carry too (each with its own ``To``)."""
+    from automation.channels.mime import feedback_headers, message_id
+    from automation.messages.render import render_for_action
+    from automation.messages.store import TemplateStore
+    from automation.outbox.dispatch import _Message
+
+    row = _Message(
+        0, "bench:email:0", "lifecycle", "c000000", "email", "vip_welcome", "loyalty",
+        "self_serve", "none", "loyalty/none#1", 0, {}, NOW, None, 1,
+    )  # fmt: skip
+    rendered, link = render_for_action(
+        TemplateStore(ROOT / "templates"),
+        row,
+        customer(0),
+        playbook="lifecycle",
+        now=NOW,
+        public_url="http://127.0.0.1:8080",
+        secret_key="change-me",
+    )
+    from email.utils import format_datetime
+
+    headers = [
+        ("From", "Juniper <hello@example.com>"),
+        ("Subject", rendered.subject),
+        ("Date", format_datetime(NOW)),
+        ("Message-ID", message_id(row.idempotency_key, "example.com")),
+        *feedback_headers(row.idempotency_key),
+        ("List-Unsubscribe", f"<{link}>"),
+    ]
+    return {"headers": headers, "text": rendered.text, "html": rendered.html}
+
+
+def raw_email(port: int, count: int, width: int, request: dict[str, Any]) -> dict[str, Any]:
+    """Send ``count`` prebuilt messages (``EmailMessage``, built before the clock starts) over ``width``
+    connections with ``send_message``."""
     from email.message import EmailMessage
 
     import aiosmtplib
 
     def message(i: int) -> EmailMessage:
         msg = EmailMessage()
-        msg["From"] = "Juniper <hello@example.com>"
+        for name, value in request["headers"]:
+            msg[name] = value
         msg["To"] = f"c{i}@example.com"
-        msg["Subject"] = "Welcome to the VIP club"
-        msg.set_content("Hello Sam,\n\nthanks for being with us.\n")
-        msg.add_alternative("<p>Hello Sam,</p><p>thanks for being with us.</p>", subtype="html")
+        msg.set_content(request["text"])
+        msg.add_alternative(request["html"], subtype="html")
         return msg
 
     prebuilt = [message(i) for i in range(count)]
@@ -327,7 +362,7 @@ def side_main(args: argparse.Namespace) -> None:
             args.port, args.messages, args.width, request["body"].encode(), request["headers"]
         )
     else:
-        result = raw_email(args.port, args.messages, args.width)
+        result = raw_email(args.port, args.messages, args.width, json.loads(Path(args.request).read_text()))
     result["per_s"] = args.messages / result["seconds"]
     result["cpu_share"] = result.pop("cpu_s") / result["seconds"]
     result["peak_rss_mb"] = proc_status("VmHWM")
@@ -350,14 +385,15 @@ def run_side(side: str, channel: str, port: int, count: int, width: int, extra: 
 def bench(channel: str, count: int, width: int, repeat: int, profile: bool) -> dict[str, Any]:
     process, port = start(http_sink if channel == "webhook" else smtp_sink)
     extra: list[str] = []
-    request: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if channel == "webhook":
                 body, headers = webhook_request()
                 request = {"body": body.decode(), "headers": headers}
-                (Path(tmp) / "request.json").write_text(json.dumps(request))
-                extra = ["--request", str(Path(tmp) / "request.json")]
+            else:
+                request = email_request()
+            (Path(tmp) / "request.json").write_text(json.dumps(request))
+            extra = ["--request", str(Path(tmp) / "request.json")]
             rounds = []
             for i in range(repeat):
                 order = ("raw", "library") if i % 2 == 0 else ("library", "raw")
@@ -442,7 +478,7 @@ def report(
         "goal_ratio": goal,
         "goal_met_every_round": every,
         "profiled_library_round": profiled,
-        "webhook_request": request or None,
+        "raw_request": request,
     }
 
 
