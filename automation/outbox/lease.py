@@ -127,8 +127,8 @@ def mark_sent(conn: Connection, worker: str, results: Sequence[tuple[int, str | 
             "UPDATE outbox SET status = 'sent', provider_id = ?, sent_at = ?, lease_owner = NULL, "
             "lease_until = NULL, last_error = NULL WHERE id = ? AND status = 'claimed' AND lease_owner = ?"
         )
-        params = [(provider, sent_at, message_id, worker) for message_id, provider in results]
-        return conn.exec_driver_sql(sql, params).rowcount
+        rows = [(provider, sent_at, message_id, worker) for message_id, provider in results]
+        return conn.exec_driver_sql(sql, rows).rowcount
     if conn.dialect.name == "postgresql":
         row, pairs, columns = "(%s::bigint, %s::text)", "AS v (id, provider)", ("v.id", "v.provider")
     else:  # SQLite names the columns of VALUES column1, column2, ...
@@ -143,11 +143,11 @@ def mark_sent(conn: Connection, worker: str, results: Sequence[tuple[int, str | 
             f"FROM (VALUES {', '.join([row] * len(chunk))}) {pairs} "
             f"WHERE outbox.id = {columns[0]} AND outbox.status = 'claimed' AND outbox.lease_owner = {q}"
         )
-        params: list[Any] = [sent_at]
+        values: list[Any] = [sent_at]
         for message_id, provider in chunk:
-            params += (message_id, provider)
-        params.append(worker)
-        marked += conn.exec_driver_sql(sql, tuple(params)).rowcount
+            values += (message_id, provider)
+        values.append(worker)
+        marked += conn.exec_driver_sql(sql, tuple(values)).rowcount
     return marked
 
 
