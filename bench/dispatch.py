@@ -283,9 +283,20 @@ def raw_webhook(port: int, count: int, width: int, body: bytes, headers: dict[st
     return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": rss_before}
 
 
-def email_request() -> dict[str, Any]:
+#: ``--raw-email stand-in``: the raw client's message before it carried the library's email
+STAND_IN = {
+    "headers": [("From", "Juniper <hello@example.com>"), ("Subject", "Welcome to the VIP club")],
+    "text": "Hello Sam,\n\nthanks for being with us.\n",
+    "html": "<p>Hello Sam,</p><p>thanks for being with us.</p>",
+}
+
+
+def email_request(form: str = "library") -> dict[str, Any]:
     """The library's email for the first customer, made once: its rendered subject, text and HTML and
-    its headers, which the raw client's prebuilt messages carry too (each with its own ``To``)."""
+    its headers, which the raw client's prebuilt messages carry too (each with its own ``To``).
+    ``form="stand-in"``: a two-line message instead (what the raw client sent before)."""
+    if form == "stand-in":
+        return STAND_IN
     from automation.channels.mime import feedback_headers, message_id
     from automation.messages.render import render_for_action
     from automation.messages.store import TemplateStore
@@ -382,7 +393,9 @@ def run_side(side: str, channel: str, port: int, count: int, width: int, extra: 
 
 
 # -- the parent ------------------------------------------------------------------------------------
-def bench(channel: str, count: int, width: int, repeat: int, profile: bool) -> dict[str, Any]:
+def bench(
+    channel: str, count: int, width: int, repeat: int, profile: bool, email_form: str = "library"
+) -> dict[str, Any]:
     process, port = start(http_sink if channel == "webhook" else smtp_sink)
     extra: list[str] = []
     try:
@@ -391,7 +404,7 @@ def bench(channel: str, count: int, width: int, repeat: int, profile: bool) -> d
                 body, headers = webhook_request()
                 request = {"body": body.decode(), "headers": headers}
             else:
-                request = email_request()
+                request = email_request(email_form)
             (Path(tmp) / "request.json").write_text(json.dumps(request))
             extra = ["--request", str(Path(tmp) / "request.json")]
             rounds = []
@@ -491,6 +504,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20, help="webhooks in flight (both sides)")
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections (both sides)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds (each side: a fresh process)")
+    parser.add_argument(
+        "--raw-email",
+        choices=["library", "stand-in"],
+        default="library",
+        help="the raw SMTP client's message: the library's email, or a two-line stand-in",
+    )
     parser.add_argument("--profile", action="store_true", help="then one more library run under cProfile")
     parser.add_argument("--output", type=Path, default=RESULTS / "dispatch.json")
     # one side of one round (the parent runs these in subprocesses)
@@ -511,7 +530,7 @@ def main() -> None:
     for channel in ("webhook", "email"):
         if args.channel in (channel, "both"):
             width = args.concurrency if channel == "webhook" else args.connections
-            results.append(bench(channel, args.messages, width, args.repeat, args.profile))
+            results.append(bench(channel, args.messages, width, args.repeat, args.profile, args.raw_email))
     machine = {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
