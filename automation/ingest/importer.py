@@ -2,7 +2,8 @@
 
 Files are streamed: rows are read one at a time (:mod:`~automation.ingest.readers`), validated
 (:mod:`~automation.ingest.rows`), and written in batches of ``BATCH_SIZE`` rows
-(:mod:`~automation.ingest.writer`), each batch in its own transaction. A bad row is rejected (reported
+(:mod:`~automation.ingest.writer`), each batch in its own transaction, on a thread of its own while the
+next batch is read and validated (batches are written one at a time, in file order). A bad row is rejected (reported
 with its line number) and never stops the good rows. A file-level problem raises
 :class:`~automation.errors.InputError` before any row is written; a CSV file broken mid-way keeps the
 rows before. Customers are upserted by ``id``, rows in file order, with the column rules of
