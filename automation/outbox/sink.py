@@ -204,9 +204,7 @@ class OutboxSink:
             with self._rows:
                 if item.status == "exited":
                     self.exited += 1
-                    self._cancels.append(
-                        {"c_customer": item.customer_id, "c_stage": item.stage, "c_reason": item.reason}
-                    )
+                    self._cancels.extend({"c_id": i, "c_reason": item.reason} for i in item.cancel)
                 self._enrollment_updates.append(updated)
         if len(self._new_enrollments) + len(self._enrollment_updates) >= FLUSH_EVERY:
             self.flush()
@@ -301,15 +299,11 @@ class OutboxSink:
         Without SQLAlchemy's per-row parameter handling, which costs more than SQLite's own work for
         these narrow rows.
         """
-        if rows.cancels:  # a customer who left a stage: its pending messages are not sent
+        if rows.cancels:  # a customer who left a stage: its messages still to send are not sent
             claimable = " OR ".join("status = ?" for _ in CLAIMABLE)
             self.conn.exec_driver_sql(
-                "UPDATE outbox SET status = 'cancelled', last_error = ? "
-                f"WHERE playbook = ? AND customer_id = ? AND stage = ? AND ({claimable})",
-                [
-                    (c["c_reason"], self.playbook, c["c_customer"], c["c_stage"], *CLAIMABLE)
-                    for c in rows.cancels
-                ],
+                f"UPDATE outbox SET status = 'cancelled', last_error = ? WHERE id = ? AND ({claimable})",
+                [(c["c_reason"], c["c_id"], *CLAIMABLE) for c in rows.cancels],
             )
         if rows.enrollment_updates:
             params = _driver_rows(
@@ -345,17 +339,15 @@ class OutboxSink:
         A parameter list per row (executemany) costs a round of execution per row, and multi-row
         VALUES a parse of thousands of parameters; arrays are parsed once.
         """
-        if rows.cancels:  # a customer who left a stage: its pending messages are not sent
+        if rows.cancels:  # a customer who left a stage: its messages still to send are not sent
+            # by id: the planner looked them up (through its own connection); one still to send then
             self.conn.exec_driver_sql(
                 "UPDATE outbox SET status = 'cancelled', last_error = u.reason "
-                "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(customer_id, stage, reason) "
-                "WHERE outbox.playbook = %s AND outbox.customer_id = u.customer_id "
-                "AND outbox.stage = u.stage AND outbox.status = ANY(%s)",
+                "FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason) "
+                "WHERE outbox.id = u.id AND outbox.status = ANY(%s)",
                 (
-                    PgArray(c["c_customer"] for c in rows.cancels),
-                    PgArray(c["c_stage"] for c in rows.cancels),
+                    PgArray(c["c_id"] for c in rows.cancels),
                     PgArray(c["c_reason"] for c in rows.cancels),
-                    self.playbook,
                     PgArray(CLAIMABLE),
                 ),
             )

@@ -22,7 +22,8 @@ from typing import Any
 from sqlalchemy import Connection, select, union
 
 from automation.db.in_list import among
-from automation.db.tables import ENROLLMENT
+from automation.db.tables import ENROLLMENT, OUTBOX
+from automation.outbox.lease import CLAIMABLE
 from automation.plan.alongside import Alongside
 from automation.plan.evaluate import transitions
 from automation.plan.records import BATCH, Contact, EnrollmentChange, Sink, Transition
@@ -180,11 +181,17 @@ class Planner(RecurringRules):
         """Customers who left a stage leave its program; pending steps are cancelled.
 
         ``history``: the enrollments of (at least) these customers. Active ones are picked here, not
-        in SQL, so the database looks rows up by customer.
+        in SQL, so the database looks rows up by customer. Their messages still to send are looked up
+        here too, through the planner's connection (a PostgreSQL tick's second one), so the tick's own
+        connection cancels them by id.
         """
-        for row in history:
-            if row.customer_id not in exited or row.status != "active" or aware(row.started_at) >= self.now:
-                continue
+        leaving = [
+            row
+            for row in history
+            if row.customer_id in exited and row.status == "active" and aware(row.started_at) < self.now
+        ]
+        unsent = self.unsent_messages({(row.customer_id, row.stage) for row in leaving})
+        for row in leaving:
             self.sink.enrollment(
                 EnrollmentChange(
                     row.customer_id,
@@ -197,8 +204,25 @@ class Planner(RecurringRules):
                     "exited",
                     row.id,
                     f"left stage {row.stage}",
+                    cancel=tuple(unsent.get((row.customer_id, row.stage), ())),
                 )
             )
+
+    def unsent_messages(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+        """Ids of the messages still to send of each (customer, stage), from this playbook."""
+        if not pairs:
+            return {}
+        o = OUTBOX.c
+        query = select(o.id, o.customer_id, o.stage).where(
+            o.playbook == self.pb.name,
+            among(o.customer_id, sorted({customer for customer, _ in pairs}), self.dialect),
+            o.status.in_(CLAIMABLE),
+        )
+        found: dict[tuple[str, str], list[int]] = {}
+        for message_id, customer_id, stage in self.conn.execute(query):
+            if (customer_id, stage) in pairs:
+                found.setdefault((customer_id, stage), []).append(message_id)
+        return found
 
     def advance_due(self, exited: set[str], customer_ids: Sequence[str] | None) -> None:
         """Enrollments whose wait is over run their next steps (read a page at a time, then written)."""

@@ -66,6 +66,7 @@ class EnrollmentChange:
     enrollment_id: int | None = None  # None for a new enrollment
     reason: str | None = None
     cohort: str = "treatment"  # a new enrollment's: treatment | holdout | control (see Checks.cohort)
+    cancel: tuple[int, ...] = ()  # an exit: ids of the stage's messages still to send, to cancel
 
 
 @dataclass(slots=True)
