@@ -2,8 +2,7 @@
 
 Files are streamed: rows are read one at a time (:mod:`~automation.ingest.readers`), validated
 (:mod:`~automation.ingest.rows`), and written in batches of ``BATCH_SIZE`` rows
-(:mod:`~automation.ingest.writer`), each batch in its own transaction, on a thread of its own while the
-next batch is read and validated (batches are written one at a time, in file order). A bad row is rejected (reported
+(:mod:`~automation.ingest.writer`), each batch in its own transaction. A bad row is rejected (reported
 with its line number) and never stops the good rows. A file-level problem raises
 :class:`~automation.errors.InputError` before any row is written; a CSV file broken mid-way keeps the
 rows before. Customers are upserted by ``id``, rows in file order, with the column rules of
@@ -14,7 +13,6 @@ already stored.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -157,75 +155,32 @@ class _Batch:
             row = earlier | row
         self.customers[row["id"]] = row
 
+    def clear(self) -> None:
+        self.customers.clear()
+        self.repeated.clear()
+        self.events.clear()
+        self.rows = self.first_line = self.last_line = 0
 
 
-@dataclass
-class _Written:
-    """What writing a batch did, for the loop to count: events written, events rejected."""
-
-    events: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-
-
-def _write(engine: Engine, path: Path, kind: Kind, batch: _Batch) -> _Written:
-    """Write the batch in one transaction (on the writing thread: no report touched here)."""
-    written = _Written()
+def _flush(engine: Engine, path: Path, kind: Kind, batch: _Batch, report: ImportReport) -> None:
+    """Write the batch in one transaction and count what was written."""
+    if not batch.rows:
+        return
     try:
         with engine.begin() as conn:
             if kind == "customers":
                 write_customers(conn, batch.customers.values())
             else:
-                written.events = write_events(
-                    conn, batch.events, lambda line, message: written.rejected.append((line, message))
-                )
+                report.imported += write_events(conn, batch.events, report.reject)
     except DBAPIError as exc:
         first, last = batch.first_line, batch.last_line
         raise DatabaseError(
             f"{path}: the database refused the rows of lines {first}-{last} "
             f"(rows before line {first} were imported): {exc.orig}"
         ) from exc
-    return written
-
-
-class _Writer:
-    """Writes batches on a thread of its own, one at a time and in file order, while the loop reads and
-    validates the next one (the drivers let other threads run while the database works).
-
-    :meth:`submit` first waits for the batch before, so at most one batch is being written and one
-    filled; its outcome is counted into the report on the loop's thread, and an error writing it is
-    raised there, before any later batch is written.
-    """
-
-    def __init__(self, engine: Engine, path: Path, kind: Kind, report: ImportReport) -> None:
-        self._engine, self._path, self._kind, self._report = engine, path, kind, report
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer")
-        self._pending: tuple[_Batch, Future[_Written]] | None = None
-
-    def submit(self, batch: _Batch) -> None:
-        self.wait()
-        if batch.rows:
-            self._pending = batch, self._pool.submit(_write, self._engine, self._path, self._kind, batch)
-
-    def wait(self) -> None:
-        """Wait for the batch being written and count it."""
-        if self._pending is None:
-            return
-        batch, future = self._pending
-        self._pending = None
-        written = future.result()
-        if self._kind == "customers":
-            self._report.count_customers(batch.customers.keys(), batch.repeated)
-        else:
-            self._report.imported += written.events
-            for line, message in written.rejected:
-                self._report.reject(line, message)
-
-    def close(self) -> None:
-        """Wait for the last batch (an error writing it is raised) and end the thread."""
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
+    if kind == "customers":
+        report.count_customers(batch.customers.keys(), batch.repeated)
+    batch.clear()
 
 
 def _rows(
@@ -250,32 +205,26 @@ def _run(
     fh, total = open_file(path)
     report = ImportReport(path=path, kind=kind)
     batch = _Batch()
-    writer = _Writer(engine, path, kind, report)
-    try:
-        with fh:
-            lines = ByteCounter(fh)
-            try:
-                for line, raw, error in _rows(path, fmt, kind, lines):
-                    report.read += 1
-                    if error is None and raw is not None:
-                        try:
-                            batch.add(kind, line, validate(raw, from_text=fmt == "csv"))
-                        except RowError as exc:
-                            error = str(exc)
-                    if error is not None:
-                        report.reject(line, error)
-                    if batch.rows >= BATCH_SIZE:
-                        writer.submit(batch)
-                        batch = _Batch()
-                    if progress is not None and report.read % PROGRESS_EVERY == 0:
-                        progress(report.read, lines.bytes_read, total)
-            except InputError:
-                writer.submit(batch)  # a CSV file broken mid-way: keep the rows before
-                writer.close()
-                raise
-            writer.submit(batch)
-    finally:
-        writer.close()
+    with fh:
+        lines = ByteCounter(fh)
+        try:
+            for line, raw, error in _rows(path, fmt, kind, lines):
+                report.read += 1
+                if error is None and raw is not None:
+                    try:
+                        batch.add(kind, line, validate(raw, from_text=fmt == "csv"))
+                    except RowError as exc:
+                        error = str(exc)
+                if error is not None:
+                    report.reject(line, error)
+                if batch.rows >= BATCH_SIZE:
+                    _flush(engine, path, kind, batch, report)
+                if progress is not None and report.read % PROGRESS_EVERY == 0:
+                    progress(report.read, lines.bytes_read, total)
+        except InputError:
+            _flush(engine, path, kind, batch, report)  # a CSV file broken mid-way: keep the rows before
+            raise
+        _flush(engine, path, kind, batch, report)
     if progress is not None:
         progress(report.read, lines.bytes_read, max(total, lines.bytes_read))
     # Unknown customers are found when a batch is written: put the problems back in file order.

@@ -3,9 +3,9 @@
 A customer row replaces exactly the columns it carries (and ``updated_at``); a new customer gets the
 defaults for the others. The rows of a call go into a temporary table (SQLite: inserts of many rows;
 PostgreSQL: ``COPY``), each with a bit mask of the columns it carries, and are upserted from it in one
-statement whatever columns they carry. Events naming a customer that is not stored are handed back to the caller as rejected.
-Events carrying a ``message_id`` (the HTTP API's) are written once: a second one with the same id is
-skipped by the database's UNIQUE index, so a sender's retry stores nothing new.
+statement whatever columns they carry. Events naming a customer that is not stored are handed back to
+the caller as rejected. Events carrying a ``message_id`` (the HTTP API's) are written once: a second one
+with the same id is skipped by the database's UNIQUE index, so a sender's retry stores nothing new.
 """
 
 from __future__ import annotations
