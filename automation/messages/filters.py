@@ -261,8 +261,19 @@ def _encode(value: Any) -> str:
     if kind is bool:
         return "true" if value else "false"
     if kind is datetime or kind is date:
-        return _encode_json_string(value.isoformat())
+        global _last_time
+        last = _last_time
+        if value is last[0]:  # a batch renders every message at the same ``now``
+            return last[1]
+        text = _encode_json_string(value.isoformat())
+        _last_time = (value, text)
+        return text
     return _JSON_ENCODER.encode(value)
+
+
+#: The last date or datetime ``_encode`` wrote and its text (both immutable; compared by identity).
+_last_time: tuple[Any, str] = (None, "null")
+_new_markup = str.__new__  # ``Markup(text)`` for a plain str: markupsafe's __new__ does just this
 
 
 _HTML_UNSAFE = frozenset("<>&'")
@@ -287,7 +298,7 @@ def _tojson_filter(eval_ctx: EvalContext, value: Any, indent: int | None = None)
             .replace("&", "\\u0026")
             .replace("'", "\\u0027")
         )
-    return Markup(text)
+    return _new_markup(Markup, text)
 
 
 def _plain_numbers(value: Any) -> bool:

@@ -18,12 +18,13 @@ Statuses of an outbox row:
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, union_all, update
+from sqlalchemy import Connection, bindparam, func, select, text, union_all, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from automation.db.tables import OUTBOX, PICKABLE
@@ -68,11 +69,22 @@ def claim(
     PostgreSQL skips rows other workers hold (``FOR UPDATE SKIP LOCKED``); SQLite has one writer at a
     time. A claimed row whose lease has expired is claimable again (its worker died).
     """
+    stmt = _claim_statement(conn.dialect.name, tuple(channels) if channels else (), limit)
+    params = {"claim_now": now, "claim_worker": worker, "claim_until": now + lease}
+    return list(conn.execute(stmt, params))
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_statement(dialect: str, channels: tuple[str, ...], limit: int) -> Any:
+    """The claim's ``UPDATE ... RETURNING``, built once per database, channel set and batch size (its
+    time, worker and lease end are the parameters ``claim_now``, ``claim_worker``, ``claim_until``):
+    SQLAlchemy then finds its compiled form without building and hashing the statement per batch."""
     # one ordered, limited pick per status, each read in order from ix_outbox_pick, then the best of
     # those: a claim costs what it takes, not a sort of the whole due backlog
     # (each repeats the index's condition word for word: SQLite uses a partial index only then)
     statuses = ", ".join(repr(s) for s in PICKABLE)  # constants of this module, no input
     pickable: ColumnElement[bool] = text(f"outbox.status IN ({statuses})")  # type: ignore[assignment]
+    now = bindparam("claim_now", type_=OUTBOX.c.due_at.type)
     branches = [[pickable, OUTBOX.c.status == status, OUTBOX.c.due_at <= now] for status in CLAIMABLE]
     branches.append([pickable, OUTBOX.c.status == "claimed", OUTBOX.c.lease_until < now])  # worker died
     order = (OUTBOX.c.priority.desc(), OUTBOX.c.due_at, OUTBOX.c.id)
@@ -82,19 +94,23 @@ def claim(
         if channels:
             branch = branch.where(OUTBOX.c.channel.in_(channels))
         branch = branch.order_by(*order).limit(limit)
-        if conn.dialect.name == "postgresql":
+        if dialect == "postgresql":
             branch = branch.with_for_update(skip_locked=True)
         sub = branch.subquery()
         picks.append(select(sub.c.id, sub.c.priority, sub.c.due_at))
     due = union_all(*picks).subquery("due")
     pick = select(due.c.id).order_by(due.c.priority.desc(), due.c.due_at, due.c.id).limit(limit)
-    stmt = (
+    return (
         update(OUTBOX)
         .where(OUTBOX.c.id.in_(pick.scalar_subquery()))
-        .values(status="claimed", lease_owner=worker, lease_until=now + lease, attempts=OUTBOX.c.attempts + 1)
+        .values(
+            status="claimed",
+            lease_owner=bindparam("claim_worker", type_=OUTBOX.c.lease_owner.type),
+            lease_until=bindparam("claim_until", type_=OUTBOX.c.lease_until.type),
+            attempts=OUTBOX.c.attempts + 1,
+        )
         .returning(*(OUTBOX.c[name] for name in CLAIMED_COLUMNS))
     )
-    return list(conn.execute(stmt))
 
 
 def _marker(conn: Connection) -> str:

@@ -140,3 +140,25 @@ def test_failures_in_a_batch_are_retried_and_the_rest_marked_sent(engine: Engine
             assert row.last_error == "HTTP 503 from the server" and row.due_at > NOW
         else:
             assert (row.status, row.provider_id, row.lease_owner) == ("sent", f"hook-{i}", None)
+
+
+def test_each_claim_takes_its_own_time_worker_and_lease(engine: Engine) -> None:
+    """The claim statement is built once and reused: every claim still reads its own parameters."""
+    queue(engine, 6)
+    lease_for = timedelta(minutes=2)
+    with engine.begin() as conn:
+        first = claim(conn, "w1", NOW, lease_for, 2, ["webhook"])
+        assert claim(conn, "w2", NOW - timedelta(seconds=1), lease_for, 10, ["webhook"]) == []  # none due yet
+        second = claim(conn, "w2", NOW + timedelta(seconds=1), lease_for, 3, ["webhook"])
+        assert claim(conn, "w3", NOW, lease_for, 10, ["email"]) == []  # another channel
+    assert len(first) == 2 and len(second) == 3
+    after = rows(engine)
+    for taken, worker, now in ((first, "w1", NOW), (second, "w2", NOW + timedelta(seconds=1))):
+        for row in taken:
+            assert after[row.id].lease_owner == worker
+            assert after[row.id].lease_until == now + lease_for
+    # w1's lease runs out: a later claim takes its messages back, with the one left
+    with engine.begin() as conn:
+        again = claim(conn, "w4", NOW + lease_for + timedelta(seconds=1), lease_for, 10, None)
+    assert {r.id for r in again} == {r.id for r in first} | (set(after) - {r.id for r in first + second})
+    assert all(rows(engine)[r.id].lease_owner == "w4" for r in again)

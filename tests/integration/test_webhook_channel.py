@@ -231,6 +231,24 @@ def test_the_receivers_id_becomes_the_provider_id(server: LocalServer) -> None:
     assert empty.provider_id == message_id("k3")
 
 
+def test_the_receivers_id_is_read_however_its_json_spells_it(server: LocalServer) -> None:
+    # the key escaped, the id nested (not the receiver's id), "id" only in a value, and not JSON at all
+    server.route("/escaped", Reply(200, body=b'{"\\u0069d": "evt_esc"}'))
+    server.route("/nested", Reply(200, json={"data": {"id": "inner"}}))
+    server.route("/value", Reply(200, json={"ok": "id"}))
+    server.route("/spaced", Reply(200, body=b'{ "ok" : true , "id" : 7 }'))
+    server.route("/text", Reply(200, body=b"accepted"))
+    paths = ["/escaped", "/nested", "/value", "/spaced", "/text"]
+    results = asyncio.run(send(*(hook(server.url + p, key=f"k{p}") for p in paths)))
+    assert [r.provider_id for r in results] == [
+        "evt_esc",
+        message_id("k/nested"),
+        message_id("k/value"),
+        "7",
+        message_id("k/text"),
+    ]
+
+
 def test_json_only_rendering_is_serialised_and_signed(server: LocalServer) -> None:
     rendered = RenderedMessage("webhook", "hook", json={"b": 1, "name": "Zoë"})
     delivery = Delivery(

@@ -571,6 +571,25 @@ def test_tojson_writes_exactly_what_jinjas_filter_writes(
     assert got == expected
 
 
+def test_tojson_writes_each_time_its_own_text_when_times_alternate(
+    make_store: Callable[..., TemplateStore],
+) -> None:
+    """``|tojson`` remembers the last date or datetime it wrote: the same object again, or another one
+    equal to it in another zone or of the other type, is still written as itself."""
+    from datetime import timedelta, timezone
+
+    from markupsafe import Markup
+
+    store = make_store({"t.webhook.j2": "{}"})
+    template = store._env.from_string("{{ a|tojson }} {{ a|tojson }} {{ b|tojson }} {{ a|tojson }}")
+    other_zone = NOW.astimezone(timezone(timedelta(hours=2)))
+    for a, b in [(NOW, other_zone), (date(2026, 3, 29), NOW), (NOW, NOW.replace(tzinfo=None))]:
+        expected = " ".join(f'"{v.isoformat()}"' for v in (a, a, b, a))
+        assert template.render(a=a, b=b) == expected
+    value = store._env.filters["tojson"](store._env.from_string("").new_context().eval_ctx, "<b>")
+    assert type(value) is Markup and value == '"\\u003cb\\u003e"'
+
+
 @pytest.mark.parametrize(
     "value",
     [[3, 1, 2], (1.5, 2, -1), [0, 0.0], [True, 0], ["b", "A", "c"], [1, "a"], [], [[1], [2]], [-0.0, 0]],
