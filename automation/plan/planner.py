@@ -213,14 +213,14 @@ class Planner(RecurringRules):
         if not pairs:
             return {}
         o = OUTBOX.c
-        query = select(o.id, o.customer_id, o.stage).where(
-            o.playbook == self.pb.name,
-            among(o.customer_id, sorted({customer for customer, _ in pairs}), self.dialect),
-            o.status.in_(CLAIMABLE),
+        # the rest is filtered here, not in SQL, so the database looks rows up by customer (the one
+        # selective column; told of the statuses too, SQLite scans every message still to send)
+        query = select(o.id, o.customer_id, o.stage, o.status, o.playbook).where(
+            among(o.customer_id, sorted({customer for customer, _ in pairs}), self.dialect)
         )
         found: dict[tuple[str, str], list[int]] = {}
-        for message_id, customer_id, stage in self.conn.execute(query):
-            if (customer_id, stage) in pairs:
+        for message_id, customer_id, stage, status, playbook in self.conn.execute(query):
+            if status in CLAIMABLE and playbook == self.pb.name and (customer_id, stage) in pairs:
                 found.setdefault((customer_id, stage), []).append(message_id)
         return found
 
