@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Boolean, Connection, and_, func, insert, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from automation.db.explain import hashes_every_subplan, plan_text
 from automation.db.in_list import PgArray, among
 from automation.db.tables import CUSTOMER, STATE
 from automation.plan.alongside import Background
@@ -38,8 +39,9 @@ def evaluate(
     """Segment and stage of every customer, counted in the database in one query.
 
     SQLite counts each segment x stage cell with ``COUNT(*) FILTER`` (it has no hash aggregate, and
-    sorting a million rows for GROUP BY costs as much as evaluating them); PostgreSQL groups, with
-    event tests joined once instead of correlated per customer.
+    sorting a million rows for GROUP BY costs as much as evaluating them); PostgreSQL groups. Over
+    everyone, event tests are asked once for all customers, not per customer: on SQLite and, when the
+    planner hashes every set, on PostgreSQL as ``IN (SELECT ...)``, otherwise as joins.
     """
     segment, stage, source = _scan(conn, compiled, customer_ids)
     inner = select(segment.label("segment"), stage.label("stage")).select_from(source)
@@ -57,9 +59,22 @@ def evaluate(
         ]
         counts = conn.execute(select(*columns)).one()
         return Counts({key: int(n) for key, n in zip(keys, counts, strict=True) if n})
-    cells = inner.subquery("evaluated")
-    query = select(cells.c.segment, cells.c.stage, func.count()).group_by(cells.c.segment, cells.c.stage)
+    query = _grouped(inner)
+    if customer_ids is None and compiled.listed_stage is not None:
+        # IN (SELECT ...) when the planner would hash every event set once; when it expects a set not
+        # to fit hash_mem it runs that subquery again per customer: then the joins (decision 0040)
+        assert compiled.listed_segment is not None
+        segment, stage = compiled.listed_segment.label("segment"), compiled.listed_stage.label("stage")
+        listed = _grouped(select(segment, stage).select_from(CUSTOMER))
+        if hashes_every_subplan(plan_text(conn, listed)):
+            query = listed
     return Counts({(row[0], row[1]): int(row[2]) for row in conn.execute(query)})
+
+
+def _grouped(inner: Any) -> Any:
+    """PostgreSQL's count of each (segment, stage) of ``inner``."""
+    cells = inner.subquery("evaluated")
+    return select(cells.c.segment, cells.c.stage, func.count()).group_by(cells.c.segment, cells.c.stage)
 
 
 def _same(column: Any, value: str | None) -> ColumnElement[bool]:

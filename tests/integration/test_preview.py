@@ -15,7 +15,7 @@ from automation.db.tables import CUSTOMER
 from automation.plan.evaluate import evaluate, transitions
 from automation.plan.planner import plan
 from tests.conftest import ROOT
-from tests.integration.known import NOW, TEMPLATES, T
+from tests.integration.known import CUSTOMERS, NOW, TEMPLATES, T
 
 
 def table_counts(engine: Engine) -> dict[str, int]:
@@ -85,33 +85,74 @@ def test_counts_matrix_and_actions(data: Engine) -> None:
     }
 
 
-def test_a_full_count_asks_each_event_test_once_for_everyone(data: Engine) -> None:
-    """Counting everyone, event tests are one set (SQLite: IN, PostgreSQL: a join), not one probe per
-    customer; the counts are those of the per-customer form."""
-    compiled = check_playbook(ROOT / "playbooks" / "lifecycle.yaml", TEMPLATES, NOW)
+def full_count_statements(engine: Engine, conn: Any, compiled: Any) -> tuple[Any, list[str]]:
+    """The counts of a full evaluation, and the statements it sent."""
     statements: list[str] = []
 
     def seen(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
         statements.append(statement)
 
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        counts = evaluate(conn, compiled)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    return counts, statements
+
+
+def test_a_full_count_asks_each_event_test_once_for_everyone(data: Engine) -> None:
+    """Counting everyone, event tests are one set each (IN (SELECT ...), which PostgreSQL is asked to
+    plan first), not one probe per customer; the counts are those of the per-customer form."""
+    compiled = check_playbook(ROOT / "playbooks" / "lifecycle.yaml", TEMPLATES, NOW)
     with data.connect() as conn:
         ids = list(conn.execute(select(CUSTOMER.c.id)).scalars())
-        event.listen(data, "before_cursor_execute", seen)
-        try:
-            everyone = evaluate(conn, compiled)
-        finally:
-            event.remove(data, "before_cursor_execute", seen)
+        everyone, statements = full_count_statements(data, conn, compiled)
         listed = evaluate(conn, compiled, ids)
     assert everyone.matrix == listed.matrix
     assert "loyalty" in {stage for _, stage in everyone.matrix}, "the fixture has a referrer in loyalty"
-    (statement,) = statements
+    if data.dialect.name == "postgresql":
+        explained, statement = statements
+        assert explained == f"EXPLAIN {statement}"
+    else:
+        (statement,) = statements
     assert "EXISTS" not in statement
-    form = (
-        "IN (SELECT event.customer_id"
-        if data.dialect.name == "sqlite"
-        else "LEFT OUTER JOIN (SELECT DISTINCT"
-    )
-    assert form in statement
+    assert "IN (SELECT event.customer_id" in statement
+
+
+@pytest.mark.postgres
+def test_postgresql_joins_the_event_sets_when_one_would_not_be_hashed(pg_engine: Engine) -> None:
+    """When the planner expects an event set not to fit hash_mem (it would then re-run the subquery for
+    every customer), a full count joins the sets instead, with the same counts."""
+    with pg_engine.begin() as conn:
+        conn.execute(insert(T["customer"]), CUSTOMERS)
+        conn.execute(
+            insert(T["event"]),
+            [
+                {
+                    "customer_id": "referrer",
+                    "name": "referral_sent",
+                    "occurred_at": NOW - timedelta(days=3, seconds=i),
+                    "properties": {},
+                }
+                for i in range(5000)
+            ],
+        )
+        conn.exec_driver_sql("ANALYZE event")
+    compiled = check_playbook(ROOT / "playbooks" / "lifecycle.yaml", TEMPLATES, NOW)
+    with pg_engine.connect() as conn:
+        ids = list(conn.execute(select(CUSTOMER.c.id)).scalars())
+        hashed, statements = full_count_statements(pg_engine, conn, compiled)
+        assert "IN (SELECT event.customer_id" in statements[-1]
+        conn.exec_driver_sql("SET work_mem = '64kB'")
+        conn.exec_driver_sql("SET hash_mem_multiplier = 1")
+        joined, statements = full_count_statements(pg_engine, conn, compiled)
+        listed = evaluate(conn, compiled, ids)
+    explained, statement = statements
+    assert explained.startswith("EXPLAIN ")
+    assert "LEFT OUTER JOIN (SELECT DISTINCT" in statement
+    assert "customer.id IN (SELECT" not in statement
+    assert joined.matrix == hashed.matrix == listed.matrix
+    assert ("strategic", "loyalty") in joined.matrix
 
 
 def test_limit_keeps_counts_whole(data: Engine) -> None:
