@@ -1,8 +1,9 @@
 """YAML loading that remembers where every value came from (file, line, column).
 
 Playbooks and test files are config that many people edit, so a file is checked against fixed
-limits before it is built into values, from the parser's event stream (which needs no recursion and
-stops at the first excess):
+limits before it is built into values: every event of the parser is checked as the loader reads it
+(one pass), and the loader composes the whole document before it builds a value, so it stops at the
+first excess, at most ``MAX_DEPTH`` levels into the document:
 
 * at most ``MAX_DOCUMENT_BYTES`` (1 MiB) of text;
 * at most ``MAX_DEPTH`` (50) mappings and lists nested in one another;
@@ -120,8 +121,8 @@ def load(path: Path) -> Source:
     text = _read(path)
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
+    yaml.Parser = _limited(yaml.Parser, _Limits(path, text))
     try:
-        _check_limits(path, text, yaml)
         tree = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -151,29 +152,36 @@ def _problem(path: Path, text: str, line: int, column: int, message: str) -> Pro
     return Problem(path, line, column, message, source_line)
 
 
-def _check_limits(path: Path, text: str, yaml: YAML) -> None:
-    """Walk the parser's events once: nesting depth, values after alias expansion, and tags.
+class _Limits:
+    """The limits, checked on each parser event as the loader reads it (one pass over the text): nesting
+    depth, values after alias expansion, and tags. The loader composes the whole document before it
+    constructs anything, so an excess stops it before any value is built.
 
     ``open_counts`` holds, for every mapping or list still open, how many values it holds so far
     (expanded); ``sizes`` the expanded size of every anchored value, which an alias adds again.
     """
-    open_counts: list[tuple[str | None, int]] = []
-    sizes: dict[str, int] = {}
-    total = 0
 
-    def fail(event: Any, message: str) -> None:
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+        self.open_counts: list[tuple[str | None, int]] = []
+        self.sizes: dict[str, int] = {}
+        self.total = 0
+
+    def fail(self, event: Any, message: str) -> None:
         mark = event.start_mark
-        raise PlaybookError([_problem(path, text, mark.line + 1, mark.column + 1, message)])
+        raise PlaybookError([_problem(self.path, self.text, mark.line + 1, mark.column + 1, message)])
 
-    for event in yaml.parse(text):
+    def __call__(self, event: Any) -> None:
+        open_counts, sizes = self.open_counts, self.sizes
         kind = type(event).__name__
         tag = getattr(event, "tag", None)
         if tag is not None and tag not in _ALLOWED_TAGS and kind != "AliasEvent":
             shown = tag.replace("tag:yaml.org,2002:", "!!")
-            fail(event, f"the tag {shown} is not allowed; write plain YAML values")
+            self.fail(event, f"the tag {shown} is not allowed; write plain YAML values")
         if kind in ("MappingStartEvent", "SequenceStartEvent"):
             if len(open_counts) >= MAX_DEPTH:
-                fail(event, f"nested more than {MAX_DEPTH} levels deep; the limit is {MAX_DEPTH}")
+                self.fail(event, f"nested more than {MAX_DEPTH} levels deep; the limit is {MAX_DEPTH}")
             open_counts.append((event.anchor, 1))
             added = 1
         elif kind in ("MappingEndEvent", "SequenceEndEvent"):
@@ -183,20 +191,20 @@ def _check_limits(path: Path, text: str, yaml: YAML) -> None:
             if open_counts:
                 parent_anchor, parent_count = open_counts[-1]
                 open_counts[-1] = (parent_anchor, parent_count + count)
-            continue
+            return
         elif kind == "ScalarEvent":
             added = 1
             if event.anchor is not None:
                 sizes[event.anchor] = 1
         elif kind == "AliasEvent":
             if event.anchor not in sizes:
-                fail(event, f"the alias *{event.anchor} refers to a value that contains it")
+                self.fail(event, f"the alias *{event.anchor} refers to a value that contains it")
             added = sizes[event.anchor]
         else:
-            continue
-        total += added
-        if total > MAX_VALUES:
-            fail(
+            return
+        self.total += added
+        if self.total > MAX_VALUES:
+            self.fail(
                 event,
                 f"more than {MAX_VALUES:,} values once aliases are expanded (an alias counts as every "
                 "value it stands for); use fewer or smaller aliases",
@@ -204,6 +212,18 @@ def _check_limits(path: Path, text: str, yaml: YAML) -> None:
         if open_counts and kind != "MappingStartEvent" and kind != "SequenceStartEvent":
             parent_anchor, parent_count = open_counts[-1]
             open_counts[-1] = (parent_anchor, parent_count + added)
+
+
+def _limited(parser: type[Any], limits: _Limits) -> type[Any]:
+    """``parser`` (the loader's parser class) handing every event it gives out to ``limits`` first."""
+
+    class LimitedParser(parser):  # type: ignore[misc]
+        def get_event(self) -> Any:
+            event = super().get_event()
+            limits(event)
+            return event
+
+    return LimitedParser
 
 
 def _plain(node: Any, line: int = 1, column: int = 1) -> Any:
