@@ -223,18 +223,18 @@ async def timed(work: Any) -> tuple[float, float]:
 
 
 # -- the raw clients -------------------------------------------------------------------------------
-def webhook_request() -> tuple[bytes, dict[str, str]]:
-    """The library's request for the first customer, made once: its rendered body and its headers
-    (with this signature and timestamp), which the raw client posts unchanged every time."""
+def first_message(channel: str, template: str) -> tuple[Any, Any, str]:
+    """The queued row of the first customer's ``channel`` message, what the library renders for it, and
+    its unsubscribe link: what the raw clients send, made once."""
     from automation.messages.render import render_for_action
     from automation.messages.store import TemplateStore
     from automation.outbox.dispatch import _Message
 
     row = _Message(
-        0, "bench:webhook:0", "lifecycle", "c000000", "webhook", "loyalty_points", "loyalty",
+        0, f"bench:{channel}:0", "lifecycle", "c000000", channel, template, "loyalty",
         "self_serve", "none", "loyalty/none#1", 0, {}, NOW, None, 1,
     )  # fmt: skip
-    rendered, _ = render_for_action(
+    rendered, link = render_for_action(
         TemplateStore(ROOT / "templates"),
         row,
         customer(0),
@@ -243,7 +243,15 @@ def webhook_request() -> tuple[bytes, dict[str, str]]:
         public_url="http://127.0.0.1:8080",
         secret_key="change-me",
     )
+    return row, rendered, link
+
+
+def webhook_request() -> tuple[bytes, dict[str, str]]:
+    """The library's request for the first customer, made once: its rendered body and its headers
+    (with this signature and timestamp), which the raw client posts unchanged every time."""
     from automation.channels.webhook import message_id, signature_headers
+
+    row, rendered, _ = first_message("webhook", "loyalty_points")
 
     assert rendered.body is not None
     body = rendered.body.encode("utf-8")  # what WebhookChannel.body_of sends
@@ -297,25 +305,11 @@ def email_request(form: str = "library") -> dict[str, Any]:
     ``form="stand-in"``: a two-line message instead (what the raw client sent before)."""
     if form == "stand-in":
         return STAND_IN
-    from automation.channels.mime import feedback_headers, message_id
-    from automation.messages.render import render_for_action
-    from automation.messages.store import TemplateStore
-    from automation.outbox.dispatch import _Message
-
-    row = _Message(
-        0, "bench:email:0", "lifecycle", "c000000", "email", "vip_welcome", "loyalty",
-        "self_serve", "none", "loyalty/none#1", 0, {}, NOW, None, 1,
-    )  # fmt: skip
-    rendered, link = render_for_action(
-        TemplateStore(ROOT / "templates"),
-        row,
-        customer(0),
-        playbook="lifecycle",
-        now=NOW,
-        public_url="http://127.0.0.1:8080",
-        secret_key="change-me",
-    )
     from email.utils import format_datetime
+
+    from automation.channels.mime import feedback_headers, message_id
+
+    row, rendered, link = first_message("email", "vip_welcome")
 
     headers = [
         ("From", "Juniper <hello@example.com>"),

@@ -60,9 +60,10 @@ def evaluate(
         counts = conn.execute(select(*columns)).one()
         return Counts({key: int(n) for key, n in zip(keys, counts, strict=True) if n})
     query = _grouped(inner)
-    if customer_ids is None and compiled.listed_stage is not None:
+    if customer_ids is None and compiled.scan_joins and compiled.listed_stage is not None:
         # IN (SELECT ...) when the planner would hash every event set once; when it expects a set not
-        # to fit hash_mem it runs that subquery again per customer: then the joins (decision 0040)
+        # to fit hash_mem it runs that subquery again per customer: then the joins (decision 0040).
+        # Without event tests (no joins) both forms are the same query.
         assert compiled.listed_segment is not None
         segment, stage = compiled.listed_segment.label("segment"), compiled.listed_stage.label("stage")
         listed = _grouped(select(segment, stage).select_from(CUSTOMER))
