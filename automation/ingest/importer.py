@@ -1,8 +1,9 @@
 """Import customers and events from CSV or JSON Lines files: the public entry points and the loop.
 
-Files are streamed: rows are read one at a time (:mod:`~automation.ingest.readers`), validated
-(:mod:`~automation.ingest.rows`), and written in batches of ``BATCH_SIZE`` rows
-(:mod:`~automation.ingest.writer`), each batch in its own transaction. A bad row is rejected (reported
+Files are streamed: rows are read one at a time (:mod:`~automation.ingest.readers`), then validated
+(customers column by column, :mod:`~automation.ingest.columns`, by the rules of
+:mod:`~automation.ingest.rows`) and written (:mod:`~automation.ingest.writer`) in batches of
+``BATCH_SIZE`` rows, each batch in its own transaction. A bad row is rejected (reported
 with its line number) and never stops the good rows. A file-level problem raises
 :class:`~automation.errors.InputError` before any row is written; a CSV file broken mid-way keeps the
 rows before. Customers are upserted by ``id``, rows in file order, with the column rules of
@@ -12,9 +13,8 @@ already stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from automation.errors import DatabaseError, InputError, Problem
+from automation.ingest.columns import customer_rows
 from automation.ingest.readers import ByteCounter, csv_rows, file_format, jsonl_rows, open_file
 from automation.ingest.rows import (
     CUSTOMER_INPUT_FIELDS,
@@ -30,7 +31,6 @@ from automation.ingest.rows import (
     RowError,
     check_region,
     customer_columns,
-    customer_row,
     event_row,
 )
 from automation.ingest.writer import write_customers, write_events
@@ -51,6 +51,8 @@ PROGRESS_EVERY = 1_000  # rows between progress callbacks
 
 #: ``progress(rows_processed, bytes_read, total_bytes)``
 ProgressCallback = Callable[[int, int, int], None]
+#: ``validate(raw_rows, from_text)``: per row, in order, the validated row or its RowError.
+Validate = Callable[[Sequence[dict[str, Any]], bool], Sequence[dict[str, Any] | RowError]]
 
 Kind = Literal["customers", "events"]
 
@@ -115,12 +117,16 @@ def import_customers(
     without a leading ``+``; without it such numbers are rejected.
     """
     region = check_region(default_region)
-    return _run(engine, Path(path), "customers", progress, partial(customer_row, region=region))
+
+    def validate(raws: Sequence[dict[str, Any]], from_text: bool) -> list[dict[str, Any] | RowError]:
+        return customer_rows(raws, region, from_text)
+
+    return _run(engine, Path(path), "customers", progress, validate)
 
 
 def import_events(engine: Engine, path: Path | str, progress: ProgressCallback | None = None) -> ImportReport:
     """Append events from a CSV or JSON Lines file to ``event``; each must name a stored customer."""
-    return _run(engine, Path(path), "events", progress, event_row)
+    return _run(engine, Path(path), "events", progress, _event_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,34 +205,55 @@ def _run(
     path: Path,
     kind: Kind,
     progress: ProgressCallback | None,
-    validate: Callable[..., dict[str, Any]],
+    validate: Validate,
 ) -> ImportReport:
     fmt = file_format(path)
     fh, total = open_file(path)
     report = ImportReport(path=path, kind=kind)
     batch = _Batch()
+    pending: list[tuple[int, dict[str, Any]]] = []  # rows read, validated a batch at a time
+
+    def flush() -> None:
+        results = validate([raw for _line, raw in pending], fmt == "csv")
+        for (line, _raw), result in zip(pending, results, strict=True):
+            if isinstance(result, RowError):
+                report.reject(line, str(result))
+            else:
+                batch.add(kind, line, result)
+        pending.clear()
+        _flush(engine, path, kind, batch, report)
+
     with fh:
         lines = ByteCounter(fh)
         try:
             for line, raw, error in _rows(path, fmt, kind, lines):
                 report.read += 1
-                if error is None and raw is not None:
-                    try:
-                        batch.add(kind, line, validate(raw, from_text=fmt == "csv"))
-                    except RowError as exc:
-                        error = str(exc)
                 if error is not None:
                     report.reject(line, error)
-                if batch.rows >= BATCH_SIZE:
-                    _flush(engine, path, kind, batch, report)
+                elif raw is not None:
+                    pending.append((line, raw))
+                    if len(pending) >= BATCH_SIZE:
+                        flush()
                 if progress is not None and report.read % PROGRESS_EVERY == 0:
                     progress(report.read, lines.bytes_read, total)
         except InputError:
-            _flush(engine, path, kind, batch, report)  # a CSV file broken mid-way: keep the rows before
+            flush()  # a CSV file broken mid-way: keep the rows before
             raise
-        _flush(engine, path, kind, batch, report)
+        flush()
     if progress is not None:
         progress(report.read, lines.bytes_read, max(total, lines.bytes_read))
-    # Unknown customers are found when a batch is written: put the problems back in file order.
+    # Rows are rejected as their batch is validated, and unknown customers as it is written: put the
+    # problems back in file order.
     report.problems.sort(key=lambda p: p.line)
     return report
+
+
+def _event_rows(raws: Sequence[dict[str, Any]], from_text: bool) -> list[dict[str, Any] | RowError]:
+    """Each event row validated (:func:`~automation.ingest.rows.event_row`), or its RowError."""
+    results: list[dict[str, Any] | RowError] = []
+    for raw in raws:
+        try:
+            results.append(event_row(raw, from_text))
+        except RowError as exc:
+            results.append(exc)
+    return results

@@ -45,7 +45,7 @@ from phonenumbers.phonenumberutil import (  # isort: skip
 )
 
 INT32_MAX = 2_147_483_647
-_PHONE_INPUT_MAX = 64  # characters of a phone number as written; stored E.164 is at most 16
+PHONE_INPUT_MAX = 64  # characters of a phone number as written; stored E.164 is at most 16
 _SHOWN_MAX = 80  # characters of a bad value quoted in a problem
 #: phonenumbers.parse keeps the national prefix when the number without it would have these lengths
 _KEEP_NATIONAL_PREFIX = (
@@ -221,7 +221,7 @@ def _email(name: str, value: Any) -> str | None:
 
 
 def _phone(value: Any, region: str | None) -> str | None:
-    text = _text("phone", value, _PHONE_INPUT_MAX)
+    text = _text("phone", value, PHONE_INPUT_MAX)
     if text is None:
         return None
     if not text.startswith("+") and region is None:
@@ -628,7 +628,7 @@ def _plain_customer_row(raw: Mapping[str, Any], region: str | None, from_text: b
     worth showing: :func:`customer_row` then takes the row through :func:`customer_columns`."""
     row = {"id": _id("id", raw.get("id"))}
     for name, value in raw.items():
-        convert = _CONVERTERS.get(name)
+        convert = CUSTOMER_CONVERTERS.get(name)
         if convert is None:  # clear (unless not given), or an unknown column
             if name == CLEAR and not _given(value):
                 continue
@@ -669,7 +669,9 @@ def _convert_as(name: str) -> Callable[[Any, str | None, bool], Any]:
             return lambda value, _region, _from_text: _text(name, value, limit)
 
 
-_CONVERTERS: dict[str, Callable[[Any, str | None, bool], Any]] = {
+#: Per customer field, its converter: ``convert(value, region, from_text)`` gives the stored form of a
+#: given value or raises RowError.
+CUSTOMER_CONVERTERS: dict[str, Callable[[Any, str | None, bool], Any]] = {
     name: _convert_as(name) for name in CUSTOMER_FIELDS
 }
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from functools import lru_cache
+from itertools import repeat
 from typing import Any
 
-from sqlalchemy import String, TypeDecorator, select
+from sqlalchemy import Date, String, TypeDecorator, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect
 
@@ -58,60 +59,132 @@ def _customer_params(
 ) -> Callable[[Iterable[dict[str, Any]], datetime], list[tuple[Any, ...]]]:
     """A function from rows and their ``updated_at`` to the upsert's parameters: per row its values in
     :data:`CUSTOMER_COLUMNS` order as SQLAlchemy would bind them for ``dialect`` (JSON text, naive UTC
-    times; the defaults for the columns it does not give), then its ``given`` bit mask."""
+    times; the defaults for the columns it does not give), then its ``given`` bit mask.
+
+    The rows that give the same columns (in the same order) are converted together, column by column:
+    a column a group does not give holds the default on every row, converted once."""
     processors = [_bind_processor(dialect, name) for name in CUSTOMER_COLUMNS]
     *field_processors, updated_at_processor = processors
-    defaults = [(name, _CUSTOMER_BLANK[name]) for name in CUSTOMER_FIELDS]
-    converted = [(i, p) for i, p in enumerate(field_processors) if p is not None]
-    masks: dict[tuple[str, ...], int] = {}
+    processor_of = dict(zip(CUSTOMER_FIELDS, field_processors, strict=True))
+    defaults = {name: _apply(processor_of[name], _CUSTOMER_BLANK[name]) for name in CUSTOMER_FIELDS}
 
-    def mask(names: tuple[str, ...]) -> int:
-        given = 0
-        for name in names:
-            given |= _GIVEN_BIT[name]
-        masks[names] = given
-        return given
+    def group_params(
+        names: tuple[str, ...],
+        rows: list[dict[str, Any]],
+        tail: tuple[Any, ...],
+        shared: dict[str, Callable[[Any], Any]],
+    ) -> list[Any]:
+        count = len(rows)
+        given = dict(zip(names, zip(*(row.values() for row in rows), strict=True), strict=True))
+        columns: list[Iterable[Any]] = []
+        for name in CUSTOMER_FIELDS:
+            values = given.get(name)
+            if values is None:
+                columns.append(repeat(defaults[name], count))
+            else:
+                processor = shared.get(name) or processor_of[name]
+                columns.append(values if processor is None else map(processor, values))
+        columns += [repeat(value, count) for value in tail]
+        return list(zip(*columns, strict=True))
 
     def params(rows: Iterable[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
         updated_at = now if updated_at_processor is None else updated_at_processor(now)
-        out = []
-        for row in rows:
-            values = [row.get(name, default) for name, default in defaults]
-            for i, processor in converted:
-                values[i] = processor(values[i])
-            names = tuple(row)
-            values.append(updated_at)
-            values.append(masks.get(names) or mask(names))
-            out.append(tuple(values))
+        rows = list(rows)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(tuple(row), []).append(i)
+        out: list[tuple[Any, ...]] = [()] * len(rows)
+        shared = {  # the rows hold every object until the end
+            name: _once_per_object(processor)
+            for name in _SHARED_VALUES
+            if (processor := processor_of[name]) is not None
+        }
+        for names, indexes in groups.items():
+            mask = sum(_GIVEN_BIT[name] for name in set(names))
+            values = group_params(names, [rows[i] for i in indexes], (updated_at, mask), shared)
+            for i, row_values in zip(indexes, values, strict=True):
+                out[i] = row_values  # in the rows' order
         return out
 
     return params
 
 
+#: Columns whose values validation gives as one object for many rows (the same ``attributes`` text).
+_SHARED_VALUES = frozenset({"attributes"})
+
+
+def _once_per_object(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``processor`` called once per distinct object (for rows that hold every object meanwhile: an
+    object's id is not reused while it lives)."""
+    done: dict[int, Any] = {}
+
+    def process(value: Any) -> Any:
+        key = id(value)
+        if key not in done:
+            done[key] = processor(value)
+        return done[key]
+
+    return process
+
+
 def _bind_processor(dialect: Dialect, name: str) -> Callable[[Any], Any] | None:
-    """SQLAlchemy's bind processor of a customer column, or a quicker function giving the same values
-    (SQLite timestamps: the text SQLAlchemy writes, checked on sample values before it is used)."""
+    """SQLAlchemy's bind processor of a customer column, or a quicker function giving the same stored
+    values, checked on sample values before it is used: timestamps as the text of their naive UTC form
+    (what SQLAlchemy writes to SQLite; PostgreSQL's ``COPY`` reads that text into a ``timestamp``), and
+    on SQLite dates as ``YYYY-MM-DD``."""
     column_type = CUSTOMER.c[name].type
     processor = column_type.dialect_impl(dialect).bind_processor(dialect)
-    if dialect.name != "sqlite" or not isinstance(column_type, UTCDateTime) or processor is None:
-        return processor
-    samples = [
-        datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
-        datetime(1, 1, 1, 0, 0, 0, 1),
-        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=5))),
-        datetime(2024, 2, 29, 1, 2, 3, 456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
-        None,
-    ]
-    if all(_sqlite_timestamp(value) == processor(value) for value in samples):
-        return _sqlite_timestamp
+    if isinstance(column_type, UTCDateTime) and dialect.name in ("sqlite", "postgresql"):
+        return _checked(_utc_text, processor, _TIMESTAMP_SAMPLES)
+    if isinstance(column_type, Date) and dialect.name == "sqlite":
+        return _checked(_iso_date, processor, _DATE_SAMPLES)
     return processor
 
 
-def _sqlite_timestamp(value: datetime | None) -> str | None:
-    """What SQLAlchemy writes to SQLite for a ``UTCDateTime``: naive UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+def _checked(
+    quick: Callable[[Any], Any], processor: Callable[[Any], Any] | None, samples: list[Any]
+) -> Callable[[Any], Any] | None:
+    """``quick`` when it gives the text of what ``processor`` gives on every sample, else ``processor``."""
+
+    def text(value: Any) -> Any:
+        return value.isoformat(" ", "microseconds") if isinstance(value, datetime) else value
+
+    if all(quick(value) == text(_apply(processor, value)) for value in samples):
+        return quick
+    return processor
+
+
+_TIMESTAMP_SAMPLES: list[datetime | None] = [
+    datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+    datetime(2024, 5, 1, 12, 30, 1, 250, tzinfo=UTC),
+    datetime(1, 1, 1, 0, 0, 0, 1),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=5))),
+    datetime(2024, 2, 29, 1, 2, 3, 456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    None,
+]
+_DATE_SAMPLES: list[date | None] = [
+    date(1990, 2, 28),
+    date(1, 1, 1),
+    date(999, 12, 31),
+    date(9999, 12, 31),
+    None,
+]
+
+
+def _utc_text(value: datetime | None) -> str | None:
+    """A timestamp's naive UTC form as text, ``YYYY-MM-DD HH:MM:SS.ffffff`` (what SQLAlchemy writes to SQLite
+    for a ``UTCDateTime``). A value in UTC already (as validation gives them) loses its ``+00:00``."""
     if value is None:
         return None
+    if value.tzinfo is UTC:
+        return value.isoformat(" ", "microseconds")[:-6]
     return to_utc_naive(value).isoformat(" ", "microseconds")
+
+
+def _iso_date(value: date | None) -> str | None:
+    """What SQLAlchemy writes to SQLite for a ``Date``: ``YYYY-MM-DD``."""
+    return None if value is None else value.isoformat()
 
 
 #: Rows per INSERT into SQLite's staging table: 20 parameters each, within SQLite's 32,766.
