@@ -45,7 +45,7 @@ __all__ = [
     "import_events",
 ]
 
-BATCH_SIZE = 2_000
+BATCH_SIZE = 5_000
 MAX_STORED_PROBLEMS = 1_000
 PROGRESS_EVERY = 1_000  # rows between progress callbacks
 
