@@ -175,7 +175,6 @@ def _id_column(column: Sequence[Any], region: str | None, from_text: bool) -> Co
 def _email_column(name: str) -> ColumnConverter:
     """Emails: the texts checked at once, each address normalized (repeated ones once)."""
     limit = _max_length(CUSTOMER, name)
-    convert_one = CUSTOMER_CONVERTERS[name]
 
     def convert(column: Sequence[Any], region: str | None, from_text: bool) -> Converted:
         texts = _clean_texts(column, limit)
@@ -197,11 +196,8 @@ def _email_column(name: str) -> ColumnConverter:
                 except EmailNotValidError:
                     normalized = None
                 seen[text] = normalized
-            if normalized is None:  # refused: the converter words it (and gives the same verdict)
-                try:
-                    normalized = convert_one(column[i], region, from_text)
-                except RowError:
-                    refused.add(i)
+            if normalized is None:  # the converter's verdict too (the same steps): the row goes alone
+                refused.add(i)
             values.append(normalized)
         return values, refused
 
