@@ -3,7 +3,8 @@
 Files are streamed: rows are read one at a time (:mod:`~automation.ingest.readers`), then validated
 (customers column by column, :mod:`~automation.ingest.columns`, by the rules of
 :mod:`~automation.ingest.rows`) and written (:mod:`~automation.ingest.writer`) in batches of
-``BATCH_SIZE`` rows, each batch in its own transaction. A bad row is rejected (reported
+``BATCH_SIZE`` rows, each batch in its own transaction, on a thread of its own while the next batch is
+read and validated (:class:`_Writer`; batches are still written one after the other). A bad row is rejected (reported
 with its line number) and never stops the good rows. A file-level problem raises
 :class:`~automation.errors.InputError` before any row is written; a CSV file broken mid-way keeps the
 rows before. Customers are upserted by ``id``, rows in file order, with the column rules of
@@ -14,12 +15,14 @@ already stored.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from automation.errors import DatabaseError, InputError, Problem
 from automation.ingest.columns import customer_rows
@@ -33,7 +36,12 @@ from automation.ingest.rows import (
     customer_columns,
     event_row,
 )
-from automation.ingest.writer import write_customers, write_events
+from automation.ingest.writer import (
+    PreparedCustomers,
+    prepare_customers,
+    write_events,
+    write_prepared_customers,
+)
 
 __all__ = [
     "CUSTOMER_INPUT_FIELDS",
@@ -161,32 +169,80 @@ class _Batch:
             row = earlier | row
         self.customers[row["id"]] = row
 
-    def clear(self) -> None:
-        self.customers.clear()
-        self.repeated.clear()
-        self.events.clear()
-        self.rows = self.first_line = self.last_line = 0
 
-
-def _flush(engine: Engine, path: Path, kind: Kind, batch: _Batch, report: ImportReport) -> None:
-    """Write the batch in one transaction and count what was written."""
-    if not batch.rows:
-        return
+def _write(
+    engine: Engine, path: Path, kind: Kind, batch: _Batch, customers: PreparedCustomers | None
+) -> tuple[int, list[tuple[int, str]]]:
+    """Write the batch (its customers as ``customers``, prepared) in one transaction; return how many
+    events were written (0 for customers) and the rows the writer rejected, as ``(line, message)``."""
+    rejected: list[tuple[int, str]] = []
+    written = 0
     try:
         with engine.begin() as conn:
-            if kind == "customers":
-                write_customers(conn, batch.customers.values())
+            if customers is not None:
+                write_prepared_customers(conn, customers)
             else:
-                report.imported += write_events(conn, batch.events, report.reject)
+                written = write_events(
+                    conn, batch.events, lambda line, message: rejected.append((line, message))
+                )
     except DBAPIError as exc:
         first, last = batch.first_line, batch.last_line
         raise DatabaseError(
             f"{path}: the database refused the rows of lines {first}-{last} "
             f"(rows before line {first} were imported): {exc.orig}"
         ) from exc
-    if kind == "customers":
-        report.count_customers(batch.customers.keys(), batch.repeated)
-    batch.clear()
+    return written, rejected
+
+
+class _Writer:
+    """Writes batches one after the other, on a thread of its own when the engine's connections may
+    move between threads (not an in-memory SQLite database), so that the next batch is read, validated
+    and prepared (:func:`~automation.ingest.writer.prepare_customers`, the Python part of the writing)
+    while the database works on this one; the writing thread then hardly needs the interpreter. At most
+    one batch is being written: :meth:`write` first waits for the one before, and a write that failed
+    raises there, before any later batch is written."""
+
+    def __init__(self, engine: Engine, path: Path, kind: Kind, report: ImportReport) -> None:
+        self._engine, self._path, self._kind, self._report = engine, path, kind, report
+        threaded = not isinstance(engine.pool, (SingletonThreadPool, StaticPool))
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="import-writer") if threaded else None
+        self._pending: tuple[Future[tuple[int, list[tuple[int, str]]]], _Batch] | None = None
+
+    def write(self, batch: _Batch) -> None:
+        """Start writing ``batch`` (the caller hands it over and does not change it afterwards)."""
+        customers = None
+        if self._kind == "customers" and batch.rows:
+            customers = prepare_customers(self._engine.dialect, batch.customers.values())
+        self.wait()
+        if not batch.rows:
+            return
+        args = (self._engine, self._path, self._kind, batch, customers)
+        if self._executor is None:
+            self._count(batch, _write(*args))
+            return
+        self._pending = self._executor.submit(_write, *args), batch
+
+    def wait(self) -> None:
+        """Wait for the batch being written, count what it wrote, raise what it raised."""
+        if self._pending is None:
+            return
+        future, batch = self._pending
+        self._pending = None
+        self._count(batch, future.result())
+
+    def close(self) -> None:
+        """Wait for the batch being written (its error is the caller's to raise, through :meth:`wait`)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _count(self, batch: _Batch, result: tuple[int, list[tuple[int, str]]]) -> None:
+        written, rejected = result
+        for line, message in rejected:
+            self._report.reject(line, message)
+        if self._kind == "customers":
+            self._report.count_customers(batch.customers.keys(), batch.repeated)
+        else:
+            self._report.imported += written
 
 
 def _rows(
@@ -210,10 +266,11 @@ def _run(
     fmt = file_format(path)
     fh, total = open_file(path)
     report = ImportReport(path=path, kind=kind)
-    batch = _Batch()
+    writer = _Writer(engine, path, kind, report)
     pending: list[tuple[int, dict[str, Any]]] = []  # rows read, validated a batch at a time
 
     def flush() -> None:
+        batch = _Batch()
         results = validate([raw for _line, raw in pending], fmt == "csv")
         for (line, _raw), result in zip(pending, results, strict=True):
             if isinstance(result, RowError):
@@ -221,25 +278,30 @@ def _run(
             else:
                 batch.add(kind, line, result)
         pending.clear()
-        _flush(engine, path, kind, batch, report)
+        writer.write(batch)
 
-    with fh:
-        lines = ByteCounter(fh)
-        try:
-            for line, raw, error in _rows(path, fmt, kind, lines):
-                report.read += 1
-                if error is not None:
-                    report.reject(line, error)
-                elif raw is not None:
-                    pending.append((line, raw))
-                    if len(pending) >= BATCH_SIZE:
-                        flush()
-                if progress is not None and report.read % PROGRESS_EVERY == 0:
-                    progress(report.read, lines.bytes_read, total)
-        except InputError:
-            flush()  # a CSV file broken mid-way: keep the rows before
-            raise
-        flush()
+    try:
+        with fh:
+            lines = ByteCounter(fh)
+            try:
+                for line, raw, error in _rows(path, fmt, kind, lines):
+                    report.read += 1
+                    if error is not None:
+                        report.reject(line, error)
+                    elif raw is not None:
+                        pending.append((line, raw))
+                        if len(pending) >= BATCH_SIZE:
+                            flush()
+                    if progress is not None and report.read % PROGRESS_EVERY == 0:
+                        progress(report.read, lines.bytes_read, total)
+            except InputError:
+                flush()  # a CSV file broken mid-way: keep the rows before
+                writer.wait()
+                raise
+            flush()
+            writer.wait()
+    finally:
+        writer.close()
     if progress is not None:
         progress(report.read, lines.bytes_read, max(total, lines.bytes_read))
     # Rows are rejected as their batch is validated, and unknown customers as it is written: put the

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Date, String, TypeDecorator, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
 
 from automation.db.in_list import among_param
 from automation.db.tables import CUSTOMER, EVENT
@@ -39,16 +40,40 @@ def write_customers(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
     A new customer gets the row's columns and the defaults for the others; a stored one gets the row's
     columns, and only those, replaced (and ``updated_at``). All rows go in one statement whatever
     columns they carry: each row brings a bit mask of the columns it gives, which the ``DO UPDATE``
-    reads (SQLite: ``executemany``; PostgreSQL: ``COPY`` into a temporary table, then one
+    reads (SQLite: inserts of many rows into a temporary table; PostgreSQL: ``COPY`` into one; then one
     ``INSERT ... SELECT ... ON CONFLICT``).
     """
-    params = _customer_params(conn.dialect)(rows, datetime.now(UTC))
-    if not params:
+    write_prepared_customers(conn, prepare_customers(conn.dialect, rows))
+
+
+@dataclass(frozen=True)
+class PreparedCustomers:
+    """Customer rows in the form the upsert binds (see :func:`prepare_customers`): per row its values
+    in :data:`CUSTOMER_COLUMNS` order, then its ``given`` bit mask."""
+
+    dialect: str
+    params: list[tuple[Any, ...]]
+
+
+def prepare_customers(dialect: Dialect, rows: Iterable[dict[str, Any]]) -> PreparedCustomers:
+    """The rows converted as SQLAlchemy would bind them for ``dialect`` (JSON text, naive UTC times),
+    ``updated_at`` now.
+
+    This is the costly part of writing customers; it needs no connection, so a caller can do it on its
+    own thread while a connection writes the rows before."""
+    return PreparedCustomers(dialect.name, _customer_params(dialect)(rows, datetime.now(UTC)))
+
+
+def write_prepared_customers(conn: Connection, prepared: PreparedCustomers) -> None:
+    """Upsert prepared rows (see :func:`write_customers`)."""
+    if conn.dialect.name != prepared.dialect:
+        raise ValueError(f"rows prepared for {prepared.dialect}, written to {conn.dialect.name}")
+    if not prepared.params:
         return
     if conn.dialect.name == "postgresql":
-        _copy_upsert(conn, params)
+        _copy_upsert(conn, prepared.params)
     elif conn.dialect.name == "sqlite":
-        _staged_upsert(conn, params)
+        _staged_upsert(conn, prepared.params)
     else:
         raise DatabaseError(f"unsupported database {conn.dialect.name!r}")
 
@@ -249,12 +274,19 @@ def _copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
     """PostgreSQL: the rows copied into the temporary table, then upserted from it in one statement."""
     conn.exec_driver_sql(_PG_CREATE_IMPORT_TABLE)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    statement = _PG_COPY
     try:
-        with cursor.copy(_PG_COPY) as copy:
+        with cursor.copy(statement) as copy:
             for values in params:
                 copy.write_row(values)
-        cursor.execute(_upsert_from_stage(_PG_IMPORT_TABLE, ""))
-        cursor.execute(f"DELETE FROM {_PG_IMPORT_TABLE}")  # a second call in the same transaction
+        statement = _upsert_from_stage(_PG_IMPORT_TABLE, "")
+        cursor.execute(statement)
+        statement = f"DELETE FROM {_PG_IMPORT_TABLE}"  # a second call in the same transaction
+        cursor.execute(statement)
+    except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises the driver's errors
+        raise DBAPIError.instance(
+            statement, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+        ) from exc
     finally:
         cursor.close()
 

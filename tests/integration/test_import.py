@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select
 
+from automation.db.connect import make_engine, upgrade
 from automation.db.tables import CUSTOMER, EVENT
-from automation.errors import InputError
+from automation.errors import DatabaseError, InputError
 from automation.ingest import importer
 from automation.ingest.importer import ImportReport, import_customers, import_events
 
@@ -645,3 +647,69 @@ def test_rows_for_one_id_apply_in_file_order_within_a_batch(engine: Engine, tmp_
         "nps": 3,
     }
     assert picked(stored["m1"], DEFAULTS) == DEFAULTS | {"plan": "free", "first_name": "Mo"}
+
+
+REFUSE_C3 = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_c3 BEFORE INSERT ON customer WHEN NEW.id = 'c3' "
+        "BEGIN SELECT RAISE(ABORT, 'c3 is refused'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_c3() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.id = 'c3' THEN RAISE EXCEPTION 'c3 is refused'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_c3 BEFORE INSERT ON customer FOR EACH ROW EXECUTE FUNCTION refuse_c3()",
+    ],
+}
+UNREFUSE_C3 = {
+    "sqlite": ["DROP TRIGGER IF EXISTS refuse_c3"],
+    "postgresql": ["DROP TRIGGER IF EXISTS refuse_c3 ON customer", "DROP FUNCTION IF EXISTS refuse_c3()"],
+}
+
+
+def test_a_batch_the_database_refuses_stops_the_import_and_keeps_the_batches_before(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "BATCH_SIZE", 2)
+    path = write(tmp_path / "c.csv", "id,plan\n" + "".join(f"c{i},pro\n" for i in range(1, 8)))
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        for statement in REFUSE_C3[dialect]:
+            conn.exec_driver_sql(statement)
+    try:
+        with pytest.raises(DatabaseError, match="c3 is refused") as raised:
+            import_customers(engine, path)
+    finally:
+        with engine.begin() as conn:
+            for statement in UNREFUSE_C3[dialect]:
+                conn.exec_driver_sql(statement)
+
+    assert f"{path}: the database refused the rows of lines 4-5 (rows before line 4 were imported)" in str(
+        raised.value
+    )
+    # the batch after (c5, c6) was read and validated while c3's was written, and is not written
+    assert sorted(customers(engine)) == ["c1", "c2"]
+
+
+def test_batches_are_written_on_a_thread_of_their_own_unless_the_database_is_in_memory(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "BATCH_SIZE", 2)
+    path = write(tmp_path / "c.csv", "id,plan\n" + "".join(f"c{i},pro\n" for i in range(5)))
+    memory = make_engine("sqlite://")
+    upgrade(memory)
+    threads: dict[str, set[str]] = {}
+    for name, target in (("file", engine), ("memory", memory)):
+        seen = threads.setdefault(name, set())
+
+        def record(*_args: Any, seen: set[str] = seen) -> None:
+            seen.add(threading.current_thread().name)
+
+        event.listen(target, "before_cursor_execute", record)
+        report = import_customers(target, path)
+        event.remove(target, "before_cursor_execute", record)
+        assert (report.read, report.imported, report.rejected) == (5, 5, 0)
+        assert sorted(customers(target)) == [f"c{i}" for i in range(5)]
+
+    assert len(threads["file"]) == 1
+    assert threads["file"].pop().startswith("import-writer")
+    assert threads["memory"] == {threading.current_thread().name}
