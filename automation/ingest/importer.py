@@ -4,8 +4,8 @@ Files are streamed: rows are read one at a time (:mod:`~automation.ingest.reader
 (customers column by column, :mod:`~automation.ingest.columns`, by the rules of
 :mod:`~automation.ingest.rows`) and written (:mod:`~automation.ingest.writer`) in batches of
 ``BATCH_SIZE`` rows, each batch in its own transaction, on a thread of its own while the next batch is
-read and validated (:class:`_Writer`; batches are still written one after the other). A bad row is rejected (reported
-with its line number) and never stops the good rows. A file-level problem raises
+read and validated (:class:`_Writer`; batches are still written one after the other). A bad row is
+rejected (reported with its line number) and never stops the good rows. A file-level problem raises
 :class:`~automation.errors.InputError` before any row is written; a CSV file broken mid-way keeps the
 rows before. Customers are upserted by ``id``, rows in file order, with the column rules of
 :func:`~automation.ingest.rows.customer_columns`. Events are appended and must name a customer that is
@@ -14,13 +14,14 @@ already stored.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
@@ -56,6 +57,7 @@ __all__ = [
 BATCH_SIZE = 5_000
 MAX_STORED_PROBLEMS = 1_000
 PROGRESS_EVERY = 1_000  # rows between progress callbacks
+LET_WRITER_RUN_EVERY = 64  # rows read between the chances the writing thread gets to run
 
 #: ``progress(rows_processed, bytes_read, total_bytes)``
 ProgressCallback = Callable[[int, int, int], None]
@@ -171,14 +173,14 @@ class _Batch:
 
 
 def _write(
-    engine: Engine, path: Path, kind: Kind, batch: _Batch, customers: PreparedCustomers | None
+    conn: Connection, path: Path, kind: Kind, batch: _Batch, customers: PreparedCustomers | None
 ) -> tuple[int, list[tuple[int, str]]]:
     """Write the batch (its customers as ``customers``, prepared) in one transaction; return how many
     events were written (0 for customers) and the rows the writer rejected, as ``(line, message)``."""
     rejected: list[tuple[int, str]] = []
     written = 0
     try:
-        with engine.begin() as conn:
+        with conn.begin():
             if customers is not None:
                 write_prepared_customers(conn, customers)
             else:
@@ -200,13 +202,15 @@ class _Writer:
     and prepared (:func:`~automation.ingest.writer.prepare_customers`, the Python part of the writing)
     while the database works on this one; the writing thread then hardly needs the interpreter. At most
     one batch is being written: :meth:`write` first waits for the one before, and a write that failed
-    raises there, before any later batch is written."""
+    raises there, before any later batch is written. Every batch is written on the same connection,
+    opened by the first."""
 
     def __init__(self, engine: Engine, path: Path, kind: Kind, report: ImportReport) -> None:
         self._engine, self._path, self._kind, self._report = engine, path, kind, report
         threaded = not isinstance(engine.pool, (SingletonThreadPool, StaticPool))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="import-writer") if threaded else None
         self._pending: tuple[Future[tuple[int, list[tuple[int, str]]]], _Batch] | None = None
+        self._conn: Connection | None = None
 
     def write(self, batch: _Batch) -> None:
         """Start writing ``batch`` (the caller hands it over and does not change it afterwards)."""
@@ -216,11 +220,19 @@ class _Writer:
         self.wait()
         if not batch.rows:
             return
-        args = (self._engine, self._path, self._kind, batch, customers)
         if self._executor is None:
-            self._count(batch, _write(*args))
+            self._count(batch, self._write(batch, customers))
             return
-        self._pending = self._executor.submit(_write, *args), batch
+        self._pending = self._executor.submit(self._write, batch, customers), batch
+
+    def let_run(self) -> None:
+        """Let the writing thread run now if it waits for the interpreter.
+
+        It waits on the database most of the time, and the importing thread holds the interpreter while
+        it reads and validates: without this, each answer the writing thread gets from the database
+        would wait up to the interpreter's switch interval (5 ms) before it is handled."""
+        if self._pending is not None:
+            time.sleep(0)
 
     def wait(self) -> None:
         """Wait for the batch being written, count what it wrote, raise what it raised."""
@@ -231,9 +243,23 @@ class _Writer:
         self._count(batch, future.result())
 
     def close(self) -> None:
-        """Wait for the batch being written (its error is the caller's to raise, through :meth:`wait`)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        """Wait for the batch being written (its error is the caller's to raise, through :meth:`wait`),
+        then close the connection."""
+        if self._executor is None:
+            self._disconnect()
+            return
+        self._executor.submit(self._disconnect)
+        self._executor.shutdown(wait=True)
+
+    def _write(self, batch: _Batch, customers: PreparedCustomers | None) -> tuple[int, list[tuple[int, str]]]:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return _write(self._conn, self._path, self._kind, batch, customers)
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _count(self, batch: _Batch, result: tuple[int, list[tuple[int, str]]]) -> None:
         written, rejected = result
@@ -286,6 +312,8 @@ def _run(
             try:
                 for line, raw, error in _rows(path, fmt, kind, lines):
                     report.read += 1
+                    if not report.read % LET_WRITER_RUN_EVERY:
+                        writer.let_run()
                     if error is not None:
                         report.reject(line, error)
                     elif raw is not None:
